@@ -1,0 +1,428 @@
+//! The typed cache handle: reads, single-flight loads, write-through updates, invalidations.
+//!
+//! A [`Cache`] is one node's copy of a named cache. It answers reads from its [`Store`] and
+//! keeps the store coherent with the cluster: every `update` or `invalidate` here becomes an
+//! event on every peer, and every peer's event is applied here (through the [`Sink`] impl).
+//!
+//! The no-stale-fill rule lives here and in the store: a load or a write takes a slot for its key
+//! before it reads or writes the source, and any change to that key meanwhile (from a peer, from
+//! another local write) voids the slot, so the value is returned to its caller but not stored.
+
+use std::fmt;
+use std::future::Future;
+use std::hash::Hash;
+use std::num::NonZeroU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::clock::Clock;
+use crate::cluster::{ConfigError, EventId, Node, Running, Sink};
+use crate::metrics::{CacheCounters, CacheStats};
+use crate::store::{Bound, Entry, Lookup, NEVER, Store, WeighFn};
+use crate::wire::{self, Change};
+
+/// Default for [`CacheBuilder::capacity`].
+pub const DEFAULT_CAPACITY: u64 = 100_000;
+
+/// What a cache key must be: hashable, comparable, clonable and serializable.
+pub trait Key: Hash + Eq + Clone + Serialize + DeserializeOwned + Send + Sync + 'static {}
+impl<T> Key for T where T: Hash + Eq + Clone + Serialize + DeserializeOwned + Send + Sync + 'static {}
+
+/// What a cached value must be: clonable and serializable. Cloning happens on every hit, so large
+/// values belong behind an `Arc`.
+pub trait Value: Clone + Serialize + DeserializeOwned + Send + Sync + 'static {}
+impl<T> Value for T where T: Clone + Serialize + DeserializeOwned + Send + Sync + 'static {}
+
+/// How an `update` reaches the other nodes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Mode {
+    /// Peers drop the key; their next read loads it from the source.
+    #[default]
+    Invalidate,
+    /// Peers holding the key receive the new value. Needs [`CacheBuilder::version`]: a peer
+    /// keeps the higher version, so concurrent updates through different nodes settle on the
+    /// newest one.
+    Replicate,
+}
+
+type VersionFn<V> = Arc<dyn Fn(&V) -> u64 + Send + Sync>;
+
+/// Configures a cache; from [`Cluster::cache`](crate::Cluster::cache).
+pub struct CacheBuilder<K, V> {
+    node: Arc<Node>,
+    running: Arc<Running>,
+    name: String,
+    capacity: u64,
+    weigher: Option<(u64, WeighFn<K, V>)>,
+    ttl: Option<Duration>,
+    mode: Mode,
+    version: Option<VersionFn<V>>,
+}
+
+impl<K: Key, V: Value> CacheBuilder<K, V> {
+    pub(crate) fn new(node: Arc<Node>, running: Arc<Running>, name: &str) -> Self {
+        Self {
+            node,
+            running,
+            name: name.to_owned(),
+            capacity: DEFAULT_CAPACITY,
+            weigher: None,
+            ttl: None,
+            mode: Mode::default(),
+            version: None,
+        }
+    }
+
+    /// The most entries this node holds; the least valuable are evicted past it (S3-FIFO).
+    /// With a [`weigher`](Self::weigher), an estimate used to size the table.
+    ///
+    /// Defaults to: [`DEFAULT_CAPACITY`].
+    pub fn capacity(&mut self, entries: u64) -> &mut Self {
+        self.capacity = entries;
+        self
+    }
+
+    /// Bounds the cache by total weight instead of entry count: `weigh` measures each entry
+    /// (bytes, say) and entries are evicted once the sum would pass `max_weight`.
+    ///
+    /// Defaults to: every entry weighs 1.
+    pub fn weigher(
+        &mut self,
+        max_weight: u64,
+        weigh: impl Fn(&K, &V) -> u64 + Send + Sync + 'static,
+    ) -> &mut Self {
+        self.weigher = Some((max_weight, Arc::new(weigh)));
+        self
+    }
+
+    /// How long an entry is served after it was stored; an expired entry is a miss.
+    ///
+    /// Defaults to: no expiry.
+    pub fn ttl(&mut self, ttl: Duration) -> &mut Self {
+        self.ttl = Some(ttl);
+        self
+    }
+
+    /// How updates reach other nodes.
+    ///
+    /// Defaults to: [`Mode::Invalidate`].
+    pub fn mode(&mut self, mode: Mode) -> &mut Self {
+        self.mode = mode;
+        self
+    }
+
+    /// The application's version of a value (a row's version column, an update timestamp); it
+    /// must grow with every write of a key. Required by [`Mode::Replicate`].
+    ///
+    /// Defaults to: none.
+    pub fn version(&mut self, version: impl Fn(&V) -> u64 + Send + Sync + 'static) -> &mut Self {
+        self.version = Some(Arc::new(version));
+        self
+    }
+
+    /// Creates the cache and joins it to the cluster's events.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::Duration;
+    /// use cohort::{Cluster, Mode};
+    ///
+    /// let cluster = Cluster::builder().start().await?;
+    /// let users = cluster
+    ///     .cache::<u64, (String, u64)>("users")
+    ///     .capacity(1_000_000)
+    ///     .ttl(Duration::from_secs(600))
+    ///     .mode(Mode::Replicate)
+    ///     .version(|(_, version)| *version)
+    ///     .build()?;
+    /// assert_eq!(users.get(&1), None);
+    /// # Ok(()) }
+    /// ```
+    pub fn build(&self) -> Result<Cache<K, V>, ConfigError> {
+        let invalid = |setting, reason: &str| ConfigError::Invalid {
+            setting,
+            reason: reason.to_owned(),
+        };
+        if self.name.is_empty() || self.name.len() > 255 {
+            return Err(invalid("cache name", "must be 1 to 255 bytes"));
+        }
+        if self.mode == Mode::Replicate && self.version.is_none() {
+            return Err(invalid("mode", "Mode::Replicate needs a version extractor"));
+        }
+        if self.ttl.is_some_and(|ttl| ttl.is_zero()) {
+            return Err(invalid("ttl", "must be positive"));
+        }
+        let capacity = NonZeroU64::new(self.capacity)
+            .ok_or_else(|| invalid("capacity", "must be positive"))?;
+        let bound = match &self.weigher {
+            None => Bound::Entries(capacity),
+            Some((max, weigh)) => Bound::Weight {
+                max: NonZeroU64::new(*max)
+                    .ok_or_else(|| invalid("weigher", "max_weight must be positive"))?,
+                estimated_entries: usize::try_from(capacity.get()).unwrap_or(usize::MAX),
+                weigh: Arc::clone(weigh),
+            },
+        };
+        let name: Arc<str> = self.name.as_str().into();
+        let inner = Arc::new(Inner {
+            name: Arc::clone(&name),
+            store: Store::new(bound, Clock::System),
+            ttl: self.ttl,
+            mode: self.mode,
+            version: self.version.clone(),
+            node: Arc::clone(&self.node),
+            counters: CacheCounters::default(),
+        });
+        self.node
+            .register(name, Arc::clone(&inner) as Arc<dyn Sink>)?;
+        Ok(Cache {
+            inner,
+            _running: Arc::clone(&self.running),
+        })
+    }
+}
+
+/// One node's copy of a named cache, kept coherent with the same cache on every peer.
+///
+/// Cloning is cheap and shares the copy.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let cluster = cohort::Cluster::builder().start().await?;
+/// let users = cluster.cache::<u64, String>("users").build()?;
+///
+/// let name = users.get_or_load(&7, |id| async move { Ok::<_, std::io::Error>(format!("user {id}")) }).await?;
+/// assert_eq!(name, "user 7");
+/// assert_eq!(users.get(&7).as_deref(), Some("user 7"));
+///
+/// users.invalidate(&7).await?;
+/// assert_eq!(users.get(&7), None);
+/// # Ok(()) }
+/// ```
+pub struct Cache<K, V> {
+    inner: Arc<Inner<K, V>>,
+    _running: Arc<Running>,
+}
+
+impl<K, V> Clone for Cache<K, V> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+            _running: Arc::clone(&self._running),
+        }
+    }
+}
+
+impl<K, V> fmt::Debug for Cache<K, V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cache")
+            .field("name", &self.inner.name)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner<K, V> {
+    name: Arc<str>,
+    store: Store<K, V>,
+    ttl: Option<Duration>,
+    mode: Mode,
+    version: Option<VersionFn<V>>,
+    node: Arc<Node>,
+    counters: CacheCounters,
+}
+
+/// The result of a successful [`Cache::update`].
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct Receipt<V> {
+    /// What the write returned, now the local copy (unless a concurrent change voided it).
+    pub value: V,
+    /// The event that carries the change to the peers.
+    pub event: EventId,
+}
+
+/// Why an [`Cache::update`] failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum UpdateError<E> {
+    /// The application's write failed. Since it may have committed before failing, the key was
+    /// dropped here and invalidated on every peer all the same.
+    #[error("the write failed: {0}")]
+    Write(#[source] E),
+    /// The key could not be serialized; the write did not run and nothing changed.
+    #[error(transparent)]
+    Encode(#[from] EncodeError),
+}
+
+/// A key (or value) could not be serialized for the wire. Nothing changed.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot serialize for the wire: {0}")]
+pub struct EncodeError(#[source] postcard::Error);
+
+impl<K: Key, V: Value> Cache<K, V> {
+    /// The cache's name, shared with its copies on the other nodes.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// The value of `key` if this node holds a live copy. Never waits, never allocates beyond
+    /// cloning `V`.
+    #[inline]
+    pub fn get(&self, key: &K) -> Option<V> {
+        let found = self.inner.store.get(key);
+        match found {
+            Some(_) => self.inner.counters.hits.incr(),
+            None => self.inner.counters.misses.incr(),
+        }
+        found
+    }
+
+    /// The value of `key`, loaded with `load` on a miss and stored unless the key changed while
+    /// it loaded. Concurrent calls for one key on this node share one `load`; if it fails, its
+    /// caller gets the error and one of the waiters tries its own `load`.
+    pub async fn get_or_load<F, Fut, E>(&self, key: &K, load: F) -> Result<V, E>
+    where
+        F: FnOnce(K) -> Fut,
+        Fut: Future<Output = Result<V, E>>,
+    {
+        let inner = &*self.inner;
+        if let Some(value) = inner.store.get(key) {
+            inner.counters.hits.incr();
+            return Ok(value);
+        }
+        inner.counters.misses.incr();
+        match inner.store.load_slot(key).await {
+            Lookup::Hit(value) => Ok(value),
+            Lookup::Miss(slot) => {
+                inner.counters.loads.incr();
+                let value = load(key.clone()).await?;
+                if !slot.fill(inner.entry(value.clone())) {
+                    inner.counters.fills_rejected.incr();
+                }
+                Ok(value)
+            }
+        }
+    }
+
+    /// Runs the application's `write` of `key` (to the source of truth), makes its result the
+    /// local copy, and sends the change to every peer per the cache's [`Mode`].
+    ///
+    /// Returns once the local copy is current: a `get` here afterwards sees the value, unless a
+    /// change to `key` from elsewhere arrived while the write ran, in which case the key is left
+    /// empty rather than risk keeping the older of the two.
+    pub async fn update<F, Fut, E>(&self, key: &K, write: F) -> Result<Receipt<V>, UpdateError<E>>
+    where
+        F: FnOnce(K) -> Fut,
+        Fut: Future<Output = Result<V, E>>,
+    {
+        let inner = &*self.inner;
+        let key_bytes = wire::encode_item(key).map_err(EncodeError)?;
+        let slot = inner.store.write_slot(key);
+        let value = match write(key.clone()).await {
+            Ok(value) => value,
+            Err(e) => {
+                drop(slot);
+                inner.store.remove(key);
+                inner
+                    .node
+                    .publish(&inner.name, Change::Invalidate { key: &key_bytes });
+                return Err(UpdateError::Write(e));
+            }
+        };
+        inner.counters.updates.incr();
+        let entry = inner.entry(value.clone());
+        let version = entry.version;
+        if !slot.fill(entry) {
+            // Another change to the key landed while this write ran; which is newer is unknown.
+            inner.counters.fills_rejected.incr();
+            inner.store.remove(key);
+        }
+        let value_bytes = match inner.mode {
+            Mode::Invalidate => None,
+            Mode::Replicate => wire::encode_item(&value)
+                .inspect_err(|e| tracing::warn!(cache = %inner.name, error = %e, "cannot serialize a value; invalidating instead"))
+                .ok(),
+        };
+        let change = match &value_bytes {
+            Some(value) => Change::Replicate {
+                key: &key_bytes,
+                version,
+                value,
+            },
+            None => Change::Invalidate { key: &key_bytes },
+        };
+        let event = inner.node.publish(&inner.name, change);
+        Ok(Receipt { value, event })
+    }
+
+    /// Drops `key` here and on every peer. Use it after writing the source some other way.
+    pub async fn invalidate(&self, key: &K) -> Result<EventId, EncodeError> {
+        let inner = &*self.inner;
+        let key_bytes = wire::encode_item(key).map_err(EncodeError)?;
+        inner.store.remove(key);
+        Ok(inner
+            .node
+            .publish(&inner.name, Change::Invalidate { key: &key_bytes }))
+    }
+
+    /// This cache's counters on this node.
+    pub fn stats(&self) -> CacheStats {
+        self.inner.counters.snapshot(self.inner.store.len())
+    }
+}
+
+impl<K: Key, V: Value> Inner<K, V> {
+    fn entry(&self, value: V) -> Entry<V> {
+        Entry {
+            version: self.version.as_ref().map_or(0, |version| version(&value)),
+            expires_at: self
+                .ttl
+                .map_or(NEVER, |ttl| self.store.clock().deadline(ttl)),
+            value,
+        }
+    }
+
+    fn apply_change(&self, change: &Change<'_>) -> Result<(), postcard::Error> {
+        match *change {
+            Change::Invalidate { key } => {
+                self.store.remove(&wire::decode_item(key)?);
+                self.counters.invalidations_applied.incr();
+            }
+            Change::Replicate {
+                key,
+                version,
+                value,
+            } => {
+                let key: K = wire::decode_item(key)?;
+                let value: V = wire::decode_item(value)?;
+                let expires_at = self
+                    .ttl
+                    .map_or(NEVER, |ttl| self.store.clock().deadline(ttl));
+                self.store.apply_replica(&key, value, version, expires_at);
+                self.counters.replicas_applied.incr();
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<K: Key, V: Value> Sink for Inner<K, V> {
+    fn apply(&self, change: &Change<'_>) {
+        if let Err(error) = self.apply_change(change) {
+            // A change this node cannot read may be about any key: forget them all.
+            tracing::warn!(cache = %self.name, %error, "undecodable change from a peer; flushing");
+            self.flush();
+        }
+    }
+
+    fn flush(&self) {
+        self.store.clear();
+        self.counters.flushes.incr();
+    }
+}

@@ -1,0 +1,209 @@
+//! The tasks that drive a node: one accepting links, one reading each inbound link, one dialing
+//! and writing each outbound link. They hold no protocol logic of their own: frames go to the
+//! [`Node`], whose decisions come from the pure sequence tracker.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::SinkExt;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+use super::{Node, NodeId};
+use crate::transport::{self, Backoff, FrameReader, FrameWriter, LinkError};
+use crate::wire::{self, Frame, Hello, WireError};
+
+/// Accepts links until the node stops.
+pub(super) fn spawn_listener(node: &Arc<Node>, listener: TcpListener) {
+    let node = Arc::clone(node);
+    let mut shutdown = node.shutdown.subscribe();
+    let tasks = node.tasks.clone();
+    tasks.spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                _ = shutdown.wait_for(|stop| *stop) => return,
+            };
+            match accepted {
+                Ok((stream, from)) => {
+                    let node_for_link = Arc::clone(&node);
+                    node.tasks
+                        .spawn(async move { inbound(node_for_link, stream, from).await });
+                }
+                // Accept fails on resource exhaustion (EMFILE); keep serving the links we have.
+                Err(e) => {
+                    tracing::warn!(node = %node.id, error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            }
+        }
+    });
+}
+
+/// Reads one inbound link until it closes, fails or the node stops.
+async fn inbound(node: Arc<Node>, stream: TcpStream, from: SocketAddr) {
+    let mut shutdown = node.shutdown.subscribe();
+    let result = tokio::select! {
+        result = serve_inbound(&node, stream) => result,
+        _ = shutdown.wait_for(|stop| *stop) => Ok(()),
+    };
+    if let Err(error) = result {
+        if matches!(error, LinkError::Wire(_)) {
+            node.counters.frames_rejected.incr();
+        }
+        tracing::warn!(node = %node.id, %from, %error, "closed an inbound link");
+    }
+}
+
+async fn serve_inbound(node: &Arc<Node>, stream: TcpStream) -> Result<(), LinkError> {
+    let timeout = node.config.handshake_timeout;
+    let (mut reader, mut writer) =
+        transport::open(stream, node.config.max_frame_bytes, timeout).await?;
+    let body = transport::handshake_frame(&mut reader, timeout).await?;
+    let Frame::Hello(hello) = wire::decode(&body)? else {
+        return Err(WireError::Unexpected("a link must open with a hello").into());
+    };
+    if hello.node == node.id.as_str() {
+        // Either this node dialed itself or another node uses its name; the dialer sorts it out.
+        transport::send_frame(&mut writer, our_hello(node, 0)).await?;
+        return Ok(());
+    }
+    let origin = NodeId::from(hello.node);
+    let incarnation = hello.incarnation;
+    transport::send_frame(&mut writer, our_hello(node, 0)).await?;
+    node.peer_hello(&origin, hello.incarnation, hello.seq);
+    node.learn(std::iter::once(hello.listen).chain(hello.peers.iter().copied()));
+    drop(body);
+
+    while let Some(body) = transport::next_frame(&mut reader).await? {
+        match wire::decode(&body)? {
+            Frame::Event(event) => {
+                if event.node != origin.as_str() || event.incarnation != incarnation {
+                    return Err(WireError::Unexpected("an event from another origin").into());
+                }
+                node.receive(&origin, &event);
+            }
+            Frame::Peers(addrs) => node.learn(addrs),
+            Frame::Hello(_) => return Err(WireError::Unexpected("a second hello").into()),
+        }
+    }
+    Ok(())
+}
+
+/// Our introduction; `seq` is where the link's event stream starts.
+fn our_hello(node: &Node, seq: u64) -> Bytes {
+    Frame::Hello(Hello {
+        node: node.id.as_str(),
+        incarnation: node.incarnation,
+        listen: node.addr,
+        seq,
+        peers: node.known_peers(),
+    })
+    .encode()
+}
+
+/// Keeps an outbound link to `addr` up until the node stops, reconnecting with backoff.
+pub(super) fn spawn_dialer(node: &Arc<Node>, addr: SocketAddr) {
+    let node = Arc::clone(node);
+    let tasks = node.tasks.clone();
+    tasks.spawn(async move {
+        let mut shutdown = node.shutdown.subscribe();
+        let (min, max) = node.config.reconnect;
+        let mut backoff = Backoff::new(min, max);
+        let mut rng = StdRng::from_rng(&mut rand::rng());
+        loop {
+            let outcome = tokio::select! {
+                outcome = outbound(&node, addr) => outcome,
+                _ = shutdown.wait_for(|stop| *stop) => return,
+            };
+            match outcome {
+                Ok(Outbound::Closed) => backoff.reset(),
+                Ok(Outbound::Myself) => {
+                    node.forget(addr);
+                    return;
+                }
+                Err(error) => {
+                    if matches!(error, LinkError::Wire(_)) {
+                        node.counters.frames_rejected.incr();
+                    }
+                    tracing::debug!(node = %node.id, %addr, %error, "link attempt failed");
+                }
+            }
+            let delay = backoff.next_delay(&mut rng);
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = shutdown.wait_for(|stop| *stop) => return,
+            }
+        }
+    });
+}
+
+enum Outbound {
+    /// The link was up and has closed.
+    Closed,
+    /// The address is this node's own.
+    Myself,
+}
+
+/// Dials `addr`, introduces this node and streams its events until the link breaks.
+async fn outbound(node: &Arc<Node>, addr: SocketAddr) -> Result<Outbound, LinkError> {
+    let timeout = node.config.handshake_timeout;
+    let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+        .await
+        .map_err(|_| LinkError::Timeout)??;
+    let (mut reader, mut writer) =
+        transport::open(stream, node.config.max_frame_bytes, timeout).await?;
+    // Attach before saying hello: every event after `seq` is then queued on this link.
+    let (seq, queue) = node.attach();
+    transport::send_frame(&mut writer, our_hello(node, seq)).await?;
+    let body = transport::handshake_frame(&mut reader, timeout).await?;
+    let Frame::Hello(hello) = wire::decode(&body)? else {
+        return Err(WireError::Unexpected("a link must open with a hello").into());
+    };
+    if hello.node == node.id.as_str() {
+        if hello.incarnation == node.incarnation {
+            return Ok(Outbound::Myself);
+        }
+        return Err(WireError::Unexpected("another node uses this node's name").into());
+    }
+    let peer = NodeId::from(hello.node);
+    node.learn(hello.peers.iter().copied());
+    drop(body);
+
+    node.counters.connects.incr();
+    node.set_connected(addr, &peer, true);
+    let result = pump(&mut reader, &mut writer, queue).await;
+    node.set_connected(addr, &peer, false);
+    result.map(|()| Outbound::Closed)
+}
+
+/// Writes queued frames, many per flush when they pile up, until the queue closes (the node
+/// stopped or the link overflowed) or the peer goes away.
+async fn pump(
+    reader: &mut FrameReader,
+    writer: &mut FrameWriter,
+    mut queue: mpsc::Receiver<Bytes>,
+) -> Result<(), LinkError> {
+    loop {
+        tokio::select! {
+            frame = queue.recv() => {
+                let Some(frame) = frame else { return Ok(()) };
+                writer.feed(frame).await?;
+                while let Ok(frame) = queue.try_recv() {
+                    writer.feed(frame).await?;
+                }
+                SinkExt::<Bytes>::flush(writer).await?;
+            }
+            // The acceptor sends nothing after its hello: any input is a close or an error.
+            read = transport::next_frame(reader) => {
+                return match read? {
+                    None => Ok(()),
+                    Some(_) => Err(WireError::Unexpected("a frame from an acceptor").into()),
+                };
+            }
+        }
+    }
+}

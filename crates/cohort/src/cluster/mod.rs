@@ -1,0 +1,739 @@
+//! The node runtime: who this node is, which peers it knows, and how events reach caches.
+//!
+//! [`Cluster`] is the handle an application holds; [`ClusterBuilder`] configures and starts it.
+//! Inside, a [`Node`] owns the shared state:
+//! - the outbox, which numbers every event this node originates and queues it on every link;
+//! - the [`SequenceTracker`](sequence::SequenceTracker), the pure state machine that judges each
+//!   peer event (apply, duplicate, gap, retired incarnation);
+//! - the registry of caches by name, through which peer events reach the right store.
+//!
+//! The tasks that move bytes (accepting, dialing, reading, writing) live in `driver`.
+
+mod driver;
+pub(crate) mod sequence;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::RangeInclusive;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
+
+use crate::cache::{CacheBuilder, Key, Value};
+use crate::metrics::{ClusterCounters, ClusterStats};
+use crate::wire::{Change, Event, Frame};
+use sequence::{Delivery, SequenceTracker};
+
+/// Default for [`ClusterBuilder::max_staleness`].
+pub const DEFAULT_MAX_STALENESS: Duration = Duration::from_millis(500);
+/// Default for [`ClusterBuilder::max_frame_bytes`].
+pub const DEFAULT_MAX_FRAME_BYTES: usize = 4 << 20;
+/// Default for [`ClusterBuilder::link_queue`].
+pub const DEFAULT_LINK_QUEUE: usize = 64 * 1024;
+/// Default for [`ClusterBuilder::reconnect_backoff`]: first delay ceiling.
+pub const DEFAULT_RECONNECT_MIN: Duration = Duration::from_millis(20);
+/// Default for [`ClusterBuilder::reconnect_backoff`]: largest delay.
+pub const DEFAULT_RECONNECT_MAX: Duration = Duration::from_secs(2);
+/// Default for [`ClusterBuilder::handshake_timeout`].
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A node's name, unique within its cluster. Cheap to clone.
+///
+/// ```
+/// let id = cohort::NodeId::from("a");
+/// assert_eq!(id.as_str(), "a");
+/// ```
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NodeId(Arc<str>);
+
+impl NodeId {
+    /// The name as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&str> for NodeId {
+    fn from(name: &str) -> Self {
+        Self(name.into())
+    }
+}
+
+impl fmt::Debug for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Identifies one event: its origin node, the origin's incarnation, and its sequence number.
+///
+/// ```
+/// let id = cohort::EventId { origin: "a".into(), incarnation: 1, seq: 1 };
+/// assert_eq!(id.to_string(), "a/1#1");
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct EventId {
+    /// The node that originated the event.
+    pub origin: NodeId,
+    /// The origin's process epoch when it sent the event.
+    pub incarnation: u64,
+    /// The event's position in the origin's sequence, from 1.
+    pub seq: u64,
+}
+
+impl fmt::Display for EventId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}#{}", self.origin, self.incarnation, self.seq)
+    }
+}
+
+/// Something that happened in the cluster, as seen by this node; from [`Cluster::subscribe`].
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum ClusterEvent {
+    /// A link to a peer was established: this node now sends it its events.
+    PeerUp {
+        /// The peer's name.
+        node: NodeId,
+        /// The peer's listen address.
+        addr: SocketAddr,
+    },
+    /// The link to a peer closed; reconnection is under way.
+    PeerDown {
+        /// The peer's name.
+        node: NodeId,
+        /// The peer's listen address.
+        addr: SocketAddr,
+    },
+    /// A peer's event was applied to this node's cache.
+    Applied {
+        /// The event.
+        event: EventId,
+        /// When it was applied.
+        at: Instant,
+    },
+    /// Events of a peer never arrived; this node flushed its caches instead.
+    Gap {
+        /// The peer whose events were missed.
+        origin: NodeId,
+        /// Their sequence numbers.
+        missed: RangeInclusive<u64>,
+    },
+}
+
+/// A peer as this node knows it; from [`Cluster::members`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Member {
+    /// Where the peer accepts links.
+    pub addr: SocketAddr,
+    /// Its name, once a link has told it.
+    pub node: Option<NodeId>,
+    /// Whether this node's link to it is up.
+    pub connected: bool,
+}
+
+/// Why a configuration was refused. Nothing was started.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A setting is out of its range.
+    #[error("invalid {setting}: {reason}")]
+    Invalid {
+        /// The setting's name.
+        setting: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A cache of this name already exists on this node.
+    #[error("a cache named {0:?} already exists")]
+    DuplicateCache(String),
+}
+
+/// Why a node could not start. Nothing was left running.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The configuration was refused.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The listen address could not be bound (in use, not local, no permission).
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A seed did not resolve to any address.
+    #[error("cannot resolve seed {seed:?}: {source}")]
+    Seed {
+        /// The seed as given.
+        seed: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// Configures and starts a node. Every setting has a default; see [`Cluster::builder`].
+#[derive(Clone, Debug)]
+pub struct ClusterBuilder {
+    name: Option<String>,
+    listen: SocketAddr,
+    advertise: Option<SocketAddr>,
+    seeds: Vec<String>,
+    max_staleness: Duration,
+    max_frame_bytes: usize,
+    link_queue: usize,
+    reconnect: (Duration, Duration),
+    handshake_timeout: Duration,
+}
+
+impl Default for ClusterBuilder {
+    fn default() -> Self {
+        Self {
+            name: None,
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            advertise: None,
+            seeds: Vec::new(),
+            max_staleness: DEFAULT_MAX_STALENESS,
+            max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+            link_queue: DEFAULT_LINK_QUEUE,
+            reconnect: (DEFAULT_RECONNECT_MIN, DEFAULT_RECONNECT_MAX),
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+        }
+    }
+}
+
+impl ClusterBuilder {
+    /// This node's name, unique in the cluster.
+    ///
+    /// Defaults to: `node-` followed by the listen port once bound.
+    pub fn node_name(&mut self, name: impl Into<String>) -> &mut Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// Where to accept links from peers.
+    ///
+    /// Defaults to: `127.0.0.1:0` (a free loopback port; see [`Cluster::local_addr`]).
+    pub fn listen(&mut self, addr: SocketAddr) -> &mut Self {
+        self.listen = addr;
+        self
+    }
+
+    /// The address peers should dial, when it differs from the bound one (a wildcard bind, NAT).
+    ///
+    /// Defaults to: the bound listen address.
+    pub fn advertise(&mut self, addr: SocketAddr) -> &mut Self {
+        self.advertise = Some(addr);
+        self
+    }
+
+    /// Addresses (`host:port`) of nodes to join through. One reachable seed is enough: peers
+    /// tell each other whom they know.
+    ///
+    /// Defaults to: none (the node waits to be dialed).
+    pub fn seeds<I, S>(&mut self, seeds: I) -> &mut Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.seeds = seeds.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// The promised bound Δ on staleness.
+    ///
+    /// Defaults to: [`DEFAULT_MAX_STALENESS`] (500 ms).
+    pub fn max_staleness(&mut self, bound: Duration) -> &mut Self {
+        self.max_staleness = bound;
+        self
+    }
+
+    /// The largest frame accepted from a peer; a longer one closes its link unread. Also caps the
+    /// size of a replicated value.
+    ///
+    /// Defaults to: [`DEFAULT_MAX_FRAME_BYTES`] (4 MiB).
+    pub fn max_frame_bytes(&mut self, bytes: usize) -> &mut Self {
+        self.max_frame_bytes = bytes;
+        self
+    }
+
+    /// Frames queued per peer before the link counts as overflowed. An overflowed link is closed
+    /// and re-established; the peer sees a gap and flushes, so nothing stale survives.
+    ///
+    /// Defaults to: [`DEFAULT_LINK_QUEUE`].
+    pub fn link_queue(&mut self, frames: usize) -> &mut Self {
+        self.link_queue = frames;
+        self
+    }
+
+    /// Delays between reconnect attempts: exponential from `min` to `max`, with full jitter.
+    ///
+    /// Defaults to: [`DEFAULT_RECONNECT_MIN`] to [`DEFAULT_RECONNECT_MAX`].
+    pub fn reconnect_backoff(&mut self, min: Duration, max: Duration) -> &mut Self {
+        self.reconnect = (min, max);
+        self
+    }
+
+    /// How long a peer may take to complete its handshake.
+    ///
+    /// Defaults to: [`DEFAULT_HANDSHAKE_TIMEOUT`].
+    pub fn handshake_timeout(&mut self, timeout: Duration) -> &mut Self {
+        self.handshake_timeout = timeout;
+        self
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |setting, reason: &str| {
+            Err(ConfigError::Invalid {
+                setting,
+                reason: reason.to_owned(),
+            })
+        };
+        if self.name.as_deref() == Some("") {
+            return invalid("node_name", "must not be empty");
+        }
+        if self.max_staleness.is_zero() {
+            return invalid("max_staleness", "must be positive");
+        }
+        if self.max_frame_bytes < 1024 || self.max_frame_bytes > u32::MAX as usize {
+            return invalid("max_frame_bytes", "must be between 1 KiB and 4 GiB");
+        }
+        if self.link_queue == 0 {
+            return invalid("link_queue", "must be positive");
+        }
+        let (min, max) = self.reconnect;
+        if min.is_zero() || min > max {
+            return invalid("reconnect_backoff", "needs 0 < min <= max");
+        }
+        if self.handshake_timeout.is_zero() {
+            return invalid("handshake_timeout", "must be positive");
+        }
+        Ok(())
+    }
+
+    /// Binds the listen address and starts the node's tasks on the current tokio runtime.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), cohort::StartError> {
+    /// let cluster = cohort::Cluster::builder().node_name("a").start().await?;
+    /// assert_eq!(cluster.node_id().as_str(), "a");
+    /// # Ok(()) }
+    /// ```
+    pub async fn start(&self) -> Result<Cluster, StartError> {
+        self.validate()?;
+        let mut seeds = Vec::new();
+        for seed in &self.seeds {
+            let resolved = tokio::net::lookup_host(seed.as_str())
+                .await
+                .map_err(|source| StartError::Seed {
+                    seed: seed.clone(),
+                    source,
+                })?;
+            seeds.extend(resolved);
+        }
+        let listener = tokio::net::TcpListener::bind(self.listen)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: self.listen,
+                source,
+            })?;
+        let bound = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: self.listen,
+            source,
+        })?;
+        let advertised = self.advertise.unwrap_or(bound);
+        let name = self
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("node-{}", bound.port()));
+        let node = Arc::new(Node::new(NodeId::from(name.as_str()), advertised, self));
+        driver::spawn_listener(&node, listener);
+        node.learn(seeds);
+        Ok(Cluster {
+            node: Arc::clone(&node),
+            _running: Arc::new(Running(node)),
+        })
+    }
+}
+
+/// A running node: the handle from which caches are made.
+///
+/// Cloning is cheap. The node stops when [`Cluster::shutdown`] is called or when the last clone
+/// of it and of its caches is dropped.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use cohort::Cluster;
+///
+/// let a = Cluster::builder().node_name("a").start().await?;
+/// let b = Cluster::builder()
+///     .node_name("b")
+///     .seeds([a.local_addr().to_string()])
+///     .start()
+///     .await?;
+/// let users = b.cache::<u64, String>("users").capacity(10_000).build()?;
+/// users.update(&1, |_| async { Ok::<_, std::io::Error>("ada".to_owned()) }).await?;
+/// assert_eq!(users.get(&1).as_deref(), Some("ada"));
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Cluster {
+    node: Arc<Node>,
+    _running: Arc<Running>,
+}
+
+/// Stops the node when the last user-facing handle goes away.
+pub(crate) struct Running(Arc<Node>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.stop();
+    }
+}
+
+impl Cluster {
+    /// A builder with every setting at its default.
+    pub fn builder() -> ClusterBuilder {
+        ClusterBuilder::default()
+    }
+
+    /// Starts building a cache named `name` on this node. Nodes share changes between caches of
+    /// the same name, whose key and value types must match.
+    pub fn cache<K: Key, V: Value>(&self, name: &str) -> CacheBuilder<K, V> {
+        CacheBuilder::new(Arc::clone(&self.node), Arc::clone(&self._running), name)
+    }
+
+    /// This node's name.
+    pub fn node_id(&self) -> &NodeId {
+        &self.node.id
+    }
+
+    /// This node's process epoch, carried by each of its events.
+    pub fn incarnation(&self) -> u64 {
+        self.node.incarnation
+    }
+
+    /// The address peers dial to reach this node.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.node.addr
+    }
+
+    /// The promised staleness bound Δ.
+    pub fn max_staleness(&self) -> Duration {
+        self.node.config.max_staleness
+    }
+
+    /// The peers this node knows of, by address.
+    pub fn members(&self) -> Vec<Member> {
+        let mut members: Vec<_> = self.node.peers.lock().values().cloned().collect();
+        members.sort_by_key(|m| m.addr);
+        members
+    }
+
+    /// A stream of what happens in the cluster as this node sees it. A subscriber that falls more
+    /// than 64 Ki events behind loses the oldest ones.
+    pub fn subscribe(&self) -> broadcast::Receiver<ClusterEvent> {
+        self.node.events.subscribe()
+    }
+
+    /// This node's mesh counters.
+    pub fn stats(&self) -> ClusterStats {
+        self.node.counters.snapshot()
+    }
+
+    /// Stops accepting and dialing and closes every link; waits until the node's tasks ended.
+    /// Caches keep answering locally but no longer hear of peers' changes.
+    pub async fn shutdown(&self) {
+        self.node.stop();
+        self.node.tasks.wait().await;
+    }
+}
+
+/// Settings a running node reads.
+#[derive(Clone, Debug)]
+pub(crate) struct NodeConfig {
+    pub(crate) max_staleness: Duration,
+    pub(crate) max_frame_bytes: usize,
+    pub(crate) link_queue: usize,
+    pub(crate) reconnect: (Duration, Duration),
+    pub(crate) handshake_timeout: Duration,
+}
+
+/// A cache as the node sees it: somewhere to apply peers' changes.
+pub(crate) trait Sink: Send + Sync {
+    /// Applies one change from a peer.
+    fn apply(&self, change: &Change<'_>);
+    /// Empties the cache: the node missed changes and cannot tell which keys they touched.
+    fn flush(&self);
+}
+
+/// Numbers this node's events and queues them on every outgoing link.
+struct Outbox {
+    seq: u64,
+    links: Vec<mpsc::Sender<Bytes>>,
+}
+
+/// The state shared by a node's handle, caches and tasks.
+pub(crate) struct Node {
+    pub(crate) id: NodeId,
+    pub(crate) incarnation: u64,
+    pub(crate) addr: SocketAddr,
+    pub(crate) config: NodeConfig,
+    outbox: Mutex<Outbox>,
+    tracker: Mutex<SequenceTracker<NodeId>>,
+    caches: RwLock<HashMap<Arc<str>, Arc<dyn Sink>>>,
+    pub(crate) peers: Mutex<HashMap<SocketAddr, Member>>,
+    pub(crate) events: broadcast::Sender<ClusterEvent>,
+    pub(crate) counters: ClusterCounters,
+    pub(crate) shutdown: watch::Sender<bool>,
+    pub(crate) tasks: TaskTracker,
+}
+
+impl Node {
+    fn new(id: NodeId, addr: SocketAddr, builder: &ClusterBuilder) -> Self {
+        // Microseconds since the Unix epoch: a restarted process gets a higher incarnation.
+        let incarnation = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(1, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+        Self {
+            id,
+            incarnation,
+            addr,
+            config: NodeConfig {
+                max_staleness: builder.max_staleness,
+                max_frame_bytes: builder.max_frame_bytes,
+                link_queue: builder.link_queue,
+                reconnect: builder.reconnect,
+                handshake_timeout: builder.handshake_timeout,
+            },
+            outbox: Mutex::new(Outbox {
+                seq: 0,
+                links: Vec::new(),
+            }),
+            tracker: Mutex::new(SequenceTracker::default()),
+            caches: RwLock::new(HashMap::new()),
+            peers: Mutex::new(HashMap::new()),
+            events: broadcast::channel(64 * 1024).0,
+            counters: ClusterCounters::default(),
+            shutdown: watch::channel(false).0,
+            tasks: TaskTracker::new(),
+        }
+    }
+
+    fn stop(&self) {
+        self.shutdown.send_replace(true);
+        self.tasks.close();
+        self.outbox.lock().links.clear();
+    }
+
+    pub(crate) fn is_stopped(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    /// Registers a cache under its name.
+    pub(crate) fn register(&self, name: Arc<str>, sink: Arc<dyn Sink>) -> Result<(), ConfigError> {
+        let mut caches = self.caches.write();
+        if caches.contains_key(&name) {
+            return Err(ConfigError::DuplicateCache(name.to_string()));
+        }
+        caches.insert(name, sink);
+        Ok(())
+    }
+
+    /// Numbers a change to `cache` as this node's next event and queues it to every peer.
+    pub(crate) fn publish(&self, cache: &str, change: Change<'_>) -> EventId {
+        let mut outbox = self.outbox.lock();
+        outbox.seq += 1;
+        let seq = outbox.seq;
+        let frame = Frame::Event(Event {
+            node: self.id.as_str(),
+            incarnation: self.incarnation,
+            seq,
+            cache,
+            change,
+        })
+        .encode();
+        outbox
+            .links
+            .retain(|link| match link.try_send(frame.clone()) {
+                Ok(()) => true,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    // Closing the link makes the peer see a gap when it reconnects, and flush.
+                    self.counters.links_overflowed.incr();
+                    tracing::warn!(node = %self.id, "a peer link overflowed; closing it");
+                    false
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            });
+        drop(outbox);
+        self.counters.events_sent.incr();
+        EventId {
+            origin: self.id.clone(),
+            incarnation: self.incarnation,
+            seq,
+        }
+    }
+
+    /// Opens a queue for a new outgoing link. Returns the sequence number of the last event
+    /// published before it: the link carries every later one.
+    pub(crate) fn attach(&self) -> (u64, mpsc::Receiver<Bytes>) {
+        let (tx, rx) = mpsc::channel(self.config.link_queue);
+        let mut outbox = self.outbox.lock();
+        outbox.links.push(tx);
+        (outbox.seq, rx)
+    }
+
+    /// Queues a frame that is not an event (it takes no sequence number) on every link.
+    fn broadcast(&self, frame: Bytes) {
+        let outbox = self.outbox.lock();
+        for link in &outbox.links {
+            // A full link is about to be closed as overflowed; it will get a fresh hello.
+            let _ = link.try_send(frame.clone());
+        }
+    }
+
+    /// Addresses this node knows of other than its own.
+    pub(crate) fn known_peers(&self) -> Vec<SocketAddr> {
+        self.peers.lock().keys().copied().collect()
+    }
+
+    /// Learns of peer addresses: dials the new ones and tells the other peers about them.
+    pub(crate) fn learn(self: &Arc<Self>, addrs: impl IntoIterator<Item = SocketAddr>) {
+        let fresh: Vec<SocketAddr> = {
+            let mut peers = self.peers.lock();
+            addrs
+                .into_iter()
+                .filter(|&addr| addr != self.addr)
+                .filter(|&addr| {
+                    let new = !peers.contains_key(&addr);
+                    if new {
+                        peers.insert(
+                            addr,
+                            Member {
+                                addr,
+                                node: None,
+                                connected: false,
+                            },
+                        );
+                    }
+                    new
+                })
+                .collect()
+        };
+        if fresh.is_empty() || self.is_stopped() {
+            return;
+        }
+        self.broadcast(Frame::Peers(fresh.clone()).encode());
+        for addr in fresh {
+            driver::spawn_dialer(self, addr);
+        }
+    }
+
+    /// An address turned out to be this node itself (a seed list that includes it): forget it.
+    pub(crate) fn forget(&self, addr: SocketAddr) {
+        self.peers.lock().remove(&addr);
+    }
+
+    pub(crate) fn set_connected(&self, addr: SocketAddr, node: &NodeId, connected: bool) {
+        if let Some(member) = self.peers.lock().get_mut(&addr) {
+            member.node = Some(node.clone());
+            member.connected = connected;
+        }
+        let event = if connected {
+            ClusterEvent::PeerUp {
+                node: node.clone(),
+                addr,
+            }
+        } else {
+            ClusterEvent::PeerDown {
+                node: node.clone(),
+                addr,
+            }
+        };
+        self.notify(event);
+    }
+
+    fn notify(&self, event: ClusterEvent) {
+        if self.events.receiver_count() > 0 {
+            let _ = self.events.send(event);
+        }
+    }
+
+    /// A link from `origin` opened, carrying its events after `seq`.
+    pub(crate) fn peer_hello(&self, origin: &NodeId, incarnation: u64, seq: u64) {
+        let delivery = self.tracker.lock().hello(origin, incarnation, seq);
+        self.judge(origin, delivery);
+    }
+
+    /// Applies one event that arrived on a link from `origin`.
+    pub(crate) fn receive(&self, origin: &NodeId, event: &Event<'_>) {
+        let delivery = self
+            .tracker
+            .lock()
+            .event(origin, event.incarnation, event.seq);
+        if !self.judge(origin, delivery) {
+            return;
+        }
+        let sink = self.caches.read().get(event.cache).cloned();
+        if let Some(sink) = sink {
+            sink.apply(&event.change);
+        }
+        self.counters.events_applied.incr();
+        if self.events.receiver_count() > 0 {
+            self.notify(ClusterEvent::Applied {
+                event: EventId {
+                    origin: origin.clone(),
+                    incarnation: event.incarnation,
+                    seq: event.seq,
+                },
+                at: Instant::now(),
+            });
+        }
+    }
+
+    /// Acts on the tracker's verdict; returns whether the event itself should be applied.
+    fn judge(&self, origin: &NodeId, delivery: Delivery) -> bool {
+        match delivery {
+            Delivery::Apply => true,
+            Delivery::Duplicate => {
+                self.counters.events_duplicate.incr();
+                false
+            }
+            Delivery::Retired => false,
+            Delivery::Gap { missed } => {
+                tracing::info!(node = %self.id, %origin, ?missed, "missed peer events; flushing caches");
+                self.counters.gaps.incr();
+                self.flush_all();
+                self.notify(ClusterEvent::Gap {
+                    origin: origin.clone(),
+                    missed,
+                });
+                true
+            }
+        }
+    }
+
+    fn flush_all(&self) {
+        let sinks: Vec<_> = self.caches.read().values().cloned().collect();
+        for sink in sinks {
+            sink.flush();
+        }
+    }
+}

@@ -1,0 +1,54 @@
+//! cohort keeps an in-process cache on every server of an application coherent with the others.
+//!
+//! Every node holds a bounded local copy of each cache, answers hits from it as fast as a plain
+//! concurrent map, and tells every peer of each change it makes over a direct TCP mesh, so that
+//! peers drop (or replace) their copies within well under a millisecond. A load that raced with a
+//! change is returned but never stored, so no node caches a value older than one it was told of.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::time::Duration;
+//! use cohort::{Cluster, Mode};
+//!
+//! let cluster = Cluster::builder()
+//!     .node_name("a")
+//!     .listen("127.0.0.1:0".parse()?)
+//!     .max_staleness(Duration::from_millis(500))
+//!     .start()
+//!     .await?;
+//! let users = cluster.cache::<u64, String>("users").capacity(1_000_000).mode(Mode::Invalidate).build()?;
+//! let name = users.get_or_load(&1, |id| async move { Ok::<_, std::io::Error>(format!("user {id}")) }).await?;
+//! users.update(&1, |_| async { Ok::<_, std::io::Error>("renamed".to_owned()) }).await?;
+//! # let _ = name;
+//! # Ok(()) }
+//! ```
+//!
+//! # Layout
+//! - [`store`](crate::store): the local bounded store (quick_cache), expiry, versions, slots.
+//! - `wire`: the frames nodes exchange (postcard), the preamble and its protocol version.
+//! - `transport`: TCP links, the preamble exchange, reconnect backoff.
+//! - `cluster`: the node runtime ([`Cluster`]), sequence tracking, routing events to caches.
+//! - `cache`: the typed handle ([`Cache`]): `get`, `get_or_load`, `update`, `invalidate`.
+//! - `metrics`: counters and their snapshots ([`CacheStats`], [`ClusterStats`]).
+//!
+//! # Feature flags
+//! None yet.
+
+mod cache;
+mod clock;
+mod cluster;
+mod metrics;
+mod store;
+mod transport;
+mod wire;
+
+pub use cache::{
+    Cache, CacheBuilder, DEFAULT_CAPACITY, EncodeError, Key, Mode, Receipt, UpdateError, Value,
+};
+pub use cluster::{
+    Cluster, ClusterBuilder, ClusterEvent, ConfigError, DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_LINK_QUEUE, DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_STALENESS, DEFAULT_RECONNECT_MAX,
+    DEFAULT_RECONNECT_MIN, EventId, Member, NodeId, StartError,
+};
+pub use metrics::{CacheStats, ClusterStats};

@@ -1,0 +1,213 @@
+//! Counters a node keeps about its caches and its links, and their snapshots.
+//!
+//! Counters touched on the hit path are striped over cache-line-padded cells, one picked per
+//! thread, so that two cores reading the cache never fight over one line. Everything else is a
+//! plain relaxed atomic. [`CacheStats`] and [`ClusterStats`] are point-in-time copies.
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+const STRIPES: usize = 16;
+
+/// A counter that many threads bump often and that is read rarely.
+#[derive(Debug, Default)]
+pub(crate) struct StripedCounter {
+    stripes: [Padded; STRIPES],
+}
+
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Padded(AtomicU64);
+
+impl StripedCounter {
+    #[inline]
+    pub(crate) fn incr(&self) {
+        self.stripes[stripe()].0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn sum(&self) -> u64 {
+        self.stripes
+            .iter()
+            .map(|s| s.0.load(Ordering::Relaxed))
+            .sum()
+    }
+}
+
+/// This thread's stripe: threads are numbered in the order they first count something.
+#[inline]
+fn stripe() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static STRIPE: Cell<usize> = const { Cell::new(usize::MAX) };
+    }
+    STRIPE.with(|s| {
+        let mut index = s.get();
+        if index == usize::MAX {
+            index = NEXT.fetch_add(1, Ordering::Relaxed) % STRIPES;
+            s.set(index);
+        }
+        index
+    })
+}
+
+/// A counter bumped off the hit path.
+#[derive(Debug, Default)]
+pub(crate) struct Counter(AtomicU64);
+
+impl Counter {
+    #[inline]
+    pub(crate) fn incr(&self) {
+        self.add(1);
+    }
+
+    #[inline]
+    pub(crate) fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub(crate) fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// The live counters of one cache on one node.
+#[derive(Debug, Default)]
+pub(crate) struct CacheCounters {
+    pub(crate) hits: StripedCounter,
+    pub(crate) misses: StripedCounter,
+    pub(crate) loads: Counter,
+    pub(crate) fills_rejected: Counter,
+    pub(crate) updates: Counter,
+    pub(crate) invalidations_applied: Counter,
+    pub(crate) replicas_applied: Counter,
+    pub(crate) flushes: Counter,
+}
+
+impl CacheCounters {
+    pub(crate) fn snapshot(&self, entries: usize) -> CacheStats {
+        CacheStats {
+            entries,
+            hits: self.hits.sum(),
+            misses: self.misses.sum(),
+            loads: self.loads.get(),
+            fills_rejected: self.fills_rejected.get(),
+            updates: self.updates.get(),
+            invalidations_applied: self.invalidations_applied.get(),
+            replicas_applied: self.replicas_applied.get(),
+            flushes: self.flushes.get(),
+        }
+    }
+}
+
+/// A snapshot of one cache's counters on this node, from [`Cache::stats`](crate::Cache::stats).
+///
+/// ```
+/// let stats = cohort::CacheStats::default();
+/// assert_eq!(stats.hit_ratio(), 0.0);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CacheStats {
+    /// Entries held now.
+    pub entries: usize,
+    /// Reads answered from the cache.
+    pub hits: u64,
+    /// Reads that found nothing usable in the cache.
+    pub misses: u64,
+    /// Loader calls made by `get_or_load` (concurrent misses of one key share one call).
+    pub loads: u64,
+    /// Loaded or written values not stored because the key changed while they were produced.
+    pub fills_rejected: u64,
+    /// `update` calls whose write succeeded on this node.
+    pub updates: u64,
+    /// Invalidations received from peers and applied.
+    pub invalidations_applied: u64,
+    /// Replicated values received from peers and applied (stored, or dropped as older).
+    pub replicas_applied: u64,
+    /// Times the whole cache was emptied because the node could not vouch for it.
+    pub flushes: u64,
+}
+
+impl CacheStats {
+    /// Hits divided by all reads; zero before the first read.
+    pub fn hit_ratio(&self) -> f64 {
+        let reads = self.hits + self.misses;
+        if reads == 0 {
+            0.0
+        } else {
+            self.hits as f64 / reads as f64
+        }
+    }
+}
+
+/// The live counters of one node's mesh.
+#[derive(Debug, Default)]
+pub(crate) struct ClusterCounters {
+    pub(crate) events_sent: Counter,
+    pub(crate) events_applied: Counter,
+    pub(crate) events_duplicate: Counter,
+    pub(crate) gaps: Counter,
+    pub(crate) frames_rejected: Counter,
+    pub(crate) links_overflowed: Counter,
+    pub(crate) connects: Counter,
+}
+
+impl ClusterCounters {
+    pub(crate) fn snapshot(&self) -> ClusterStats {
+        ClusterStats {
+            events_sent: self.events_sent.get(),
+            events_applied: self.events_applied.get(),
+            events_duplicate: self.events_duplicate.get(),
+            gaps: self.gaps.get(),
+            frames_rejected: self.frames_rejected.get(),
+            links_overflowed: self.links_overflowed.get(),
+            connects: self.connects.get(),
+        }
+    }
+}
+
+/// A snapshot of one node's mesh counters, from [`Cluster::stats`](crate::Cluster::stats).
+///
+/// ```
+/// let stats = cohort::ClusterStats::default();
+/// assert_eq!(stats.frames_rejected, 0);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ClusterStats {
+    /// Events this node originated and queued to its peers (one per event, not per peer).
+    pub events_sent: u64,
+    /// Peer events applied here.
+    pub events_applied: u64,
+    /// Peer events ignored because they were already applied.
+    pub events_duplicate: u64,
+    /// Gaps found in a peer's sequence; each one flushed this node's caches.
+    pub gaps: u64,
+    /// Frames or handshakes rejected as malformed, oversized, of another protocol version or
+    /// otherwise invalid; each one closed its link.
+    pub frames_rejected: u64,
+    /// Outgoing links dropped because the peer could not keep up.
+    pub links_overflowed: u64,
+    /// Outgoing links established (first connects and reconnects).
+    pub connects: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    #[test]
+    fn striped_counter_sums_every_thread() {
+        let counter = Arc::new(StripedCounter::default());
+        let threads: Vec<_> = (0..40)
+            .map(|_| {
+                let counter = Arc::clone(&counter);
+                std::thread::spawn(move || (0..1_000).for_each(|_| counter.incr()))
+            })
+            .collect();
+        threads.into_iter().for_each(|t| t.join().unwrap());
+        assert_eq!(counter.sum(), 40_000);
+    }
+}

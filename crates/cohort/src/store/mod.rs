@@ -1,0 +1,426 @@
+//! The local bounded store: one node's copy of one cache.
+//!
+//! [`Store`] wraps `quick_cache` (S3-FIFO eviction, bounded by entry count or by weight) and adds
+//! what cohort needs on top: a per-entry expiry and a per-entry version, both kept inside the
+//! stored value because quick_cache has neither.
+//!
+//! Stale-fill protection rests on quick_cache's placeholders. A load or a write first takes a
+//! [`Slot`] (a placeholder) for its key; any [`Store::remove`] of that key, any plain insert and
+//! any [`Store::clear`] detaches it, and [`Slot::fill`] then stores nothing. Every invalidation a
+//! node applies is therefore a `remove`, never a `retain`, which quick_cache does not let touch
+//! placeholders.
+
+use std::hash::Hash;
+use std::num::NonZeroU64;
+use std::sync::Arc;
+
+use quick_cache::sync::{
+    Cache as QuickCache, DefaultLifecycle, EntryAction, EntryResult, PlaceholderGuard,
+};
+use quick_cache::{DefaultHashBuilder, Weighter};
+
+use crate::clock::{Clock, Millis};
+
+/// The application's measure of an entry, for caches bounded by weight.
+pub(crate) type WeighFn<K, V> = Arc<dyn Fn(&K, &V) -> u64 + Send + Sync>;
+
+/// How much a [`Store`] may hold.
+pub(crate) enum Bound<K, V> {
+    /// At most this many entries.
+    Entries(NonZeroU64),
+    /// Entries whose weights add up to at most `max`; `estimated_entries` sizes the table.
+    Weight {
+        max: NonZeroU64,
+        estimated_entries: usize,
+        weigh: WeighFn<K, V>,
+    },
+}
+
+/// One stored value with the metadata cohort keeps beside it.
+#[derive(Clone)]
+pub(crate) struct Entry<V> {
+    pub(crate) value: V,
+    /// The application's version (replicated caches) or zero.
+    pub(crate) version: u64,
+    /// When the entry stops being served; [`NEVER`] if it has no expiry.
+    pub(crate) expires_at: Millis,
+}
+
+/// `expires_at` of an entry that never expires.
+pub(crate) const NEVER: Millis = Millis::MAX;
+
+impl<V> Entry<V> {
+    #[inline]
+    fn is_live(&self, clock: &Clock) -> bool {
+        self.expires_at == NEVER || clock.now() < self.expires_at
+    }
+}
+
+#[derive(Clone)]
+pub(crate) struct EntryWeighter<K, V>(Option<WeighFn<K, V>>);
+
+impl<K, V> Weighter<K, Entry<V>> for EntryWeighter<K, V> {
+    fn weight(&self, key: &K, entry: &Entry<V>) -> u64 {
+        self.0.as_ref().map_or(1, |weigh| weigh(key, &entry.value))
+    }
+}
+
+type Inner<K, V> =
+    QuickCache<K, Entry<V>, EntryWeighter<K, V>, DefaultHashBuilder, DefaultLifecycle<K, Entry<V>>>;
+
+/// One node's bounded copy of one cache.
+pub(crate) struct Store<K, V> {
+    inner: Inner<K, V>,
+    clock: Clock,
+}
+
+/// A claim on a key that is being loaded or written; see [`Store::load_slot`].
+pub(crate) struct Slot<'a, K, V>(
+    PlaceholderGuard<
+        'a,
+        K,
+        Entry<V>,
+        EntryWeighter<K, V>,
+        DefaultHashBuilder,
+        DefaultLifecycle<K, Entry<V>>,
+    >,
+);
+
+/// What [`Store::load_slot`] found.
+pub(crate) enum Lookup<'a, K, V> {
+    /// A live value, stored or just filled by a concurrent loader of the same key.
+    Hit(V),
+    /// Nothing usable: the caller loads the value and offers it to the slot.
+    Miss(Slot<'a, K, V>),
+}
+
+/// What [`Store::apply_replica`] did with a value replicated from a peer.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum ReplicaOutcome {
+    /// The key held an older version, now replaced.
+    Replaced,
+    /// The key held this version or a newer one; kept.
+    KeptNewer,
+    /// The key was not held; nothing stored (a later read loads it from the source).
+    Absent,
+    /// A load or write of the key was in flight; it was cancelled and the key left empty.
+    Cancelled,
+}
+
+impl<K, V> Store<K, V>
+where
+    K: Eq + Hash + Clone,
+    V: Clone,
+{
+    pub(crate) fn new(bound: Bound<K, V>, clock: Clock) -> Self {
+        let (estimated, max_weight, weigh) = match bound {
+            Bound::Entries(n) => (
+                usize::try_from(n.get()).unwrap_or(usize::MAX),
+                n.get(),
+                None,
+            ),
+            Bound::Weight {
+                max,
+                estimated_entries,
+                weigh,
+            } => (estimated_entries, max.get(), Some(weigh)),
+        };
+        let inner = QuickCache::with(
+            estimated,
+            max_weight,
+            EntryWeighter(weigh),
+            DefaultHashBuilder::default(),
+            Default::default(),
+        );
+        Self { inner, clock }
+    }
+
+    /// The live value of `key`, if held. Allocation-free unless cloning `V` allocates.
+    #[inline]
+    pub(crate) fn get(&self, key: &K) -> Option<V> {
+        let entry = self.inner.get(key)?;
+        entry.is_live(&self.clock).then_some(entry.value)
+    }
+
+    /// A live value of `key`, or a slot to fill. If another task is loading `key`, waits for it
+    /// (single flight) and returns its value when it stored one.
+    pub(crate) async fn load_slot(&self, key: &K) -> Lookup<'_, K, V> {
+        let clock = &self.clock;
+        match self
+            .inner
+            .entry_async(key, |_, entry| {
+                if entry.is_live(clock) {
+                    EntryAction::Retain(entry.value.clone())
+                } else {
+                    EntryAction::ReplaceWithGuard
+                }
+            })
+            .await
+        {
+            EntryResult::Retained(value) => Lookup::Hit(value),
+            EntryResult::Vacant(guard) | EntryResult::Replaced(guard, _) => {
+                Lookup::Miss(Slot(guard))
+            }
+            // Only the blocking `entry` with a timeout returns these.
+            EntryResult::Removed(..) | EntryResult::Timeout => {
+                unreachable!("entry_async retains, replaces or hands out a guard")
+            }
+        }
+    }
+
+    /// A slot for a write of `key` that is about to run: drops the held value and cancels any
+    /// load or write of `key` in flight, whose fill would predate this write.
+    pub(crate) fn write_slot(&self, key: &K) -> Slot<'_, K, V> {
+        loop {
+            match self
+                .inner
+                .entry(key, Some(std::time::Duration::ZERO), |_, _| {
+                    EntryAction::<()>::ReplaceWithGuard
+                }) {
+                EntryResult::Vacant(guard) | EntryResult::Replaced(guard, _) => return Slot(guard),
+                // Someone else holds a slot: detach it so its fill fails, then claim the key.
+                EntryResult::Timeout => {
+                    self.inner.remove(key);
+                }
+                EntryResult::Retained(()) | EntryResult::Removed(..) => {
+                    unreachable!("the callback always replaces")
+                }
+            }
+        }
+    }
+
+    /// Drops `key` and cancels any load or write of it in flight.
+    pub(crate) fn remove(&self, key: &K) {
+        self.inner.remove(key);
+    }
+
+    /// Offers a value replicated from a peer. Only a held, older version is replaced: storing a
+    /// value for an absent key could resurrect an old version that raced with an eviction.
+    pub(crate) fn apply_replica(
+        &self,
+        key: &K,
+        value: V,
+        version: u64,
+        expires_at: Millis,
+    ) -> ReplicaOutcome {
+        let mut offered = Some(value);
+        match self.inner.entry(
+            key,
+            Some(std::time::Duration::ZERO),
+            |_: &K, held: &mut Entry<V>| {
+                if held.version < version {
+                    if let Some(value) = offered.take() {
+                        *held = Entry {
+                            value,
+                            version,
+                            expires_at,
+                        };
+                    }
+                    EntryAction::Retain(ReplicaOutcome::Replaced)
+                } else {
+                    EntryAction::Retain(ReplicaOutcome::KeptNewer)
+                }
+            },
+        ) {
+            EntryResult::Retained(outcome) => outcome,
+            // The guard is dropped unfilled: the key stays absent.
+            EntryResult::Vacant(_) => ReplicaOutcome::Absent,
+            EntryResult::Timeout => {
+                self.inner.remove(key);
+                ReplicaOutcome::Cancelled
+            }
+            EntryResult::Removed(..) | EntryResult::Replaced(..) => {
+                unreachable!("the callback always retains")
+            }
+        }
+    }
+
+    /// Drops everything and cancels every load and write in flight.
+    pub(crate) fn clear(&self) {
+        self.inner.clear();
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.inner.len()
+    }
+
+    pub(crate) fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    /// Checks the store's invariants; panics on a violation.
+    #[cfg(any(test, fuzzing))]
+    pub(crate) fn validate(&self) {
+        assert!(
+            self.inner.weight() <= self.inner.capacity(),
+            "weight {} over capacity {}",
+            self.inner.weight(),
+            self.inner.capacity()
+        );
+    }
+}
+
+impl<K, V> Slot<'_, K, V>
+where
+    K: Eq + Hash + Clone,
+    V: Clone,
+{
+    /// Stores `entry` unless the key was removed, inserted or cleared since the slot was taken.
+    /// Returns whether it was stored.
+    pub(crate) fn fill(self, entry: Entry<V>) -> bool {
+        self.0.insert(entry).is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn store(capacity: u64) -> Store<u64, String> {
+        Store::new(
+            Bound::Entries(NonZeroU64::new(capacity).unwrap()),
+            Clock::manual(1_000),
+        )
+    }
+
+    fn entry(value: &str) -> Entry<String> {
+        Entry {
+            value: value.to_owned(),
+            version: 0,
+            expires_at: NEVER,
+        }
+    }
+
+    async fn miss(store: &Store<u64, String>, key: u64) -> Slot<'_, u64, String> {
+        match store.load_slot(&key).await {
+            Lookup::Miss(slot) => slot,
+            Lookup::Hit(v) => panic!("expected a miss, found {v}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn fill_then_hit() {
+        let store = store(10);
+        assert_eq!(store.get(&1), None);
+        assert!(miss(&store, 1).await.fill(entry("one")));
+        assert_eq!(store.get(&1).as_deref(), Some("one"));
+        assert!(matches!(store.load_slot(&1).await, Lookup::Hit(v) if v == "one"));
+        store.validate();
+    }
+
+    #[tokio::test]
+    async fn expired_entries_are_misses_and_reloadable() {
+        let store = store(10);
+        let expires_at = store.clock().deadline(Duration::from_millis(50));
+        assert!(miss(&store, 1).await.fill(Entry {
+            expires_at,
+            ..entry("one")
+        }));
+        store.clock().advance(Duration::from_millis(49));
+        assert_eq!(store.get(&1).as_deref(), Some("one"));
+        store.clock().advance(Duration::from_millis(1));
+        assert_eq!(store.get(&1), None);
+        assert!(miss(&store, 1).await.fill(entry("fresh")));
+        assert_eq!(store.get(&1).as_deref(), Some("fresh"));
+    }
+
+    #[tokio::test]
+    async fn remove_during_load_rejects_the_fill() {
+        let store = store(10);
+        let slot = miss(&store, 1).await;
+        store.remove(&1);
+        assert!(!slot.fill(entry("stale")));
+        assert_eq!(store.get(&1), None);
+    }
+
+    #[tokio::test]
+    async fn clear_during_load_rejects_the_fill() {
+        let store = store(10);
+        let slot = miss(&store, 1).await;
+        store.clear();
+        assert!(!slot.fill(entry("stale")));
+        assert_eq!(store.get(&1), None);
+    }
+
+    #[tokio::test]
+    async fn write_slot_cancels_a_load_in_flight() {
+        let store = store(10);
+        let load = miss(&store, 1).await;
+        let write = store.write_slot(&1);
+        assert!(!load.fill(entry("read before the write")));
+        assert!(write.fill(entry("written")));
+        assert_eq!(store.get(&1).as_deref(), Some("written"));
+    }
+
+    #[tokio::test]
+    async fn replicas_replace_only_older_held_versions() {
+        let store = store(10);
+        assert_eq!(
+            store.apply_replica(&1, "v5".into(), 5, NEVER),
+            ReplicaOutcome::Absent
+        );
+        assert_eq!(store.get(&1), None, "an absent key stays absent");
+
+        assert!(miss(&store, 1).await.fill(Entry {
+            version: 3,
+            ..entry("v3")
+        }));
+        assert_eq!(
+            store.apply_replica(&1, "v5".into(), 5, NEVER),
+            ReplicaOutcome::Replaced
+        );
+        assert_eq!(
+            store.apply_replica(&1, "v4".into(), 4, NEVER),
+            ReplicaOutcome::KeptNewer
+        );
+        assert_eq!(
+            store.apply_replica(&1, "v5 again".into(), 5, NEVER),
+            ReplicaOutcome::KeptNewer
+        );
+        assert_eq!(store.get(&1).as_deref(), Some("v5"));
+        store.validate();
+    }
+
+    #[tokio::test]
+    async fn replica_during_load_cancels_it() {
+        let store = store(10);
+        let slot = miss(&store, 1).await;
+        assert_eq!(
+            store.apply_replica(&1, "v9".into(), 9, NEVER),
+            ReplicaOutcome::Cancelled
+        );
+        assert!(!slot.fill(Entry {
+            version: 8,
+            ..entry("v8")
+        }));
+        assert_eq!(store.get(&1), None);
+    }
+
+    #[tokio::test]
+    async fn entry_bound_holds() {
+        let store = store(100);
+        for key in 0..1_000 {
+            assert!(miss(&store, key).await.fill(entry("x")));
+        }
+        assert!(store.len() <= 100, "{} entries", store.len());
+        store.validate();
+    }
+
+    #[tokio::test]
+    async fn weight_bound_holds() {
+        let store: Store<u64, String> = Store::new(
+            Bound::Weight {
+                max: NonZeroU64::new(1_000).unwrap(),
+                estimated_entries: 100,
+                weigh: Arc::new(|_, v: &String| v.len() as u64),
+            },
+            Clock::manual(0),
+        );
+        for key in 0..100 {
+            assert!(miss(&store, key).await.fill(entry(&"x".repeat(100))));
+        }
+        assert!(store.len() <= 10, "{} entries of weight 100", store.len());
+    }
+}

@@ -1,0 +1,97 @@
+//! TCP links between nodes: connecting, the preamble exchange, framed halves and reconnect delays.
+//!
+//! A link is one TCP connection over which one node (the dialer) sends its events to another (the
+//! acceptor). Every node dials every peer it knows, so each pair of nodes shares two links, one per
+//! direction; neither side ever has to decide which of two crossing connections to keep. What the
+//! frames mean is the [`cluster`](crate::cluster)'s business; this module moves them.
+
+mod backoff;
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
+
+pub(crate) use backoff::Backoff;
+
+use crate::wire::{self, PREAMBLE_LEN, WireError};
+
+/// The receiving half of a link: length-delimited frames.
+pub(crate) type FrameReader = FramedRead<OwnedReadHalf, LengthDelimitedCodec>;
+/// The sending half of a link.
+pub(crate) type FrameWriter = FramedWrite<OwnedWriteHalf, LengthDelimitedCodec>;
+
+/// Why a link failed or was refused.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum LinkError {
+    /// The connection failed or broke.
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    /// The other end sent something this node refuses.
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    /// The other end did not complete its part of the handshake in time.
+    #[error("handshake timed out")]
+    Timeout,
+    /// The other end closed the link during the handshake.
+    #[error("closed during the handshake")]
+    Closed,
+}
+
+/// Exchanges preambles over a fresh connection and splits it into framed halves.
+///
+/// Both ends call this; each sends its preamble first, so neither waits on the other.
+pub(crate) async fn open(
+    mut stream: TcpStream,
+    max_frame_bytes: usize,
+    timeout: Duration,
+) -> Result<(FrameReader, FrameWriter), LinkError> {
+    stream.set_nodelay(true)?;
+    stream.write_all(&wire::preamble()).await?;
+    let mut theirs = [0; PREAMBLE_LEN];
+    tokio::time::timeout(timeout, stream.read_exact(&mut theirs))
+        .await
+        .map_err(|_| LinkError::Timeout)??;
+    wire::check_preamble(theirs)?;
+    let (read, write) = stream.into_split();
+    let codec = wire::codec(max_frame_bytes);
+    Ok((
+        FramedRead::new(read, codec.clone()),
+        FramedWrite::new(write, codec),
+    ))
+}
+
+/// The next frame body from `reader`; `Ok(None)` when the other end closed cleanly.
+pub(crate) async fn next_frame(reader: &mut FrameReader) -> Result<Option<BytesMut>, LinkError> {
+    match reader.next().await {
+        None => Ok(None),
+        Some(Ok(body)) => Ok(Some(body)),
+        // The codec reports an oversized length prefix as InvalidData.
+        Some(Err(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
+            Err(WireError::Framing(e).into())
+        }
+        Some(Err(e)) => Err(e.into()),
+    }
+}
+
+/// Like [`next_frame`], but a close or a silence longer than `timeout` is an error.
+pub(crate) async fn handshake_frame(
+    reader: &mut FrameReader,
+    timeout: Duration,
+) -> Result<BytesMut, LinkError> {
+    tokio::time::timeout(timeout, next_frame(reader))
+        .await
+        .map_err(|_| LinkError::Timeout)??
+        .ok_or(LinkError::Closed)
+}
+
+/// Sends one frame and flushes it.
+pub(crate) async fn send_frame(writer: &mut FrameWriter, frame: Bytes) -> Result<(), LinkError> {
+    use futures_util::SinkExt;
+    writer.send(frame).await?;
+    Ok(())
+}

@@ -1,0 +1,251 @@
+//! The wire format between nodes: a preamble, then length-delimited postcard frames.
+//!
+//! A link starts with a fixed [`PREAMBLE_LEN`]-byte preamble from each side: the magic bytes
+//! `COHO` and the protocol version as a big-endian `u16`. It sits outside the framing so that a
+//! node can tell "not a cohort peer" and "a cohort peer speaking another version" apart before
+//! decoding anything. After it, every [`Frame`] travels as a 4-byte big-endian length followed by
+//! that many bytes of postcard. The length is checked against the node's maximum frame size
+//! before anything is allocated for the frame.
+//!
+//! Frames borrow from the receive buffer: keys, values and names are decoded as slices, so
+//! applying an event allocates only what the cache itself needs.
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use tokio_util::codec::LengthDelimitedCodec;
+
+/// The protocol version this build speaks. A peer with another version is refused.
+pub(crate) const PROTOCOL_VERSION: u16 = 1;
+
+/// Magic bytes that open every link.
+const MAGIC: [u8; 4] = *b"COHO";
+
+/// Length of the preamble each side sends first.
+pub(crate) const PREAMBLE_LEN: usize = 6;
+
+/// The preamble this build sends.
+pub(crate) fn preamble() -> [u8; PREAMBLE_LEN] {
+    let [hi, lo] = PROTOCOL_VERSION.to_be_bytes();
+    [MAGIC[0], MAGIC[1], MAGIC[2], MAGIC[3], hi, lo]
+}
+
+/// Checks a peer's preamble.
+pub(crate) fn check_preamble(bytes: [u8; PREAMBLE_LEN]) -> Result<(), WireError> {
+    if bytes[..4] != MAGIC {
+        return Err(WireError::NotCohort);
+    }
+    match u16::from_be_bytes([bytes[4], bytes[5]]) {
+        PROTOCOL_VERSION => Ok(()),
+        version => Err(WireError::UnsupportedVersion {
+            version,
+            supported: PROTOCOL_VERSION,
+        }),
+    }
+}
+
+/// The codec for frames, rejecting any longer than `max_frame_bytes` before reading them.
+pub(crate) fn codec(max_frame_bytes: usize) -> LengthDelimitedCodec {
+    LengthDelimitedCodec::builder()
+        .length_field_type::<u32>()
+        .max_frame_length(max_frame_bytes)
+        .new_codec()
+}
+
+/// Everything one node says to another after the preamble.
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+pub(crate) enum Frame<'a> {
+    /// The first frame each side sends: who it is and whom it knows.
+    #[serde(borrow)]
+    Hello(Hello<'a>),
+    /// Addresses of nodes the sender has learned of since its hello.
+    Peers(Vec<SocketAddr>),
+    /// A change to one cache, originated by the sender.
+    #[serde(borrow)]
+    Event(Event<'a>),
+}
+
+/// A node's introduction.
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Hello<'a> {
+    /// The node's name, unique in the cluster.
+    pub(crate) node: &'a str,
+    /// The node's process epoch: a restarted node has a higher one and a fresh sequence space.
+    pub(crate) incarnation: u64,
+    /// Where the node accepts links.
+    pub(crate) listen: SocketAddr,
+    /// The sequence number of the last event the node originated before this link existed; the
+    /// link carries every later one.
+    pub(crate) seq: u64,
+    /// Every other node it knows of.
+    pub(crate) peers: Vec<SocketAddr>,
+}
+
+/// One change, numbered in its origin's sequence.
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Event<'a> {
+    /// The originating node's name.
+    pub(crate) node: &'a str,
+    /// The originating node's incarnation.
+    pub(crate) incarnation: u64,
+    /// Position in the origin's sequence, from 1, without holes.
+    pub(crate) seq: u64,
+    /// The cache the change applies to.
+    pub(crate) cache: &'a str,
+    #[serde(borrow)]
+    pub(crate) change: Change<'a>,
+}
+
+/// What changed. Keys and values are postcard encodings of the cache's own types.
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+pub(crate) enum Change<'a> {
+    /// Drop the key.
+    Invalidate {
+        #[serde(borrow)]
+        key: &'a [u8],
+    },
+    /// Replace a held, older version of the key with this value.
+    Replicate {
+        #[serde(borrow)]
+        key: &'a [u8],
+        version: u64,
+        #[serde(borrow)]
+        value: &'a [u8],
+    },
+}
+
+impl Frame<'_> {
+    /// Encodes the frame's body (the codec adds the length).
+    pub(crate) fn encode(&self) -> Bytes {
+        // Serializing these types into a Vec cannot fail: every field is a plain
+        // integer, string, byte slice, address or sequence of them.
+        postcard::to_stdvec(self)
+            .expect("frames always serialize")
+            .into()
+    }
+}
+
+/// Decodes one frame body. The frame borrows from `body`.
+pub(crate) fn decode(body: &[u8]) -> Result<Frame<'_>, WireError> {
+    postcard::from_bytes(body).map_err(WireError::Malformed)
+}
+
+/// Encodes a key or value of a cache for a [`Change`].
+pub(crate) fn encode_item<T: Serialize>(item: &T) -> Result<Vec<u8>, postcard::Error> {
+    postcard::to_stdvec(item)
+}
+
+/// Decodes a key or value of a cache from a [`Change`].
+pub(crate) fn decode_item<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+) -> Result<T, postcard::Error> {
+    postcard::from_bytes(bytes)
+}
+
+/// Why a link's input was refused. Each one closes the link it came on; the node keeps running.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum WireError {
+    /// The preamble's magic bytes were wrong: the other end is not a cohort node.
+    #[error("not a cohort peer (bad preamble)")]
+    NotCohort,
+    /// The peer speaks a protocol version this build does not.
+    #[error("unsupported protocol version {version} (this node speaks {supported})")]
+    UnsupportedVersion { version: u16, supported: u16 },
+    /// A frame body did not decode.
+    #[error("malformed frame: {0}")]
+    Malformed(postcard::Error),
+    /// A frame's length prefix exceeded the maximum, or the framing was otherwise broken.
+    #[error("bad framing: {0}")]
+    Framing(std::io::Error),
+    /// A frame arrived where the protocol does not allow it.
+    #[error("unexpected frame: {0}")]
+    Unexpected(&'static str),
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::BytesMut;
+    use tokio_util::codec::Decoder;
+
+    use super::*;
+
+    fn event() -> Frame<'static> {
+        Frame::Event(Event {
+            node: "a",
+            incarnation: 7,
+            seq: 42,
+            cache: "users",
+            change: Change::Replicate {
+                key: b"\x01",
+                version: 3,
+                value: b"hello",
+            },
+        })
+    }
+
+    #[test]
+    fn frames_round_trip() {
+        let hello = Frame::Hello(Hello {
+            node: "node-a",
+            incarnation: 1,
+            listen: "127.0.0.1:7001".parse().unwrap(),
+            seq: 9,
+            peers: vec!["127.0.0.1:7002".parse().unwrap()],
+        });
+        for frame in [
+            hello,
+            event(),
+            Frame::Peers(vec!["[::1]:1".parse().unwrap()]),
+        ] {
+            let bytes = frame.encode();
+            assert_eq!(decode(&bytes).unwrap(), frame);
+        }
+    }
+
+    #[test]
+    fn truncated_and_garbage_bodies_are_errors() {
+        let bytes = event().encode();
+        for len in 0..bytes.len() {
+            assert!(
+                decode(&bytes[..len]).is_err(),
+                "prefix of {len} bytes decoded"
+            );
+        }
+        assert!(matches!(decode(&[0xff; 16]), Err(WireError::Malformed(_))));
+    }
+
+    #[test]
+    fn preamble_checks_magic_and_version() {
+        assert!(check_preamble(preamble()).is_ok());
+        assert!(matches!(
+            check_preamble(*b"GET / "),
+            Err(WireError::NotCohort)
+        ));
+        let mut future = preamble();
+        future[5] += 1;
+        assert!(matches!(
+            check_preamble(future),
+            Err(WireError::UnsupportedVersion {
+                version: 2,
+                supported: 1
+            })
+        ));
+    }
+
+    #[test]
+    fn oversized_length_prefix_is_refused_before_allocation() {
+        let mut codec = codec(1024);
+        let mut buf = BytesMut::from(&u32::MAX.to_be_bytes()[..]);
+        assert!(codec.decode(&mut buf).is_err());
+        assert!(buf.capacity() < 1024);
+    }
+
+    #[test]
+    fn items_round_trip() {
+        let key = (7_u64, "x".to_owned());
+        let bytes = encode_item(&key).unwrap();
+        assert_eq!(decode_item::<(u64, String)>(&bytes).unwrap(), key);
+        assert!(decode_item::<(u64, String)>(&bytes[..1]).is_err());
+    }
+}
