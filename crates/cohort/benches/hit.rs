@@ -1,1 +1,105 @@
-fn main() {}
+//! The cost of a cache hit: cohort's `Cache::get` against a bare quick_cache `get` on the same
+//! keys and values (1 KiB `Arc<[u8]>`), one thread and two.
+//!
+//! `cargo bench -p cohort --bench hit`; compare the `cohort` and `quick_cache` lines of each group.
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+
+const KEYS: u64 = 100_000;
+const HOT_KEYS: u64 = 1_000;
+const SEQUENCE: usize = 1 << 16;
+
+type Value = Arc<[u8]>;
+
+fn value() -> Value {
+    vec![7_u8; 1024].into()
+}
+
+/// A fixed pseudo-random sequence of keys below `n`, shared by both contenders.
+fn keys(n: u64) -> Vec<u64> {
+    let mut rng = StdRng::seed_from_u64(42);
+    (0..SEQUENCE).map(|_| rng.random_range(0..n)).collect()
+}
+
+/// Runs `get` over the key sequence on `threads` threads and returns the time per thread-op
+/// scaled to `iters` operations.
+fn timed<F>(iters: u64, threads: usize, keys: &[u64], get: F) -> Duration
+where
+    F: Fn(&u64) -> bool + Sync,
+{
+    let per_thread = iters.div_ceil(threads as u64);
+    let start = Instant::now();
+    std::thread::scope(|scope| {
+        for t in 0..threads {
+            let get = &get;
+            scope.spawn(move || {
+                for key in keys.iter().cycle().skip(t * 7919).take(per_thread as usize) {
+                    black_box(get(key));
+                }
+            });
+        }
+    });
+    start.elapsed()
+}
+
+fn hit(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let cluster = runtime
+        .block_on(cohort::Cluster::builder().start())
+        .unwrap();
+    let cohort_cache = cluster
+        .cache::<u64, Value>("bench")
+        .capacity(KEYS * 2)
+        .build()
+        .unwrap();
+    let bare = quick_cache::sync::Cache::<u64, Value>::new(KEYS as usize * 2);
+    let v = value();
+    runtime.block_on(async {
+        for key in 0..KEYS {
+            let v = v.clone();
+            cohort_cache
+                .get_or_load(&key, |_| async move { Ok::<_, ()>(v) })
+                .await
+                .unwrap();
+            bare.insert(key, value());
+        }
+    });
+
+    for (label, n) in [("100k_keys", KEYS), ("1k_hot_keys", HOT_KEYS)] {
+        let keys = keys(n);
+        for threads in [1, 2] {
+            let mut group = c.benchmark_group(format!("hit/{label}/{threads}_threads"));
+            group.throughput(Throughput::Elements(1));
+            group.bench_function("quick_cache", |b| {
+                b.iter_custom(|iters| timed(iters, threads, &keys, |k| bare.get(k).is_some()))
+            });
+            group.bench_function("cohort", |b| {
+                b.iter_custom(|iters| {
+                    timed(iters, threads, &keys, |k| cohort_cache.get(k).is_some())
+                })
+            });
+            group.finish();
+        }
+    }
+    assert_eq!(
+        cohort_cache.stats().misses,
+        0,
+        "every measured read was a hit"
+    );
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
+    targets = hit
+}
+criterion_main!(benches);

@@ -75,16 +75,16 @@ pub(crate) struct Store<K, V> {
 }
 
 /// A claim on a key that is being loaded or written; see [`Store::load_slot`].
-pub(crate) struct Slot<'a, K, V>(
-    PlaceholderGuard<
-        'a,
-        K,
-        Entry<V>,
-        EntryWeighter<K, V>,
-        DefaultHashBuilder,
-        DefaultLifecycle<K, Entry<V>>,
-    >,
-);
+pub(crate) struct Slot<'a, K, V>(Guard<'a, K, V>);
+
+type Guard<'a, K, V> = PlaceholderGuard<
+    'a,
+    K,
+    Entry<V>,
+    EntryWeighter<K, V>,
+    DefaultHashBuilder,
+    DefaultLifecycle<K, Entry<V>>,
+>;
 
 /// What [`Store::load_slot`] found.
 pub(crate) enum Lookup<'a, K, V> {

@@ -1,0 +1,480 @@
+//! Nodes on real loopback TCP: propagation, modes, single flight, stale fills, bad input, discovery.
+//!
+//! Waiting is always on an event (a peer link coming up, an event applied), never on a sleep.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use cohort::{Cache, Cluster, ClusterEvent, EventId, Mode};
+use parking_lot::Mutex;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{Notify, broadcast};
+
+/// A stand-in for the source of truth: rows of (name, version) by id, counting reads.
+#[derive(Clone, Default)]
+struct Db {
+    rows: Arc<Mutex<HashMap<u64, User>>>,
+    reads: Arc<AtomicUsize>,
+}
+
+type User = (String, u64);
+
+impl Db {
+    fn with(rows: &[(u64, &str)]) -> Self {
+        let db = Self::default();
+        for &(id, name) in rows {
+            db.rows.lock().insert(id, (name.to_owned(), 1));
+        }
+        db
+    }
+
+    fn read(&self, id: u64) -> User {
+        self.reads.fetch_add(1, Ordering::SeqCst);
+        self.rows.lock()[&id].clone()
+    }
+
+    fn write(&self, id: u64, name: &str) -> User {
+        let mut rows = self.rows.lock();
+        let row = rows.get_mut(&id).expect("row exists");
+        *row = (name.to_owned(), row.1 + 1);
+        row.clone()
+    }
+
+    fn reads(&self) -> usize {
+        self.reads.load(Ordering::SeqCst)
+    }
+}
+
+/// Starts `n` nodes, each seeded with the first, and waits until every one links to every other.
+async fn mesh(n: usize) -> Vec<Cluster> {
+    let first = Cluster::builder().node_name("n0").start().await.unwrap();
+    let seed = first.local_addr().to_string();
+    let mut nodes = vec![first];
+    for i in 1..n {
+        let node = Cluster::builder()
+            .node_name(format!("n{i}"))
+            .seeds([seed.clone()])
+            .start()
+            .await
+            .unwrap();
+        nodes.push(node);
+    }
+    for node in &nodes {
+        wait_linked(node, n - 1).await;
+    }
+    nodes
+}
+
+/// Waits until `node` has an outgoing link to `peers` peers.
+async fn wait_linked(node: &Cluster, peers: usize) {
+    let mut events = node.subscribe();
+    let linked = || node.members().iter().filter(|m| m.connected).count() >= peers;
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !linked() {
+            // Any event may have changed the membership; re-check after each.
+            let _ = events.recv().await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "{} never linked to {peers} peers: {:?}",
+            node.node_id(),
+            node.members()
+        )
+    });
+}
+
+/// Waits until `events` reports `event` applied.
+async fn applied(events: &mut broadcast::Receiver<ClusterEvent>, event: &EventId) {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match events.recv().await {
+                Ok(ClusterEvent::Applied { event: e, .. }) if &e == event => return,
+                Ok(_) => {}
+                Err(e) => panic!("event stream failed: {e}"),
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{event} never applied"));
+}
+
+fn users(node: &Cluster, mode: Mode) -> Cache<u64, User> {
+    let mut builder = node.cache::<u64, User>("users");
+    builder.mode(mode).version(|(_, version)| *version);
+    builder.build().unwrap()
+}
+
+async fn load(cache: &Cache<u64, User>, db: &Db, id: u64) -> User {
+    let db = db.clone();
+    cache
+        .get_or_load(&id, |id| async move { Ok::<_, Infallible>(db.read(id)) })
+        .await
+        .unwrap()
+}
+
+async fn write(cache: &Cache<u64, User>, db: &Db, id: u64, name: &str) -> EventId {
+    let (db, name) = (db.clone(), name.to_owned());
+    cache
+        .update(
+            &id,
+            |id| async move { Ok::<_, Infallible>(db.write(id, &name)) },
+        )
+        .await
+        .unwrap()
+        .event
+}
+
+/// The seed essay: a user is cached on server a, renamed through server b, and server a must not
+/// keep showing the old name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rename_through_b_is_seen_on_a() {
+    let nodes = mesh(2).await;
+    let db = Db::with(&[(1, "ada")]);
+    let (a, b) = (
+        users(&nodes[0], Mode::Invalidate),
+        users(&nodes[1], Mode::Invalidate),
+    );
+
+    assert_eq!(load(&a, &db, 1).await.0, "ada");
+    assert_eq!(a.get(&1).unwrap().0, "ada", "cached on a");
+
+    let mut a_events = nodes[0].subscribe();
+    let event = write(&b, &db, 1, "grace").await;
+    assert_eq!(b.get(&1).unwrap().0, "grace", "read-your-writes on b");
+    applied(&mut a_events, &event).await;
+
+    assert_eq!(a.get(&1), None, "a dropped its copy");
+    assert_eq!(load(&a, &db, 1).await.0, "grace");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidate_mode_drops_and_the_next_read_loads_once() {
+    let nodes = mesh(2).await;
+    let db = Db::with(&[(1, "ada")]);
+    let (a, b) = (
+        users(&nodes[0], Mode::Invalidate),
+        users(&nodes[1], Mode::Invalidate),
+    );
+    load(&a, &db, 1).await;
+    let reads = db.reads();
+
+    let mut a_events = nodes[0].subscribe();
+    let event = write(&b, &db, 1, "grace").await;
+    applied(&mut a_events, &event).await;
+
+    assert_eq!(a.get(&1), None);
+    for _ in 0..3 {
+        assert_eq!(load(&a, &db, 1).await, ("grace".to_owned(), 2));
+    }
+    assert_eq!(db.reads(), reads + 1, "one load after the invalidation");
+    assert_eq!(a.stats().invalidations_applied, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicate_mode_carries_the_value() {
+    let nodes = mesh(2).await;
+    let db = Db::with(&[(1, "ada")]);
+    let (a, b) = (
+        users(&nodes[0], Mode::Replicate),
+        users(&nodes[1], Mode::Replicate),
+    );
+    load(&a, &db, 1).await;
+    let reads = db.reads();
+
+    let mut a_events = nodes[0].subscribe();
+    let event = write(&b, &db, 1, "grace").await;
+    applied(&mut a_events, &event).await;
+
+    assert_eq!(
+        a.get(&1),
+        Some(("grace".to_owned(), 2)),
+        "a holds the new value"
+    );
+    assert_eq!(db.reads(), reads, "without reading the source");
+    assert_eq!(a.stats().replicas_applied, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_loads_of_one_key_run_the_loader_once() {
+    let nodes = mesh(1).await;
+    let cache = users(&nodes[0], Mode::Invalidate);
+    let db = Db::with(&[(1, "ada")]);
+    let gate = Arc::new(Notify::new());
+
+    let tasks: Vec<_> = (0..100)
+        .map(|_| {
+            let (cache, db, gate) = (cache.clone(), db.clone(), Arc::clone(&gate));
+            tokio::spawn(async move {
+                cache
+                    .get_or_load(&1, |id| async move {
+                        gate.notified().await;
+                        Ok::<_, Infallible>(db.read(id))
+                    })
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    // Every caller has missed (and so is loading or parked on the one load) before the load ends.
+    while cache.stats().misses < 100 {
+        tokio::task::yield_now().await;
+    }
+    gate.notify_one();
+    for task in tasks {
+        assert_eq!(task.await.unwrap().0, "ada");
+    }
+    assert_eq!(db.reads(), 1);
+    assert_eq!(cache.stats().loads, 1);
+}
+
+/// A load that read the source before a peer's update and finishes after its invalidation
+/// arrived is returned to its caller but not stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_load_overtaken_by_a_peer_update_is_not_stored() {
+    for mode in [Mode::Invalidate, Mode::Replicate] {
+        let nodes = mesh(2).await;
+        let db = Db::with(&[(1, "ada")]);
+        let (a, b) = (users(&nodes[0], mode), users(&nodes[1], mode));
+        let (read_done, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+
+        let loading = {
+            let (a, db, read_done, release) =
+                (a.clone(), db.clone(), read_done.clone(), release.clone());
+            tokio::spawn(async move {
+                a.get_or_load(&1, |id| async move {
+                    let old = db.read(id);
+                    read_done.notify_one();
+                    release.notified().await;
+                    Ok::<_, Infallible>(old)
+                })
+                .await
+                .unwrap()
+            })
+        };
+        read_done.notified().await;
+        let mut a_events = nodes[0].subscribe();
+        let event = write(&b, &db, 1, "grace").await;
+        applied(&mut a_events, &event).await;
+        release.notify_one();
+
+        assert_eq!(
+            loading.await.unwrap().0,
+            "ada",
+            "the caller gets what it read"
+        );
+        assert_eq!(a.get(&1), None, "{mode:?}: the stale value was not stored");
+        assert_eq!(a.stats().fills_rejected, 1);
+        assert_eq!(load(&a, &db, 1).await.0, "grace");
+    }
+}
+
+/// A write whose key changed elsewhere while it ran leaves the key empty rather than set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_overtaken_by_a_peer_update_is_not_set_locally() {
+    for mode in [Mode::Invalidate, Mode::Replicate] {
+        let nodes = mesh(2).await;
+        let db = Db::with(&[(1, "ada")]);
+        let (a, b) = (users(&nodes[0], mode), users(&nodes[1], mode));
+        let (writing, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+
+        let slow_write = {
+            let (a, db, writing, release) =
+                (a.clone(), db.clone(), writing.clone(), release.clone());
+            tokio::spawn(async move {
+                a.update(&1, |id| async move {
+                    writing.notify_one();
+                    release.notified().await;
+                    Ok::<_, Infallible>(db.write(id, "from a"))
+                })
+                .await
+                .unwrap()
+            })
+        };
+        writing.notified().await;
+        let mut a_events = nodes[0].subscribe();
+        let event = write(&b, &db, 1, "from b").await;
+        applied(&mut a_events, &event).await;
+        release.notify_one();
+
+        assert_eq!(slow_write.await.unwrap().value.0, "from a");
+        assert_eq!(
+            a.get(&1),
+            None,
+            "{mode:?}: a dropped its own write instead of setting it"
+        );
+    }
+}
+
+/// Replicated values of one key from two nodes settle on the higher version, whatever the order
+/// in which they arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_keep_the_higher_version_in_any_order() {
+    let nodes = mesh(3).await;
+    let caches: Vec<_> = nodes.iter().map(|n| users(n, Mode::Replicate)).collect();
+    let (a, b, c) = (&caches[0], &caches[1], &caches[2]);
+    let fixed = |name: &str, version: u64| {
+        let value = (name.to_owned(), version);
+        move |_| async move { Ok::<_, Infallible>(value) }
+    };
+    for (first, second) in [(a, b), (b, a)] {
+        c.get_or_load(&1, fixed("original", 1)).await.unwrap();
+        let mut c_events = nodes[2].subscribe();
+        let newer = first.update(&1, fixed("newer", 3)).await.unwrap().event;
+        applied(&mut c_events, &newer).await;
+        let older = second.update(&1, fixed("older", 2)).await.unwrap().event;
+        applied(&mut c_events, &older).await;
+        assert_eq!(c.get(&1), Some(("newer".to_owned(), 3)));
+        c.invalidate(&1).await.unwrap();
+    }
+    // The same two updates in the other order.
+    c.get_or_load(&1, fixed("original", 1)).await.unwrap();
+    let mut c_events = nodes[2].subscribe();
+    let older = b.update(&1, fixed("older", 2)).await.unwrap().event;
+    applied(&mut c_events, &older).await;
+    let newer = a.update(&1, fixed("newer", 3)).await.unwrap().event;
+    applied(&mut c_events, &newer).await;
+    assert_eq!(c.get(&1), Some(("newer".to_owned(), 3)));
+}
+
+/// A node given one seed reaches the nodes that seed knows and receives their events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_learns_the_whole_cluster_from_one_seed() {
+    let a = Cluster::builder().node_name("a").start().await.unwrap();
+    let b = Cluster::builder()
+        .node_name("b")
+        .seeds([a.local_addr().to_string()])
+        .start()
+        .await
+        .unwrap();
+    wait_linked(&b, 1).await;
+    let c = Cluster::builder()
+        .node_name("c")
+        .seeds([b.local_addr().to_string()])
+        .start()
+        .await
+        .unwrap();
+    for node in [&a, &b, &c] {
+        wait_linked(node, 2).await;
+    }
+    let db = Db::with(&[(1, "ada")]);
+    let (on_a, on_c) = (users(&a, Mode::Invalidate), users(&c, Mode::Invalidate));
+    load(&on_a, &db, 1).await;
+    let mut a_events = a.subscribe();
+    let event = write(&on_c, &db, 1, "grace").await;
+    applied(&mut a_events, &event).await;
+    assert_eq!(load(&on_a, &db, 1).await.0, "grace");
+}
+
+/// Sends `bytes` on a raw connection to `node` and returns everything the node sent back before
+/// closing the connection.
+async fn raw_exchange(node: &Cluster, bytes: &[u8]) -> Vec<u8> {
+    let mut stream = TcpStream::connect(node.local_addr()).await.unwrap();
+    stream.write_all(bytes).await.unwrap();
+    let mut reply = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut reply))
+        .await
+        .expect("the node closed the connection")
+        .ok();
+    reply
+}
+
+fn preamble(version: u16) -> Vec<u8> {
+    let mut bytes = b"COHO".to_vec();
+    bytes.extend(version.to_be_bytes());
+    bytes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_closes_only_its_own_link() {
+    let nodes = mesh(2).await;
+    let db = Db::with(&[(1, "ada")]);
+    let (a, b) = (
+        users(&nodes[0], Mode::Invalidate),
+        users(&nodes[1], Mode::Invalidate),
+    );
+
+    let garbage = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec();
+    let wrong_version = preamble(99);
+    let oversized = [preamble(1), u32::MAX.to_be_bytes().to_vec()].concat();
+    let malformed = [preamble(1), 8_u32.to_be_bytes().to_vec(), vec![0xff; 8]].concat();
+    let no_hello = [preamble(1), 1_u32.to_be_bytes().to_vec(), vec![1]].concat();
+    for (i, input) in [garbage, wrong_version, oversized, malformed, no_hello]
+        .iter()
+        .enumerate()
+    {
+        let reply = raw_exchange(&nodes[0], input).await;
+        assert_eq!(
+            reply,
+            preamble(1),
+            "input {i}: the node sent its preamble, then closed"
+        );
+        assert_eq!(
+            nodes[0].stats().frames_rejected,
+            i as u64 + 1,
+            "input {i} counted"
+        );
+    }
+
+    load(&a, &db, 1).await;
+    let mut a_events = nodes[0].subscribe();
+    let event = write(&b, &db, 1, "grace").await;
+    applied(&mut a_events, &event).await;
+    assert_eq!(
+        load(&a, &db, 1).await.0,
+        "grace",
+        "the real peer's link still works"
+    );
+}
+
+#[tokio::test]
+async fn bad_configuration_is_refused() {
+    assert!(
+        Cluster::builder()
+            .max_staleness(Duration::ZERO)
+            .start()
+            .await
+            .is_err()
+    );
+    assert!(
+        Cluster::builder()
+            .max_frame_bytes(10)
+            .start()
+            .await
+            .is_err()
+    );
+    assert!(Cluster::builder().seeds(["no port"]).start().await.is_err());
+    let taken = Cluster::builder().start().await.unwrap();
+    let err = Cluster::builder()
+        .listen(taken.local_addr())
+        .start()
+        .await
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("cannot listen"), "{err}");
+
+    assert!(
+        taken
+            .cache::<u64, User>("users")
+            .mode(Mode::Replicate)
+            .build()
+            .is_err()
+    );
+    assert!(
+        taken
+            .cache::<u64, User>("users")
+            .capacity(0)
+            .build()
+            .is_err()
+    );
+    taken.cache::<u64, User>("users").build().unwrap();
+    assert!(
+        taken.cache::<u64, User>("users").build().is_err(),
+        "duplicate name"
+    );
+}
