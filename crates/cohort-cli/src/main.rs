@@ -1,1 +1,51 @@
-fn main() {}
+//! The `cohort` command. It parses arguments and hands over to the library and its subcommands.
+
+mod demo;
+mod history;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Coherent in-process caches across the servers of an application.
+#[derive(Parser)]
+#[command(name = "cohort", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start a few nodes in this process over one SQLite database, run a mixed workload and
+    /// check every read against the staleness bound.
+    Demo(demo::Args),
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("cohort: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = match cli.command {
+        Command::Demo(args) => runtime.block_on(demo::run(args)),
+    };
+    match outcome {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("cohort: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

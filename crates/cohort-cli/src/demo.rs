@@ -1,0 +1,489 @@
+//! `cohort demo`: several nodes in one process over one SQLite file, a mixed workload, a verdict.
+//!
+//! Every node is a full cohort node on its own loopback port with its own database pool, as
+//! separate servers would be. Clients send reads (Zipf-distributed keys) and updates to random
+//! nodes; every operation is recorded and the history is judged against the staleness bound.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use cohort::{Cache, Cluster, ClusterEvent, EventId};
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use serde::{Deserialize, Serialize};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use tokio::sync::{broadcast, watch};
+
+use crate::history::{self, Read, Update};
+
+/// Options of `cohort demo`.
+#[derive(clap::Args, Debug)]
+pub(crate) struct Args {
+    /// Nodes to start.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=32))]
+    nodes: u16,
+    /// Users in the database (the key space).
+    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    keys: u64,
+    /// Operations to run in all.
+    #[arg(long, default_value_t = 200_000)]
+    ops: u64,
+    /// Seed of the workload's randomness.
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    clients: u16,
+    /// Share of operations that are updates, in percent.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u8).range(0..=100))]
+    update_percent: u8,
+    /// The promised staleness bound, in milliseconds.
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..))]
+    max_staleness_ms: u64,
+}
+
+/// A row of the users table, as cached.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct User {
+    name: String,
+    version: u64,
+}
+
+/// One node of the demo: a cohort node, its cache of users and its own database pool.
+struct Node {
+    cluster: Cluster,
+    users: Cache<u64, Arc<User>>,
+    db: SqlitePool,
+}
+
+/// What one client did.
+#[derive(Default)]
+struct ClientLog {
+    reads: Vec<Read>,
+    updates: Vec<Update>,
+    /// When each update's `update` call returned, by the event that carried it.
+    returned: Vec<(EventId, Instant)>,
+}
+
+/// Runs the demo; returns whether it passed.
+pub(crate) async fn run(args: Args) -> anyhow::Result<bool> {
+    let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
+    let path = dir.path().join("demo.db");
+    let bound = Duration::from_millis(args.max_staleness_ms);
+    seed_database(&connect(&path).await?, args.keys).await?;
+    let nodes = Arc::new(start_nodes(&path, args.nodes, bound).await?);
+
+    let collectors = collect_applied(&nodes);
+    let progress = ProgressBar::new(args.ops).with_style(
+        ProgressStyle::with_template("{spinner} {pos}/{len} ops {wide_bar} {per_sec} eta {eta}")
+            .context("progress template")?,
+    );
+    let zipf = Arc::new(Zipf::new(args.keys, 0.99));
+    let per_client = args.ops / u64::from(args.clients);
+    let extra = args.ops % u64::from(args.clients);
+    let started = Instant::now();
+    let clients: Vec<_> = (0..u64::from(args.clients))
+        .map(|c| {
+            let ops = per_client + u64::from(c < extra);
+            let (nodes, zipf, progress) = (Arc::clone(&nodes), Arc::clone(&zipf), progress.clone());
+            let rng = StdRng::seed_from_u64(args.seed.wrapping_mul(1_000_003).wrapping_add(c));
+            tokio::spawn(client(nodes, zipf, rng, ops, args.update_percent, progress))
+        })
+        .collect();
+    let mut log = ClientLog::default();
+    for client in clients {
+        let part = client.await.context("a client panicked")??;
+        log.reads.extend(part.reads);
+        log.updates.extend(part.updates);
+        log.returned.extend(part.returned);
+    }
+    let elapsed = started.elapsed();
+    progress.finish_and_clear();
+
+    let propagation = propagation(&nodes, &log, collectors).await;
+    let verdict = history::judge(&log.updates, &log.reads, bound);
+    print_report(&nodes, &log, &propagation, &verdict, bound, elapsed);
+
+    let (hits, misses) = nodes.iter().fold((0, 0), |(h, m), n| {
+        let s = n.users.stats();
+        (h + s.hits, m + s.misses)
+    });
+    let hit_ratio = if hits + misses == 0 {
+        0.0
+    } else {
+        hits as f64 / (hits + misses) as f64
+    };
+    let pass = verdict.stale_beyond_bound == 0 && propagation.missing == 0;
+    println!(
+        "demo: nodes={} reads={} updates={} hit_ratio={hit_ratio:.3} propagation_p50_us={} propagation_p99_us={} stale_beyond_bound={} result={}",
+        nodes.len(),
+        log.reads.len(),
+        log.updates.len(),
+        propagation.percentile(0.50),
+        propagation.percentile(0.99),
+        verdict.stale_beyond_bound,
+        if pass { "PASS" } else { "FAIL" },
+    );
+    for node in nodes.iter() {
+        node.cluster.shutdown().await;
+    }
+    Ok(pass)
+}
+
+async fn connect(path: &std::path::Path) -> anyhow::Result<SqlitePool> {
+    let options = SqliteConnectOptions::new()
+        .filename(path)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal)
+        .busy_timeout(Duration::from_secs(10));
+    SqlitePoolOptions::new()
+        .max_connections(4)
+        .connect_with(options)
+        .await
+        .with_context(|| format!("cannot open the database {}", path.display()))
+}
+
+async fn seed_database(db: &SqlitePool, keys: u64) -> anyhow::Result<()> {
+    sqlx::query(
+        "CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT NOT NULL, version INTEGER NOT NULL)",
+    )
+    .execute(db)
+    .await?;
+    sqlx::query(
+        "INSERT INTO users (id, name, version) \
+         WITH RECURSIVE ids(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM ids WHERE x < ?) \
+         SELECT x, 'user-' || x, 1 FROM ids",
+    )
+    .bind(i64::try_from(keys)?)
+    .execute(db)
+    .await?;
+    db.close().await;
+    Ok(())
+}
+
+async fn start_nodes(
+    path: &std::path::Path,
+    count: u16,
+    bound: Duration,
+) -> anyhow::Result<Vec<Node>> {
+    let mut nodes = Vec::new();
+    for i in 0..count {
+        let mut builder = Cluster::builder();
+        builder.node_name(format!("node-{i}")).max_staleness(bound);
+        if let Some(first) = nodes.first() {
+            let first: &Node = first;
+            builder.seeds([first.cluster.local_addr().to_string()]);
+        }
+        let cluster = builder.start().await.context("cannot start a node")?;
+        let users = cluster
+            .cache::<u64, Arc<User>>("users")
+            .capacity(1_000_000)
+            .build()?;
+        nodes.push(Node {
+            cluster,
+            users,
+            db: connect(path).await?,
+        });
+    }
+    let peers = nodes.len() - 1;
+    for node in &nodes {
+        let mut events = node.cluster.subscribe();
+        let linked = || {
+            node.cluster
+                .members()
+                .iter()
+                .filter(|m| m.connected)
+                .count()
+                >= peers
+        };
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while !linked() {
+                let _ = events.recv().await;
+            }
+        })
+        .await
+        .with_context(|| format!("{} did not reach its peers", node.cluster.node_id()))?;
+    }
+    Ok(nodes)
+}
+
+async fn client(
+    nodes: Arc<Vec<Node>>,
+    zipf: Arc<Zipf>,
+    mut rng: StdRng,
+    ops: u64,
+    update_percent: u8,
+    progress: ProgressBar,
+) -> anyhow::Result<ClientLog> {
+    let mut log = ClientLog::default();
+    for _ in 0..ops {
+        let node = &nodes[rng.random_range(0..nodes.len())];
+        let key = zipf.sample(&mut rng);
+        if rng.random_range(0..100) < update_percent {
+            let name = format!("user-{key}-{}", rng.random::<u32>());
+            let db = node.db.clone();
+            let receipt = node
+                .users
+                .update(&key, |key| async move { write_user(&db, key, &name).await })
+                .await?;
+            let returned = Instant::now();
+            log.updates.push(Update {
+                key,
+                version: receipt.value.version,
+                returned,
+            });
+            log.returned.push((receipt.event, returned));
+        } else {
+            let started = Instant::now();
+            let db = node.db.clone();
+            let user = node
+                .users
+                .get_or_load(&key, |key| async move { read_user(&db, key).await })
+                .await?;
+            log.reads.push(Read {
+                key,
+                version: user.version,
+                started,
+            });
+        }
+        progress.inc(1);
+    }
+    Ok(log)
+}
+
+async fn read_user(db: &SqlitePool, id: u64) -> Result<Arc<User>, sqlx::Error> {
+    let (name, version): (String, i64) =
+        sqlx::query_as("SELECT name, version FROM users WHERE id = ?")
+            .bind(id as i64)
+            .fetch_one(db)
+            .await?;
+    Ok(Arc::new(User {
+        name,
+        version: version as u64,
+    }))
+}
+
+async fn write_user(db: &SqlitePool, id: u64, name: &str) -> Result<Arc<User>, sqlx::Error> {
+    let (name, version): (String, i64) = sqlx::query_as(
+        "UPDATE users SET name = ?, version = version + 1 WHERE id = ? RETURNING name, version",
+    )
+    .bind(name)
+    .bind(id as i64)
+    .fetch_one(db)
+    .await?;
+    Ok(Arc::new(User {
+        name,
+        version: version as u64,
+    }))
+}
+
+type AppliedLog = Vec<(EventId, tokio::time::Instant)>;
+
+/// Tasks recording, per node, when each peer event was applied there.
+struct Collectors {
+    tasks: Vec<tokio::task::JoinHandle<AppliedLog>>,
+    /// How many events each node has recorded so far.
+    seen: Vec<watch::Receiver<usize>>,
+    stop: watch::Sender<bool>,
+}
+
+fn collect_applied(nodes: &[Node]) -> Collectors {
+    let stop = watch::channel(false).0;
+    let (tasks, seen) = nodes
+        .iter()
+        .map(|node| {
+            let mut events = node.cluster.subscribe();
+            let mut stopped = stop.subscribe();
+            let (count, seen) = watch::channel(0);
+            let task = tokio::spawn(async move {
+                let mut applied = Vec::new();
+                loop {
+                    let event = tokio::select! {
+                        event = events.recv() => event,
+                        _ = stopped.wait_for(|stop| *stop) => return applied,
+                    };
+                    match event {
+                        Ok(ClusterEvent::Applied { event, at }) => {
+                            applied.push((event, at));
+                            count.send_replace(applied.len());
+                        }
+                        Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(broadcast::error::RecvError::Closed) => return applied,
+                    }
+                }
+            });
+            (task, seen)
+        })
+        .unzip();
+    Collectors { tasks, seen, stop }
+}
+
+/// Propagation delays, in microseconds, from `update` returning on the writer to the event being
+/// applied on each peer.
+struct Propagation {
+    micros: Vec<u64>,
+    /// Peer deliveries that never happened within the wait.
+    missing: usize,
+}
+
+impl Propagation {
+    fn percentile(&self, p: f64) -> u64 {
+        if self.micros.is_empty() {
+            return 0;
+        }
+        let rank = ((self.micros.len() as f64 * p).ceil() as usize).clamp(1, self.micros.len());
+        self.micros[rank - 1]
+    }
+}
+
+async fn propagation(nodes: &[Node], log: &ClientLog, mut collectors: Collectors) -> Propagation {
+    let by_origin = log
+        .returned
+        .iter()
+        .fold(HashMap::<_, usize>::new(), |mut m, (e, _)| {
+            *m.entry(e.origin.clone()).or_default() += 1;
+            m
+        });
+    let mut missing = 0;
+    for (node, seen) in nodes.iter().zip(&mut collectors.seen) {
+        let expected =
+            log.returned.len() - by_origin.get(node.cluster.node_id()).copied().unwrap_or(0);
+        let arrived =
+            tokio::time::timeout(Duration::from_secs(5), seen.wait_for(|n| *n >= expected))
+                .await
+                .is_ok();
+        if !arrived {
+            missing += expected.saturating_sub(*seen.borrow());
+        }
+    }
+    let returned: HashMap<_, _> = log.returned.iter().cloned().collect();
+    let mut micros = Vec::new();
+    collectors.stop.send_replace(true);
+    for collector in collectors.tasks {
+        if let Ok(applied) = collector.await {
+            micros.extend(applied.iter().filter_map(|(event, at)| {
+                let returned = returned.get(event)?;
+                Some(
+                    at.into_std()
+                        .saturating_duration_since(*returned)
+                        .as_micros() as u64,
+                )
+            }));
+        }
+    }
+    micros.sort_unstable();
+    Propagation { micros, missing }
+}
+
+fn print_report(
+    nodes: &[Node],
+    log: &ClientLog,
+    propagation: &Propagation,
+    verdict: &history::Verdict,
+    bound: Duration,
+    elapsed: Duration,
+) {
+    println!(
+        "{:<8} {:>9} {:>8} {:>7} {:>9} {:>8} {:>14}",
+        "node", "hits", "misses", "loads", "rejected", "updates", "invalidations"
+    );
+    for node in nodes {
+        let s = node.users.stats();
+        println!(
+            "{:<8} {:>9} {:>8} {:>7} {:>9} {:>8} {:>14}",
+            node.cluster.node_id().as_str(),
+            s.hits,
+            s.misses,
+            s.loads,
+            s.fills_rejected,
+            s.updates,
+            s.invalidations_applied
+        );
+    }
+    let ops = log.reads.len() + log.updates.len();
+    println!(
+        "ops: {ops} in {:.2}s ({:.0} ops/s)",
+        elapsed.as_secs_f64(),
+        ops as f64 / elapsed.as_secs_f64()
+    );
+    println!(
+        "propagation (update returned on the writer -> applied on a peer): {} deliveries, p50 {} us, p99 {} us, max {} us, missing {}",
+        propagation.micros.len(),
+        propagation.percentile(0.50),
+        propagation.percentile(0.99),
+        propagation.micros.last().copied().unwrap_or(0),
+        propagation.missing,
+    );
+    println!(
+        "staleness (bound {} ms): {} reads behind a returned update within the bound, {} beyond it, worst lag {} us",
+        bound.as_millis(),
+        verdict.stale_within_bound,
+        verdict.stale_beyond_bound,
+        verdict.max_staleness.as_micros(),
+    );
+}
+
+/// Zipf-distributed keys 1..=n: key k is drawn with probability proportional to 1/k^s.
+struct Zipf {
+    cumulative: Vec<f64>,
+}
+
+impl Zipf {
+    fn new(n: u64, s: f64) -> Self {
+        let mut total = 0.0;
+        let cumulative = (1..=n)
+            .map(|k| {
+                total += 1.0 / (k as f64).powf(s);
+                total
+            })
+            .collect();
+        Self { cumulative }
+    }
+
+    fn sample(&self, rng: &mut StdRng) -> u64 {
+        let total = self.cumulative.last().copied().unwrap_or(0.0);
+        let u = rng.random::<f64>() * total;
+        let index = self.cumulative.partition_point(|&c| c < u);
+        index.min(self.cumulative.len() - 1) as u64 + 1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zipf_prefers_small_keys_and_stays_in_range() {
+        let zipf = Zipf::new(100, 0.99);
+        let mut rng = StdRng::seed_from_u64(1);
+        let samples: Vec<u64> = (0..10_000).map(|_| zipf.sample(&mut rng)).collect();
+        assert!(samples.iter().all(|&k| (1..=100).contains(&k)));
+        let ones = samples.iter().filter(|&&k| k == 1).count();
+        let fifties = samples.iter().filter(|&&k| k == 50).count();
+        assert!(ones > 10 * fifties, "{ones} ones vs {fifties} fifties");
+    }
+
+    #[test]
+    fn percentiles_pick_by_rank() {
+        let p = Propagation {
+            micros: (1..=100).collect(),
+            missing: 0,
+        };
+        assert_eq!(p.percentile(0.5), 50);
+        assert_eq!(p.percentile(0.99), 99);
+        assert_eq!(
+            Propagation {
+                micros: vec![],
+                missing: 0
+            }
+            .percentile(0.5),
+            0
+        );
+    }
+}

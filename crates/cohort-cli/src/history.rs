@@ -1,0 +1,151 @@
+//! Judges a recorded history of reads and updates against the staleness bound.
+//!
+//! Pure: the workload records operations with their times, this module says which reads broke the
+//! promise. A read of key k that started at `t` must return a version at least as new as every
+//! update of k that had returned before `t - bound`. Versions come from the database, which
+//! serializes writes of one key, so a higher version is a later write.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+/// An update that returned to its caller.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Update {
+    pub(crate) key: u64,
+    pub(crate) version: u64,
+    pub(crate) returned: Instant,
+}
+
+/// A read and what it saw.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Read {
+    pub(crate) key: u64,
+    pub(crate) version: u64,
+    pub(crate) started: Instant,
+}
+
+/// What the checker concluded.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Verdict {
+    /// Reads that missed an update which had returned more than the bound before they started.
+    pub(crate) stale_beyond_bound: u64,
+    /// Reads that missed an update which had returned before they started (within the bound or not).
+    pub(crate) stale_within_bound: u64,
+    /// The longest time by which any read lagged behind a returned update.
+    pub(crate) max_staleness: Duration,
+}
+
+/// Checks every read against the updates of its key.
+pub(crate) fn judge(updates: &[Update], reads: &[Read], bound: Duration) -> Verdict {
+    // Per key, updates in version order with the earliest return time of any newer-or-equal one:
+    // a read of version v is late by `started - returned` of the first update above v that had
+    // returned before it started.
+    let mut by_key: HashMap<u64, Vec<Update>> = HashMap::new();
+    for update in updates {
+        by_key.entry(update.key).or_default().push(*update);
+    }
+    for list in by_key.values_mut() {
+        list.sort_by_key(|u| u.version);
+    }
+    let mut verdict = Verdict::default();
+    for read in reads {
+        let Some(list) = by_key.get(&read.key) else {
+            continue;
+        };
+        let newer = &list[list.partition_point(|u| u.version <= read.version)..];
+        let Some(missed) = newer
+            .iter()
+            .filter(|u| u.returned < read.started)
+            .map(|u| u.returned)
+            .min()
+        else {
+            continue;
+        };
+        let lag = read.started - missed;
+        verdict.max_staleness = verdict.max_staleness.max(lag);
+        if lag > bound {
+            verdict.stale_beyond_bound += 1;
+        } else {
+            verdict.stale_within_bound += 1;
+        }
+    }
+    verdict
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(origin: Instant, ms: u64) -> Instant {
+        origin + Duration::from_millis(ms)
+    }
+
+    #[test]
+    fn reads_of_the_newest_version_are_fresh() {
+        let t = Instant::now();
+        let updates = [Update {
+            key: 1,
+            version: 2,
+            returned: at(t, 10),
+        }];
+        let reads = [
+            Read {
+                key: 1,
+                version: 2,
+                started: at(t, 1_000),
+            },
+            Read {
+                key: 1,
+                version: 1,
+                started: at(t, 5),
+            },
+            Read {
+                key: 2,
+                version: 1,
+                started: at(t, 1_000),
+            },
+        ];
+        assert_eq!(
+            judge(&updates, &reads, Duration::from_millis(100)),
+            Verdict::default()
+        );
+    }
+
+    #[test]
+    fn a_read_missing_an_old_update_is_stale_beyond_the_bound() {
+        let t = Instant::now();
+        let updates = [
+            Update {
+                key: 1,
+                version: 2,
+                returned: at(t, 10),
+            },
+            Update {
+                key: 1,
+                version: 3,
+                returned: at(t, 200),
+            },
+        ];
+        let reads = [
+            Read {
+                key: 1,
+                version: 1,
+                started: at(t, 150),
+            },
+            Read {
+                key: 1,
+                version: 2,
+                started: at(t, 250),
+            },
+            Read {
+                key: 1,
+                version: 1,
+                started: at(t, 300),
+            },
+        ];
+        let verdict = judge(&updates, &reads, Duration::from_millis(100));
+        assert_eq!(verdict.stale_beyond_bound, 2, "{verdict:?}");
+        assert_eq!(verdict.stale_within_bound, 1);
+        assert_eq!(verdict.max_staleness, Duration::from_millis(290));
+    }
+}
