@@ -447,6 +447,36 @@ impl Cluster {
         members
     }
 
+    /// Waits until this node's links to at least `peers` peers are up, so that its events reach
+    /// them. Combine with `tokio::time::timeout` for a deadline.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let a = cohort::Cluster::builder().start().await?;
+    /// let b = cohort::Cluster::builder().seeds([a.local_addr().to_string()]).start().await?;
+    /// tokio::time::timeout(std::time::Duration::from_secs(5), b.wait_for_peers(1)).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn wait_for_peers(&self, peers: usize) {
+        let mut events = self.subscribe();
+        let linked = || {
+            self.node
+                .peers
+                .lock()
+                .values()
+                .filter(|m| m.connected)
+                .count()
+                >= peers
+        };
+        // Every change of a link is an event; re-check after each (or after missing some).
+        while !linked() {
+            if let Err(broadcast::error::RecvError::Closed) = events.recv().await {
+                return;
+            }
+        }
+    }
+
     /// A stream of what happens in the cluster as this node sees it. A subscriber that falls more
     /// than 64 Ki events behind loses the oldest ones.
     pub fn subscribe(&self) -> broadcast::Receiver<ClusterEvent> {

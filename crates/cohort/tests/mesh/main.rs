@@ -71,22 +71,15 @@ async fn mesh(n: usize) -> Vec<Cluster> {
 
 /// Waits until `node` has an outgoing link to `peers` peers.
 async fn wait_linked(node: &Cluster, peers: usize) {
-    let mut events = node.subscribe();
-    let linked = || node.members().iter().filter(|m| m.connected).count() >= peers;
-    tokio::time::timeout(Duration::from_secs(10), async {
-        while !linked() {
-            // Any event may have changed the membership; re-check after each.
-            let _ = events.recv().await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| {
-        panic!(
-            "{} never linked to {peers} peers: {:?}",
-            node.node_id(),
-            node.members()
-        )
-    });
+    tokio::time::timeout(Duration::from_secs(10), node.wait_for_peers(peers))
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "{} never linked to {peers} peers: {:?}",
+                node.node_id(),
+                node.members()
+            )
+        });
 }
 
 /// Waits until `events` reports `event` applied.
