@@ -257,30 +257,33 @@ async fn client(
     Ok(log)
 }
 
-async fn read_user(db: &SqlitePool, id: u64) -> Result<Arc<User>, sqlx::Error> {
-    let (name, version): (String, i64) =
-        sqlx::query_as("SELECT name, version FROM users WHERE id = ?")
-            .bind(id as i64)
-            .fetch_one(db)
-            .await?;
-    Ok(Arc::new(User {
+/// A `(name, version)` row of the users table.
+type UserRow = (String, i64);
+
+fn user((name, version): UserRow) -> Arc<User> {
+    Arc::new(User {
         name,
-        version: version as u64,
-    }))
+        version: version.unsigned_abs(),
+    })
+}
+
+async fn read_user(db: &SqlitePool, id: u64) -> Result<Arc<User>, sqlx::Error> {
+    sqlx::query_as::<_, UserRow>("SELECT name, version FROM users WHERE id = ?")
+        .bind(id as i64)
+        .fetch_one(db)
+        .await
+        .map(user)
 }
 
 async fn write_user(db: &SqlitePool, id: u64, name: &str) -> Result<Arc<User>, sqlx::Error> {
-    let (name, version): (String, i64) = sqlx::query_as(
+    sqlx::query_as::<_, UserRow>(
         "UPDATE users SET name = ?, version = version + 1 WHERE id = ? RETURNING name, version",
     )
     .bind(name)
     .bind(id as i64)
     .fetch_one(db)
-    .await?;
-    Ok(Arc::new(User {
-        name,
-        version: version as u64,
-    }))
+    .await
+    .map(user)
 }
 
 type AppliedLog = Vec<(EventId, tokio::time::Instant)>;
