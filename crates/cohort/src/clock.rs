@@ -2,8 +2,9 @@
 //!
 //! A hit must cost about as much as a bare map lookup, so reading the time on it has to cost a few
 //! nanoseconds, not the ~25 ns of `Instant::now()`. On Linux this reads `CLOCK_MONOTONIC_COARSE`
-//! through the vDSO (no syscall); it advances in steps of one kernel tick (up to 4 ms), so a
-//! deadline checked against it may pass up to one tick late. Unit tests drive a manual clock.
+//! through the vDSO (no syscall); it advances in steps of one kernel tick (up to 4 ms), so it may
+//! read up to [`Clock::resolution`] behind the true time. A deadline that must never be passed
+//! (the poll lease) is shortened by that much. Unit tests drive a manual clock.
 
 #[cfg(test)]
 use std::sync::Arc;
@@ -50,6 +51,15 @@ impl Clock {
         }
     }
 
+    /// How far behind the true time a reading may be.
+    pub(crate) fn resolution(&self) -> Millis {
+        match self {
+            Self::System => system_resolution(),
+            #[cfg(test)]
+            Self::Manual(_) => 0,
+        }
+    }
+
     /// The deadline `after` from now; saturates instead of overflowing.
     #[inline]
     pub(crate) fn deadline(&self, after: Duration) -> Millis {
@@ -68,6 +78,22 @@ fn system_now() -> Millis {
     let ts = rustix::time::clock_gettime(rustix::time::ClockId::MonotonicCoarse);
     // The monotonic clock counts from boot, so both fields are non-negative.
     (ts.tv_sec as u64) * 1_000 + (ts.tv_nsec as u64) / 1_000_000
+}
+
+#[cfg(target_os = "linux")]
+fn system_resolution() -> Millis {
+    use std::sync::OnceLock;
+    static RESOLUTION: OnceLock<Millis> = OnceLock::new();
+    *RESOLUTION.get_or_init(|| {
+        let ts = rustix::time::clock_getres(rustix::time::ClockId::MonotonicCoarse);
+        let nanos = (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64;
+        nanos.div_ceil(1_000_000)
+    })
+}
+
+#[cfg(not(target_os = "linux"))]
+fn system_resolution() -> Millis {
+    1
 }
 
 #[cfg(not(target_os = "linux"))]
@@ -89,6 +115,12 @@ mod tests {
         std::thread::sleep(Duration::from_millis(20));
         let second = clock.now();
         assert!(second >= first + 10, "{first} -> {second}");
+    }
+
+    #[test]
+    fn system_resolution_is_a_few_milliseconds_at_most() {
+        let resolution = Clock::System.resolution();
+        assert!((1..=20).contains(&resolution), "{resolution} ms");
     }
 
     #[test]

@@ -30,12 +30,16 @@
 //! - `transport`: TCP links, the preamble exchange, reconnect backoff.
 //! - `cluster`: the node runtime ([`Cluster`]), sequence tracking, routing events to caches.
 //! - `cache`: the typed handle ([`Cache`]): `get`, `get_or_load`, `update`, `invalidate`.
+//! - `changelog`: the database change log ([`ChangeLog`]): triggers, tailing, the poll lease.
 //! - `metrics`: counters and their snapshots ([`CacheStats`], [`ClusterStats`]).
 //!
 //! # Feature flags
-//! None yet.
+//! | feature | default | what it adds |
+//! |---|---|---|
+//! | `sqlite` | yes | [`ChangeLog::sqlite`]: the change log in a SQLite database (sqlx) |
 
 mod cache;
+mod changelog;
 mod clock;
 mod cluster;
 mod metrics;
@@ -44,8 +48,10 @@ mod transport;
 mod wire;
 
 pub use cache::{
-    Cache, CacheBuilder, DEFAULT_CAPACITY, EncodeError, Key, Mode, Receipt, UpdateError, Value,
+    Cache, CacheBuilder, DEFAULT_CAPACITY, EncodeError, Fetched, Key, Mode, Receipt, Source,
+    UpdateError, Value,
 };
+pub use changelog::{ChangeLog, ChangeLogError, DEFAULT_LOG_RETENTION, LogStatus};
 pub use cluster::{
     Cluster, ClusterBuilder, ClusterEvent, ConfigError, DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_LINK_QUEUE, DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_STALENESS, DEFAULT_RECONNECT_MAX,

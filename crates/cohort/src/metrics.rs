@@ -90,11 +90,14 @@ impl Counter {
 pub(crate) struct CacheCounters {
     pub(crate) hits: StripedCounter,
     pub(crate) misses: StripedCounter,
+    pub(crate) bypasses: StripedCounter,
     pub(crate) loads: Counter,
     pub(crate) fills_rejected: Counter,
     pub(crate) updates: Counter,
     pub(crate) invalidations_applied: Counter,
     pub(crate) replicas_applied: Counter,
+    pub(crate) logged_applied: Counter,
+    pub(crate) logged_unparsable: Counter,
     pub(crate) flushes: Counter,
 }
 
@@ -104,11 +107,14 @@ impl CacheCounters {
             entries,
             hits: self.hits.sum(),
             misses: self.misses.sum(),
+            bypasses: self.bypasses.sum(),
             loads: self.loads.get(),
             fills_rejected: self.fills_rejected.get(),
             updates: self.updates.get(),
             invalidations_applied: self.invalidations_applied.get(),
             replicas_applied: self.replicas_applied.get(),
+            logged_applied: self.logged_applied.get(),
+            logged_unparsable: self.logged_unparsable.get(),
             flushes: self.flushes.get(),
         }
     }
@@ -127,8 +133,10 @@ pub struct CacheStats {
     pub entries: usize,
     /// Reads answered from the cache.
     pub hits: u64,
-    /// Reads that found nothing usable in the cache.
+    /// Reads that found nothing usable in the cache (bypasses included).
     pub misses: u64,
+    /// Reads that went to the source because the node's change-log lease had lapsed.
+    pub bypasses: u64,
     /// Loader calls made by `get_or_load` (concurrent misses of one key share one call).
     pub loads: u64,
     /// Loaded or written values not stored because the key changed while they were produced.
@@ -139,6 +147,10 @@ pub struct CacheStats {
     pub invalidations_applied: u64,
     /// Replicated values received from peers and applied (stored, or dropped as older).
     pub replicas_applied: u64,
+    /// Change-log rows applied (each an invalidation).
+    pub logged_applied: u64,
+    /// Change-log rows whose key did not parse; each flushed the cache.
+    pub logged_unparsable: u64,
     /// Times the whole cache was emptied because the node could not vouch for it.
     pub flushes: u64,
 }

@@ -12,12 +12,15 @@ use std::fmt;
 use std::future::Future;
 use std::hash::Hash;
 use std::num::NonZeroU64;
+use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::changelog::Watch;
+use crate::changelog::lease::Lease;
 use crate::clock::Clock;
 use crate::cluster::{ConfigError, EventId, Node, Running, Sink};
 use crate::metrics::{CacheCounters, CacheStats};
@@ -50,6 +53,29 @@ pub enum Mode {
 }
 
 type VersionFn<V> = Arc<dyn Fn(&V) -> u64 + Send + Sync>;
+type ParseFn<K> = Arc<dyn Fn(&str) -> Option<K> + Send + Sync>;
+
+/// Where a [`Cache::fetch`] found its value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Source {
+    /// The local copy (stored before, or just filled by a concurrent load of the same key).
+    Cache,
+    /// This call ran the loader and offered the value to the cache.
+    Loaded,
+    /// This call ran the loader and did not store the value: the change-log lease had lapsed.
+    Bypassed,
+}
+
+/// A value and where it came from; from [`Cache::fetch`].
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct Fetched<V> {
+    /// The value.
+    pub value: V,
+    /// Where it came from.
+    pub source: Source,
+}
 
 /// Configures a cache; from [`Cluster::cache`](crate::Cluster::cache).
 pub struct CacheBuilder<K, V> {
@@ -61,6 +87,32 @@ pub struct CacheBuilder<K, V> {
     ttl: Option<Duration>,
     mode: Mode,
     version: Option<VersionFn<V>>,
+    watches: Vec<(String, String)>,
+    parse: Option<ParseFn<K>>,
+}
+
+impl<K: Key + FromStr, V: Value> CacheBuilder<K, V> {
+    /// Invalidates this cache's keys from the change log whenever a row of `table` is inserted,
+    /// updated or deleted, by anyone: `key_column`'s value, as text, parsed with `K::from_str`,
+    /// is the key. Installs the triggers (idempotently) when the cache is built. Needs a cluster
+    /// with a [change log](crate::ClusterBuilder::change_log); with one, the cache serves values
+    /// only under its node's poll lease.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let pool = sqlx::SqlitePool::connect("sqlite::memory:").await?;
+    /// sqlx::query("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT)").execute(&pool).await?;
+    /// let cluster = cohort::Cluster::builder()
+    ///     .change_log(cohort::ChangeLog::sqlite(pool))
+    ///     .start()
+    ///     .await?;
+    /// let users = cluster.cache::<u64, String>("users").watch_table("users", "id").build()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn watch_table(&mut self, table: &str, key_column: &str) -> &mut Self {
+        self.watch_table_with(table, key_column, |text| text.parse().ok())
+    }
 }
 
 impl<K: Key, V: Value> CacheBuilder<K, V> {
@@ -74,7 +126,25 @@ impl<K: Key, V: Value> CacheBuilder<K, V> {
             ttl: None,
             mode: Mode::default(),
             version: None,
+            watches: Vec::new(),
+            parse: None,
         }
+    }
+
+    /// Like [`watch_table`](Self::watch_table), with the application's own mapping from the key
+    /// column's text to a key. A row that does not parse is logged, counted, and flushes the
+    /// cache (the node cannot tell which key changed).
+    ///
+    /// Defaults to: no watched tables.
+    pub fn watch_table_with(
+        &mut self,
+        table: &str,
+        key_column: &str,
+        parse: impl Fn(&str) -> Option<K> + Send + Sync + 'static,
+    ) -> &mut Self {
+        self.watches.push((table.to_owned(), key_column.to_owned()));
+        self.parse = Some(Arc::new(parse));
+        self
     }
 
     /// The most entries this node holds; the least valuable are evicted past it (S3-FIFO).
@@ -169,17 +239,45 @@ impl<K: Key, V: Value> CacheBuilder<K, V> {
             },
         };
         let name: Arc<str> = self.name.as_str().into();
+        let watches: Vec<Watch> = self
+            .watches
+            .iter()
+            .map(|(table, key_column)| Watch {
+                cache: Arc::clone(&name),
+                table: table.clone(),
+                key_column: key_column.clone(),
+            })
+            .collect();
+        for watch in &watches {
+            watch.validate().map_err(|reason| ConfigError::Invalid {
+                setting: "watch_table",
+                reason,
+            })?;
+        }
+        let log = match (&self.node.log, watches.is_empty()) {
+            (_, true) => None,
+            (Some(log), false) => Some(log),
+            (None, false) => {
+                return Err(invalid("watch_table", "the cluster has no change log"));
+            }
+        };
         let inner = Arc::new(Inner {
             name: Arc::clone(&name),
             store: Store::new(bound, Clock::System),
             ttl: self.ttl,
             mode: self.mode,
             version: self.version.clone(),
+            parse: self.parse.clone(),
+            lease: log.map(|_| Arc::new(Lease::default())),
             node: Arc::clone(&self.node),
             counters: CacheCounters::default(),
         });
         self.node
             .register(name, Arc::clone(&inner) as Arc<dyn Sink>)?;
+        // Installed only once the name is known to be free.
+        if let (Some(log), Some(lease)) = (log, &inner.lease) {
+            log.register(watches, Arc::clone(lease));
+        }
         Ok(Cache {
             inner,
             _running: Arc::clone(&self.running),
@@ -233,6 +331,10 @@ struct Inner<K, V> {
     ttl: Option<Duration>,
     mode: Mode,
     version: Option<VersionFn<V>>,
+    /// Maps change-log key text to keys; set when the cache watches tables.
+    parse: Option<ParseFn<K>>,
+    /// The poll lease; set when the cache watches tables. Without it the cache always serves.
+    lease: Option<Arc<Lease>>,
     node: Arc<Node>,
     counters: CacheCounters,
 }
@@ -271,41 +373,72 @@ impl<K: Key, V: Value> Cache<K, V> {
         &self.inner.name
     }
 
-    /// The value of `key` if this node holds a live copy. Never waits, never allocates beyond
-    /// cloning `V`.
+    /// The value of `key` if this node holds a live copy and may serve it (for a cache that
+    /// watches tables: its change-log lease holds). Never waits, never allocates beyond cloning
+    /// `V`.
     #[inline]
     pub fn get(&self, key: &K) -> Option<V> {
-        let found = self.inner.store.get(key);
+        let inner = &*self.inner;
+        if !inner.serving() {
+            inner.counters.misses.incr();
+            inner.counters.bypasses.incr();
+            return None;
+        }
+        let found = inner.store.get(key);
         match found {
-            Some(_) => self.inner.counters.hits.incr(),
-            None => self.inner.counters.misses.incr(),
+            Some(_) => inner.counters.hits.incr(),
+            None => inner.counters.misses.incr(),
         }
         found
+    }
+
+    /// Whether this node may serve this cache's values now: always for a cache that watches no
+    /// tables; otherwise while the node's last complete poll of the change log started within Δ.
+    pub fn is_serving(&self) -> bool {
+        self.inner.serving()
     }
 
     /// The value of `key`, loaded with `load` on a miss and stored unless the key changed while
     /// it loaded. Concurrent calls for one key on this node share one `load`; if it fails, its
     /// caller gets the error and one of the waiters tries its own `load`.
+    ///
+    /// While the change-log lease has lapsed, every call runs `load` and stores nothing.
     pub async fn get_or_load<F, Fut, E>(&self, key: &K, load: F) -> Result<V, E>
     where
         F: FnOnce(K) -> Fut,
         Fut: Future<Output = Result<V, E>>,
     {
+        self.fetch(key, load).await.map(|fetched| fetched.value)
+    }
+
+    /// [`get_or_load`](Self::get_or_load), also saying where the value came from.
+    pub async fn fetch<F, Fut, E>(&self, key: &K, load: F) -> Result<Fetched<V>, E>
+    where
+        F: FnOnce(K) -> Fut,
+        Fut: Future<Output = Result<V, E>>,
+    {
         let inner = &*self.inner;
+        let fetched = |value, source| Ok(Fetched { value, source });
+        if !inner.serving() {
+            inner.counters.misses.incr();
+            inner.counters.bypasses.incr();
+            inner.counters.loads.incr();
+            return fetched(load(key.clone()).await?, Source::Bypassed);
+        }
         if let Some(value) = inner.store.get(key) {
             inner.counters.hits.incr();
-            return Ok(value);
+            return fetched(value, Source::Cache);
         }
         inner.counters.misses.incr();
         match inner.store.load_slot(key).await {
-            Lookup::Hit(value) => Ok(value),
+            Lookup::Hit(value) => fetched(value, Source::Cache),
             Lookup::Miss(slot) => {
                 inner.counters.loads.incr();
                 let value = load(key.clone()).await?;
                 if !slot.fill(inner.entry(value.clone())) {
                     inner.counters.fills_rejected.incr();
                 }
-                Ok(value)
+                fetched(value, Source::Loaded)
             }
         }
     }
@@ -358,6 +491,7 @@ impl<K: Key, V: Value> Cache<K, V> {
             None => Change::Invalidate { key: &key_bytes },
         };
         let event = inner.node.publish(&inner.name, change);
+        inner.kick_log();
         Ok(Receipt { value, event })
     }
 
@@ -378,6 +512,20 @@ impl<K: Key, V: Value> Cache<K, V> {
 }
 
 impl<K: Key, V: Value> Inner<K, V> {
+    #[inline]
+    fn serving(&self) -> bool {
+        self.lease
+            .as_ref()
+            .is_none_or(|lease| lease.is_valid(self.store.clock()))
+    }
+
+    /// Polls the change log soon, so that this node's own write is confirmed by it early.
+    fn kick_log(&self) {
+        if let (Some(log), Some(_)) = (&self.node.log, &self.lease) {
+            log.kick();
+        }
+    }
+
     fn entry(&self, value: V) -> Entry<V> {
         Entry {
             version: self.version.as_ref().map_or(0, |version| version(&value)),
@@ -418,6 +566,24 @@ impl<K: Key, V: Value> Sink for Inner<K, V> {
             // A change this node cannot read may be about any key: forget them all.
             tracing::warn!(cache = %self.name, %error, "undecodable change from a peer; flushing");
             self.flush();
+        }
+    }
+
+    fn apply_logged(&self, text: &str) {
+        let Some(parse) = &self.parse else {
+            // This node's copy of the cache watches no tables: the rows are for other nodes.
+            return;
+        };
+        match parse(text) {
+            Some(key) => {
+                self.store.remove(&key);
+                self.counters.logged_applied.incr();
+            }
+            None => {
+                tracing::warn!(cache = %self.name, key = text, "a change-log key does not parse; flushing");
+                self.counters.logged_unparsable.incr();
+                self.flush();
+            }
         }
     }
 

@@ -26,6 +26,7 @@ use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
 use crate::cache::{CacheBuilder, Key, Value};
+use crate::changelog::{self, ChangeLog, DEFAULT_LOG_RETENTION, LogRuntime, LogStatus};
 use crate::metrics::{ClusterCounters, ClusterStats};
 use crate::wire::{Change, Event, Frame};
 use sequence::{Delivery, SequenceTracker};
@@ -124,6 +125,13 @@ pub enum ClusterEvent {
         /// When it was applied.
         at: Instant,
     },
+    /// A poll of the change log read it to its end and renewed the leases.
+    LogPolled {
+        /// Rows it applied.
+        rows: u64,
+        /// When it started: every change committed before this is now applied here.
+        started: Instant,
+    },
     /// Events of a peer never arrived; this node flushed its caches instead.
     Gap {
         /// The peer whose events were missed.
@@ -199,6 +207,8 @@ pub struct ClusterBuilder {
     link_queue: usize,
     reconnect: (Duration, Duration),
     handshake_timeout: Duration,
+    change_log: Option<ChangeLog>,
+    log_retention: Duration,
 }
 
 impl Default for ClusterBuilder {
@@ -213,6 +223,8 @@ impl Default for ClusterBuilder {
             link_queue: DEFAULT_LINK_QUEUE,
             reconnect: (DEFAULT_RECONNECT_MIN, DEFAULT_RECONNECT_MAX),
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            change_log: None,
+            log_retention: DEFAULT_LOG_RETENTION,
         }
     }
 }
@@ -297,6 +309,25 @@ impl ClusterBuilder {
         self
     }
 
+    /// The database change log this node tails. With it, caches that
+    /// [watch tables](crate::CacheBuilder::watch_table) keep the staleness bound whatever happens
+    /// to the mesh, and see changes made by writers that never go through cohort.
+    ///
+    /// Defaults to: none (changes travel over the mesh only).
+    pub fn change_log(&mut self, log: ChangeLog) -> &mut Self {
+        self.change_log = Some(log);
+        self
+    }
+
+    /// How long change-log rows are kept. A node paused or cut off for longer flushes its caches
+    /// when it catches up.
+    ///
+    /// Defaults to: [`DEFAULT_LOG_RETENTION`] (10 minutes).
+    pub fn log_retention(&mut self, retention: Duration) -> &mut Self {
+        self.log_retention = retention;
+        self
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |setting, reason: &str| {
             Err(ConfigError::Invalid {
@@ -322,6 +353,9 @@ impl ClusterBuilder {
         }
         if self.handshake_timeout.is_zero() {
             return invalid("handshake_timeout", "must be positive");
+        }
+        if self.log_retention < self.max_staleness * 4 {
+            return invalid("log_retention", "must be at least 4 × max_staleness");
         }
         Ok(())
     }
@@ -364,6 +398,9 @@ impl ClusterBuilder {
             .unwrap_or_else(|| format!("node-{}", bound.port()));
         let node = Arc::new(Node::new(NodeId::from(name.as_str()), advertised, self));
         driver::spawn_listener(&node, listener);
+        if let Some(log) = &node.log {
+            changelog::driver::spawn(&node, Arc::clone(log));
+        }
         node.learn(seeds);
         Ok(Cluster {
             node: Arc::clone(&node),
@@ -483,6 +520,11 @@ impl Cluster {
         self.node.events.subscribe()
     }
 
+    /// How this node's tailing of the change log stands; `None` without a change log.
+    pub fn change_log_status(&self) -> Option<LogStatus> {
+        self.node.log.as_ref().map(|log| log.status())
+    }
+
     /// This node's mesh counters.
     pub fn stats(&self) -> ClusterStats {
         self.node.counters.snapshot()
@@ -510,6 +552,8 @@ pub(crate) struct NodeConfig {
 pub(crate) trait Sink: Send + Sync {
     /// Applies one change from a peer.
     fn apply(&self, change: &Change<'_>);
+    /// Applies a change-log row: the key, as text, changed.
+    fn apply_logged(&self, key: &str);
     /// Empties the cache: the node missed changes and cannot tell which keys they touched.
     fn flush(&self);
 }
@@ -534,6 +578,7 @@ pub(crate) struct Node {
     pub(crate) counters: ClusterCounters,
     pub(crate) shutdown: watch::Sender<bool>,
     pub(crate) tasks: TaskTracker,
+    pub(crate) log: Option<Arc<LogRuntime>>,
 }
 
 impl Node {
@@ -564,6 +609,13 @@ impl Node {
             counters: ClusterCounters::default(),
             shutdown: watch::channel(false).0,
             tasks: TaskTracker::new(),
+            log: builder.change_log.clone().map(|log| {
+                Arc::new(LogRuntime::new(
+                    log,
+                    builder.max_staleness,
+                    builder.log_retention,
+                ))
+            }),
         }
     }
 
@@ -700,7 +752,7 @@ impl Node {
         self.notify(event);
     }
 
-    fn notify(&self, event: ClusterEvent) {
+    pub(crate) fn notify(&self, event: ClusterEvent) {
         if self.events.receiver_count() > 0 {
             let _ = self.events.send(event);
         }
@@ -760,7 +812,15 @@ impl Node {
         }
     }
 
-    fn flush_all(&self) {
+    /// Applies a change-log row to the cache it names, if this node has it.
+    pub(crate) fn apply_logged(&self, cache: &str, key: &str) {
+        let sink = self.caches.read().get(cache).cloned();
+        if let Some(sink) = sink {
+            sink.apply_logged(key);
+        }
+    }
+
+    pub(crate) fn flush_all(&self) {
         let sinks: Vec<_> = self.caches.read().values().cloned().collect();
         for sink in sinks {
             sink.flush();

@@ -1,0 +1,135 @@
+//! The tailer: one task per node that installs watches, polls the log and prunes it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::tail::Tail;
+use super::{ChangeLogError, LogRuntime};
+use crate::cluster::{ClusterEvent, Node};
+
+/// Starts the node's tailer.
+pub(crate) fn spawn(node: &Arc<Node>, log: Arc<LogRuntime>) {
+    let node = Arc::clone(node);
+    let tasks = node.tasks.clone();
+    tasks.spawn(async move {
+        let mut shutdown = node.shutdown.subscribe();
+        tokio::select! {
+            () = tail(&node, &log) => {}
+            _ = shutdown.wait_for(|stop| *stop) => {}
+        }
+    });
+}
+
+async fn tail(node: &Node, log: &LogRuntime) {
+    let interval = log.bound / 4;
+    let mut tail: Option<Tail> = None;
+    let mut last_prune: Option<Instant> = None;
+    loop {
+        let next_tick = Instant::now() + interval;
+        if let Err(error) = step(node, log, &mut tail).await {
+            record_error(log, &error);
+        }
+        if last_prune.is_none_or(|at| at.elapsed() >= prune_every(log)) {
+            last_prune = Some(Instant::now());
+            match log.backend.prune(log.retention).await {
+                Ok(0) => {}
+                Ok(rows) => tracing::debug!(node = %node.id, rows, "pruned the change log"),
+                Err(error) => record_error(log, &error),
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep_until(next_tick) => {}
+            () = log.kick.notified() => {}
+        }
+    }
+}
+
+/// Pruning a quarter of the retention at a time keeps the table within 1.25 retentions.
+fn prune_every(log: &LogRuntime) -> Duration {
+    (log.retention / 4).max(log.bound)
+}
+
+/// Finds the log's head once, installs waiting watches, then polls to the end of the log.
+async fn step(
+    node: &Node,
+    log: &LogRuntime,
+    tail: &mut Option<Tail>,
+) -> Result<(), ChangeLogError> {
+    let tail = match tail {
+        Some(tail) => tail,
+        None => tail.insert(Tail::new(log.backend.head().await?)),
+    };
+    install_pending(log).await?;
+    poll(node, log, tail).await
+}
+
+async fn install_pending(log: &LogRuntime) -> Result<(), ChangeLogError> {
+    let pending = std::mem::take(&mut *log.pending.lock());
+    let mut remaining = pending.into_iter();
+    while let Some(registration) = remaining.next() {
+        for watch in &registration.watches {
+            if let Err(error) = log.backend.install(watch).await {
+                // Put this one and the rest back for the next attempt.
+                let mut pending = log.pending.lock();
+                pending.push(registration);
+                pending.extend(remaining);
+                return Err(error);
+            }
+        }
+        log.installed.lock().push(registration.lease);
+    }
+    Ok(())
+}
+
+/// Reads the log from the cursor to its end, applying every row, then renews the leases from the
+/// start of the read that reached the end.
+async fn poll(node: &Node, log: &LogRuntime, tail: &mut Tail) -> Result<(), ChangeLogError> {
+    let mut applied = 0;
+    loop {
+        let started = log.clock.now();
+        let started_at = Instant::now();
+        let batch = log.backend.read(tail.cursor()).await?;
+        let step = tail.handle(&batch);
+        if step.flush {
+            tracing::warn!(node = %node.id, "change-log rows were pruned before this node read them; flushing");
+            log.progress.lock().pruned_flushes += 1;
+            node.flush_all();
+        }
+        for row in step.rows {
+            node.apply_logged(&row.cache, &row.key);
+        }
+        applied += step.rows.len() as u64;
+        if !step.caught_up {
+            continue;
+        }
+        log.node_lease.renew(&log.clock, started, log.bound);
+        for lease in log.installed.lock().iter() {
+            lease.renew(&log.clock, started, log.bound);
+        }
+        {
+            let mut progress = log.progress.lock();
+            progress.last_poll = Some(started_at);
+            progress.behind_rows = applied;
+            progress.cursor = tail.cursor();
+            progress.polls += 1;
+            progress.last_error = None;
+        }
+        node.notify(ClusterEvent::LogPolled {
+            rows: applied,
+            started: started_at,
+        });
+        return Ok(());
+    }
+}
+
+fn record_error(log: &LogRuntime, error: &ChangeLogError) {
+    let mut progress = log.progress.lock();
+    progress.errors += 1;
+    // One line per failure streak, not one per poll.
+    if progress.last_error.is_none() {
+        tracing::warn!(%error, "change log unavailable; caches bypass until a poll succeeds");
+    }
+    progress.last_error = Some(error.to_string());
+}

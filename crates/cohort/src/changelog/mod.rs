@@ -1,0 +1,246 @@
+//! The database's change log: the authoritative path of every change.
+//!
+//! Triggers on each watched table write (cache, key) into a `cohort_changes` table in the same
+//! transaction as the data, so the log records every committed change, whoever made it: a node
+//! through [`Cache::update`](crate::Cache::update), or any other writer of the database. Every
+//! node tails the log (every Δ/4, and right after its own writes) and applies each row as an
+//! invalidation, so the staleness bound holds when the peer mesh is broken or slow.
+//!
+//! The [poll lease](lease) ties serving to tailing: a cache that watches tables serves values only
+//! while its node's last complete poll started within Δ; otherwise reads go to the source and are
+//! not stored. The [tail](tail) state decides what each batch of rows asks of the node; the SQL
+//! lives with its backend (`sqlite`, and Postgres next to it later); `driver` is the task.
+//!
+//! Any node prunes rows older than the retention period (default 10 minutes). A node whose cursor
+//! fell behind the pruning (it was paused or cut off that long) flushes its caches.
+
+pub(crate) mod driver;
+pub(crate) mod lease;
+#[cfg(feature = "sqlite")]
+mod sqlite;
+pub(crate) mod tail;
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::clock::Clock;
+use lease::Lease;
+use tail::Batch;
+
+/// Default for [`ClusterBuilder::log_retention`](crate::ClusterBuilder::log_retention).
+pub const DEFAULT_LOG_RETENTION: Duration = Duration::from_secs(600);
+
+/// Rows read per query while catching up.
+const BATCH_ROWS: u32 = 10_000;
+
+/// Where a node's change log lives; pass it to
+/// [`ClusterBuilder::change_log`](crate::ClusterBuilder::change_log).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let pool = sqlx::SqlitePool::connect("sqlite::memory:").await?;
+/// let cluster = cohort::Cluster::builder()
+///     .change_log(cohort::ChangeLog::sqlite(pool))
+///     .start()
+///     .await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct ChangeLog {
+    backend: Backend,
+}
+
+impl fmt::Debug for ChangeLog {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChangeLog").finish_non_exhaustive()
+    }
+}
+
+impl ChangeLog {
+    /// A change log in the SQLite database behind `pool`: the database the application's data is
+    /// in, so that triggers log changes in the data's own transactions. Use WAL mode and a busy
+    /// timeout when several processes share the file.
+    #[cfg(feature = "sqlite")]
+    pub fn sqlite(pool: sqlx::SqlitePool) -> Self {
+        Self {
+            backend: Backend::Sqlite(sqlite::SqliteLog::new(pool)),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Backend {
+    #[cfg(feature = "sqlite")]
+    Sqlite(sqlite::SqliteLog),
+}
+
+impl Backend {
+    async fn install(&self, watch: &Watch) -> Result<(), ChangeLogError> {
+        match self {
+            #[cfg(feature = "sqlite")]
+            Self::Sqlite(log) => log.install(watch).await,
+        }
+    }
+
+    async fn head(&self) -> Result<u64, ChangeLogError> {
+        match self {
+            #[cfg(feature = "sqlite")]
+            Self::Sqlite(log) => log.head().await,
+        }
+    }
+
+    async fn read(&self, cursor: u64) -> Result<Batch, ChangeLogError> {
+        match self {
+            #[cfg(feature = "sqlite")]
+            Self::Sqlite(log) => log.read(cursor, BATCH_ROWS).await,
+        }
+    }
+
+    async fn prune(&self, retention: Duration) -> Result<u64, ChangeLogError> {
+        let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+        match self {
+            #[cfg(feature = "sqlite")]
+            Self::Sqlite(log) => log.prune(retention_ms).await,
+        }
+    }
+}
+
+/// A failed change-log operation. The node keeps running; its leases lapse until a poll succeeds.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ChangeLogError {
+    /// The database refused or could not be reached.
+    #[cfg(feature = "sqlite")]
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+/// A table whose changes invalidate a cache: rows map to keys through `key_column`.
+#[derive(Clone, Debug)]
+pub(crate) struct Watch {
+    pub(crate) cache: Arc<str>,
+    pub(crate) table: String,
+    pub(crate) key_column: String,
+}
+
+impl Watch {
+    /// Table and column names go into SQL as identifiers: only plain ones are accepted.
+    pub(crate) fn validate(&self) -> Result<(), String> {
+        for (what, name) in [("table", &self.table), ("key column", &self.key_column)] {
+            let mut chars = name.chars();
+            let plain = chars
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !plain || name.len() > 63 {
+                return Err(format!("{what} {name:?} is not a plain SQL identifier"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One cache's watches, waiting to be installed, and the lease they unlock.
+struct Registration {
+    watches: Vec<Watch>,
+    lease: Arc<Lease>,
+}
+
+/// How a node's tailing of the change log stands; from
+/// [`Cluster::change_log_status`](crate::Cluster::change_log_status).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LogStatus {
+    /// Whether the node's lease holds: its last complete poll started within Δ.
+    pub serving: bool,
+    /// How much longer the lease holds without another complete poll.
+    pub lease_remaining: Option<Duration>,
+    /// How long ago the last complete poll started; `None` before the first.
+    pub last_poll_age: Option<Duration>,
+    /// Rows the last complete poll had to apply: how far behind the log the node was.
+    pub behind_rows: u64,
+    /// The last sequence number applied.
+    pub cursor: u64,
+    /// Complete polls so far.
+    pub polls: u64,
+    /// Failed polls (and failed installs and prunes) so far.
+    pub errors: u64,
+    /// The most recent failure, if the last attempt failed.
+    pub last_error: Option<String>,
+    /// Times the node flushed its caches because rows it had not read were pruned.
+    pub pruned_flushes: u64,
+}
+
+#[derive(Default)]
+struct Progress {
+    last_poll: Option<Instant>,
+    behind_rows: u64,
+    cursor: u64,
+    polls: u64,
+    errors: u64,
+    last_error: Option<String>,
+    pruned_flushes: u64,
+}
+
+/// A node's change-log state, shared by its tailer task and its caches.
+pub(crate) struct LogRuntime {
+    backend: Backend,
+    bound: Duration,
+    retention: Duration,
+    clock: Clock,
+    /// Renewed by every complete poll; reported in the status.
+    node_lease: Lease,
+    pending: Mutex<Vec<Registration>>,
+    installed: Mutex<Vec<Arc<Lease>>>,
+    kick: Notify,
+    progress: Mutex<Progress>,
+}
+
+impl LogRuntime {
+    pub(crate) fn new(log: ChangeLog, bound: Duration, retention: Duration) -> Self {
+        Self {
+            backend: log.backend,
+            bound,
+            retention,
+            clock: Clock::System,
+            node_lease: Lease::default(),
+            pending: Mutex::new(Vec::new()),
+            installed: Mutex::new(Vec::new()),
+            kick: Notify::new(),
+            progress: Mutex::new(Progress::default()),
+        }
+    }
+
+    /// Queues a cache's watches for installation; once they are installed, every complete poll
+    /// renews `lease`.
+    pub(crate) fn register(&self, watches: Vec<Watch>, lease: Arc<Lease>) {
+        self.pending.lock().push(Registration { watches, lease });
+        self.kick();
+    }
+
+    /// Asks for a poll now rather than at the next tick.
+    pub(crate) fn kick(&self) {
+        self.kick.notify_one();
+    }
+
+    pub(crate) fn status(&self) -> LogStatus {
+        let progress = self.progress.lock();
+        LogStatus {
+            serving: self.node_lease.is_valid(&self.clock),
+            lease_remaining: self.node_lease.remaining(&self.clock),
+            last_poll_age: progress.last_poll.map(|at| at.elapsed()),
+            behind_rows: progress.behind_rows,
+            cursor: progress.cursor,
+            polls: progress.polls,
+            errors: progress.errors,
+            last_error: progress.last_error.clone(),
+            pruned_flushes: progress.pruned_flushes,
+        }
+    }
+}
