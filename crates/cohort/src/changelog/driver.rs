@@ -29,14 +29,14 @@ async fn tail(node: &Node, log: &LogRuntime) {
     loop {
         let next_tick = Instant::now() + interval;
         if let Err(error) = step(node, log, &mut tail).await {
-            record_error(log, &error);
+            record_error(node, log, &error);
         }
         if last_prune.is_none_or(|at| at.elapsed() >= prune_every(log)) {
             last_prune = Some(Instant::now());
             match log.backend.prune(log.retention).await {
                 Ok(0) => {}
                 Ok(rows) => tracing::debug!(node = %node.id, rows, "pruned the change log"),
-                Err(error) => record_error(log, &error),
+                Err(error) => record_error(node, log, &error),
             }
         }
         tokio::select! {
@@ -124,12 +124,16 @@ async fn poll(node: &Node, log: &LogRuntime, tail: &mut Tail) -> Result<(), Chan
     }
 }
 
-fn record_error(log: &LogRuntime, error: &ChangeLogError) {
-    let mut progress = log.progress.lock();
-    progress.errors += 1;
-    // One line per failure streak, not one per poll.
-    if progress.last_error.is_none() {
-        tracing::warn!(%error, "change log unavailable; caches bypass until a poll succeeds");
+fn record_error(node: &Node, log: &LogRuntime, error: &ChangeLogError) {
+    let error = error.to_string();
+    {
+        let mut progress = log.progress.lock();
+        progress.errors += 1;
+        // One line per failure streak, not one per poll.
+        if progress.last_error.is_none() {
+            tracing::warn!(node = %node.id, %error, "change log unavailable; caches bypass until a poll succeeds");
+        }
+        progress.last_error = Some(error.clone());
     }
-    progress.last_error = Some(error.to_string());
+    node.notify(ClusterEvent::LogUnavailable { error });
 }

@@ -132,6 +132,11 @@ pub enum ClusterEvent {
         /// When it started: every change committed before this is now applied here.
         started: Instant,
     },
+    /// A change-log operation failed; caches that watch tables bypass until a poll succeeds.
+    LogUnavailable {
+        /// What failed.
+        error: String,
+    },
     /// Events of a peer never arrived; this node flushed its caches instead.
     Gap {
         /// The peer whose events were missed.
