@@ -4,8 +4,13 @@
 //! the writing transaction, so sequence order is commit order: a reader that has seen row `n` has
 //! seen every row committed before it, and a cursor on `seq` never skips a row. `AUTOINCREMENT`
 //! (not a plain rowid) also guarantees that a number is never reused after pruning deletes the
-//! newest rows. Pruning records the highest number it deleted in `cohort_log_meta`, read in the
-//! same snapshot as the rows, so a node can tell that rows it never read are gone.
+//! newest rows. A trigger on deletion records the highest number pruned in `cohort_log_meta`, read
+//! in the same snapshot as the rows, so a node can tell that rows it never read are gone.
+//!
+//! The tailer never holds SQLite's single write lock across an await: pruning is one statement
+//! (the trigger runs inside it), executed whole by the connection's worker thread. A node that is
+//! frozen (SIGSTOP, a stalled runtime) at any point of its polling therefore never blocks the
+//! application's writers.
 
 use sqlx::sqlite::SqlitePool;
 use sqlx::{Row as _, SqliteConnection};
@@ -25,6 +30,8 @@ const SCHEMA: &[&str] = &[
         id INTEGER PRIMARY KEY CHECK (id = 1), \
         pruned_through INTEGER NOT NULL)",
     "INSERT OR IGNORE INTO cohort_log_meta (id, pruned_through) VALUES (1, 0)",
+    "CREATE TRIGGER IF NOT EXISTS cohort_changes_pruned AFTER DELETE ON cohort_changes BEGIN \
+        UPDATE cohort_log_meta SET pruned_through = MAX(pruned_through, OLD.seq) WHERE id = 1; END",
 ];
 
 /// A change log kept in a SQLite database.
@@ -79,23 +86,14 @@ impl SqliteLog {
     /// Deletes rows older than `retention_ms` by the database's clock and advances the watermark.
     /// Returns how many rows it deleted.
     pub(crate) async fn prune(&self, retention_ms: i64) -> Result<u64, ChangeLogError> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "UPDATE cohort_log_meta SET pruned_through = MAX(pruned_through, \
-             COALESCE((SELECT MAX(seq) FROM cohort_changes \
-             WHERE at_ms < CAST(unixepoch('subsec') * 1000 AS INTEGER) - ?), 0)) WHERE id = 1",
-        )
-        .bind(retention_ms)
-        .execute(&mut *tx)
-        .await?;
         let deleted = sqlx::query(
             "DELETE FROM cohort_changes \
-             WHERE seq <= (SELECT pruned_through FROM cohort_log_meta WHERE id = 1)",
+             WHERE at_ms < CAST(unixepoch('subsec') * 1000 AS INTEGER) - ?",
         )
-        .execute(&mut *tx)
+        .bind(retention_ms)
+        .execute(&self.pool)
         .await?
         .rows_affected();
-        tx.commit().await?;
         Ok(deleted)
     }
 }
