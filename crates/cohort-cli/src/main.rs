@@ -2,6 +2,7 @@
 
 mod demo;
 mod history;
+mod serve;
 
 use std::process::ExitCode;
 
@@ -20,6 +21,8 @@ enum Command {
     /// Start a few nodes in this process over one SQLite database, run a mixed workload and
     /// check every read against the staleness bound.
     Demo(demo::Args),
+    /// Run the example users service (HTTP + SQLite) as one node of a cluster.
+    Serve(serve::Args),
 }
 
 fn main() -> ExitCode {
@@ -39,6 +42,7 @@ fn main() -> ExitCode {
     };
     let outcome = match cli.command {
         Command::Demo(args) => runtime.block_on(demo::run(args)),
+        Command::Serve(args) => runtime.block_on(serve::run(args)),
     };
     match outcome {
         Ok(true) => ExitCode::SUCCESS,

@@ -7,7 +7,10 @@
 //! are point-in-time copies.
 
 use std::cell::Cell;
+use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use crate::changelog::LogStatus;
 
 const STRIPES: usize = 64;
 
@@ -219,11 +222,248 @@ pub struct ClusterStats {
     pub connects: u64,
 }
 
+/// A per-cache counter: its name, its help text and how to read it from a snapshot.
+type CacheCounterRow = (&'static str, &'static str, fn(&CacheStats) -> u64);
+
+/// Everything [`render_prometheus`] reports about one node.
+pub(crate) struct NodeReport<'a> {
+    pub(crate) node: &'a str,
+    pub(crate) peers_connected: usize,
+    pub(crate) cluster: ClusterStats,
+    pub(crate) caches: Vec<(String, CacheStats)>,
+    pub(crate) log: Option<LogStatus>,
+}
+
+/// The node's counters in the Prometheus text exposition format (version 0.0.4).
+pub(crate) fn render_prometheus(report: &NodeReport<'_>) -> String {
+    let mut out = String::new();
+    let node = escape(report.node);
+    let mut metric = |name: &str, kind: &str, help: &str, samples: &[(String, f64)]| {
+        let _ = writeln!(out, "# HELP cohort_{name} {help}");
+        let _ = writeln!(out, "# TYPE cohort_{name} {kind}");
+        for (labels, value) in samples {
+            let _ = writeln!(out, "cohort_{name}{{node=\"{node}\"{labels}}} {value}");
+        }
+    };
+    let per_cache = |value: fn(&CacheStats) -> u64| -> Vec<(String, f64)> {
+        report
+            .caches
+            .iter()
+            .map(|(name, stats)| (format!(",cache=\"{}\"", escape(name)), value(stats) as f64))
+            .collect()
+    };
+    let cache_counters: [CacheCounterRow; 11] = [
+        ("cache_hits_total", "Reads answered from the cache.", |s| {
+            s.hits
+        }),
+        (
+            "cache_misses_total",
+            "Reads the cache could not answer.",
+            |s| s.misses,
+        ),
+        (
+            "cache_bypasses_total",
+            "Reads sent to the source because the change-log lease had lapsed.",
+            |s| s.bypasses,
+        ),
+        ("cache_loads_total", "Loader calls.", |s| s.loads),
+        (
+            "cache_fills_rejected_total",
+            "Loaded or written values not stored because the key changed meanwhile.",
+            |s| s.fills_rejected,
+        ),
+        (
+            "cache_updates_total",
+            "Successful updates through this node.",
+            |s| s.updates,
+        ),
+        (
+            "cache_invalidations_applied_total",
+            "Peer invalidations applied.",
+            |s| s.invalidations_applied,
+        ),
+        (
+            "cache_replicas_applied_total",
+            "Peer replicated values applied.",
+            |s| s.replicas_applied,
+        ),
+        (
+            "cache_logged_applied_total",
+            "Change-log rows applied.",
+            |s| s.logged_applied,
+        ),
+        (
+            "cache_logged_unparsable_total",
+            "Change-log rows whose key did not parse.",
+            |s| s.logged_unparsable,
+        ),
+        ("cache_flushes_total", "Times the cache was emptied.", |s| {
+            s.flushes
+        }),
+    ];
+    for (name, help, value) in cache_counters {
+        metric(name, "counter", help, &per_cache(value));
+    }
+    metric(
+        "cache_entries",
+        "gauge",
+        "Entries held.",
+        &per_cache(|s| s.entries as u64),
+    );
+
+    let c = &report.cluster;
+    let plain = |value: u64| [(String::new(), value as f64)];
+    metric(
+        "peers_connected",
+        "gauge",
+        "Peers this node's links reach.",
+        &plain(report.peers_connected as u64),
+    );
+    metric(
+        "events_sent_total",
+        "counter",
+        "Events originated here.",
+        &plain(c.events_sent),
+    );
+    metric(
+        "events_applied_total",
+        "counter",
+        "Peer events applied here.",
+        &plain(c.events_applied),
+    );
+    metric(
+        "events_duplicate_total",
+        "counter",
+        "Peer events ignored as already applied.",
+        &plain(c.events_duplicate),
+    );
+    metric(
+        "gaps_total",
+        "counter",
+        "Gaps in a peer's sequence (each flushed the caches).",
+        &plain(c.gaps),
+    );
+    metric(
+        "frames_rejected_total",
+        "counter",
+        "Rejected frames and handshakes.",
+        &plain(c.frames_rejected),
+    );
+    metric(
+        "links_overflowed_total",
+        "counter",
+        "Peer links closed because the peer fell behind.",
+        &plain(c.links_overflowed),
+    );
+    metric(
+        "connects_total",
+        "counter",
+        "Outgoing links established.",
+        &plain(c.connects),
+    );
+
+    if let Some(log) = &report.log {
+        let seconds = |d: Option<std::time::Duration>| {
+            [(String::new(), d.map_or(f64::NAN, |d| d.as_secs_f64()))]
+        };
+        metric(
+            "log_serving",
+            "gauge",
+            "1 while the change-log lease holds.",
+            &plain(u64::from(log.serving)),
+        );
+        metric(
+            "log_lease_remaining_seconds",
+            "gauge",
+            "Time left on the lease.",
+            &seconds(log.lease_remaining),
+        );
+        metric(
+            "log_last_poll_age_seconds",
+            "gauge",
+            "Age of the last complete poll's start.",
+            &seconds(log.last_poll_age),
+        );
+        metric(
+            "log_behind_rows",
+            "gauge",
+            "Rows the last complete poll applied.",
+            &plain(log.behind_rows),
+        );
+        metric(
+            "log_polls_total",
+            "counter",
+            "Complete polls of the change log.",
+            &plain(log.polls),
+        );
+        metric(
+            "log_errors_total",
+            "counter",
+            "Failed change-log operations.",
+            &plain(log.errors),
+        );
+        metric(
+            "log_pruned_flushes_total",
+            "counter",
+            "Flushes after rows were pruned unread.",
+            &plain(log.pruned_flushes),
+        );
+    }
+    out
+}
+
+/// Escapes a label value.
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
 
     use super::*;
+
+    #[test]
+    fn prometheus_text_has_one_sample_per_cache_and_escapes_labels() {
+        let report = NodeReport {
+            node: "a\"b",
+            peers_connected: 2,
+            cluster: ClusterStats {
+                events_sent: 5,
+                ..ClusterStats::default()
+            },
+            caches: vec![
+                (
+                    "users".into(),
+                    CacheStats {
+                        hits: 3,
+                        ..CacheStats::default()
+                    },
+                ),
+                ("orders".into(), CacheStats::default()),
+            ],
+            log: None,
+        };
+        let text = render_prometheus(&report);
+        assert!(
+            text.contains("cohort_cache_hits_total{node=\"a\\\"b\",cache=\"users\"} 3\n"),
+            "{text}"
+        );
+        assert!(text.contains("cohort_cache_hits_total{node=\"a\\\"b\",cache=\"orders\"} 0\n"));
+        assert!(text.contains("cohort_events_sent_total{node=\"a\\\"b\"} 5\n"));
+        assert!(text.contains("# TYPE cohort_peers_connected gauge"));
+        assert!(
+            !text.contains("cohort_log_"),
+            "no change log, no log metrics"
+        );
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let (_, value) = line.rsplit_once(' ').unwrap();
+            value.parse::<f64>().unwrap();
+        }
+    }
 
     #[test]
     fn striped_counter_sums_every_thread() {

@@ -507,7 +507,7 @@ impl<K: Key, V: Value> Cache<K, V> {
 
     /// This cache's counters on this node.
     pub fn stats(&self) -> CacheStats {
-        self.inner.counters.snapshot(self.inner.store.len())
+        Sink::stats(&*self.inner)
     }
 }
 
@@ -567,6 +567,10 @@ impl<K: Key, V: Value> Sink for Inner<K, V> {
             tracing::warn!(cache = %self.name, %error, "undecodable change from a peer; flushing");
             self.flush();
         }
+    }
+
+    fn stats(&self) -> CacheStats {
+        self.counters.snapshot(self.store.len())
     }
 
     fn apply_logged(&self, text: &str) {

@@ -27,7 +27,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::cache::{CacheBuilder, Key, Value};
 use crate::changelog::{self, ChangeLog, DEFAULT_LOG_RETENTION, LogRuntime, LogStatus};
-use crate::metrics::{ClusterCounters, ClusterStats};
+use crate::metrics::{CacheStats, ClusterCounters, ClusterStats, NodeReport, render_prometheus};
 use crate::wire::{Change, Event, Frame};
 use sequence::{Delivery, SequenceTracker};
 
@@ -535,6 +535,39 @@ impl Cluster {
         self.node.counters.snapshot()
     }
 
+    /// Each cache's counters on this node, by name.
+    pub fn cache_stats(&self) -> Vec<(String, CacheStats)> {
+        let mut stats: Vec<_> = self
+            .node
+            .caches
+            .read()
+            .iter()
+            .map(|(name, sink)| (name.to_string(), sink.stats()))
+            .collect();
+        stats.sort_by(|a, b| a.0.cmp(&b.0));
+        stats
+    }
+
+    /// Everything this node counts, in the Prometheus text format, for a `/metrics` endpoint.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cluster = cohort::Cluster::builder().node_name("a").start().await?;
+    /// let text = cluster.prometheus();
+    /// assert!(text.contains("cohort_events_sent_total{node=\"a\"} 0"));
+    /// # Ok(()) }
+    /// ```
+    pub fn prometheus(&self) -> String {
+        render_prometheus(&NodeReport {
+            node: self.node.id.as_str(),
+            peers_connected: self.members().iter().filter(|m| m.connected).count(),
+            cluster: self.stats(),
+            caches: self.cache_stats(),
+            log: self.change_log_status(),
+        })
+    }
+
     /// Stops accepting and dialing and closes every link; waits until the node's tasks ended.
     /// Caches keep answering locally but no longer hear of peers' changes.
     pub async fn shutdown(&self) {
@@ -557,6 +590,8 @@ pub(crate) struct NodeConfig {
 pub(crate) trait Sink: Send + Sync {
     /// Applies one change from a peer.
     fn apply(&self, change: &Change<'_>);
+    /// The cache's counters.
+    fn stats(&self) -> CacheStats;
     /// Applies a change-log row: the key, as text, changed.
     fn apply_logged(&self, key: &str);
     /// Empties the cache: the node missed changes and cannot tell which keys they touched.

@@ -1,0 +1,391 @@
+//! `cohort serve`: the example users service as one cohort node.
+//!
+//! `GET /users/{id}` reads through the node's cache (`"source"` says whether the cache answered),
+//! `PUT /users/{id}` writes the database through `update`, `/healthz`, `/metrics` (Prometheus) and
+//! `/cluster` (members, lease, lag) report on the node. The database holds a `users` table, created
+//! and seeded on first run, watched through the change log so that writers bypassing the service
+//! are seen within the bound too.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use cohort::{Cache, ChangeLog, Cluster, Source};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use sqlx::SqlitePool;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
+
+/// Options of `cohort serve`.
+#[derive(clap::Args, Debug)]
+pub(crate) struct Args {
+    /// This node's name, unique in the cluster [default: node-<peer port>].
+    #[arg(long)]
+    name: Option<String>,
+    /// Where to serve HTTP (port 0: any free port, printed when ready).
+    #[arg(long, default_value = "127.0.0.1:8081")]
+    http: SocketAddr,
+    /// Where to accept peer links (port 0: any free port, printed when ready).
+    #[arg(long, default_value = "127.0.0.1:7001")]
+    listen: SocketAddr,
+    /// Peers to join through, comma-separated `host:port`.
+    #[arg(long, value_delimiter = ',')]
+    seeds: Vec<String>,
+    /// The database: `sqlite://path` (created and seeded if missing).
+    #[arg(long, default_value = "sqlite://cohort-demo.db")]
+    db: String,
+    /// The staleness bound, e.g. `500ms` or `2s`.
+    #[arg(long, default_value = "500ms", value_parser = parse_duration)]
+    max_staleness: Duration,
+    /// How long change-log rows are kept, e.g. `10m`.
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    log_retention: Duration,
+    /// Users to create in a new database.
+    #[arg(long, default_value_t = 1_000)]
+    users: u64,
+}
+
+/// Parses `250ms`, `2s`, `10m`.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 500ms, 2s or 10m"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(number)),
+        "s" => Ok(Duration::from_secs(number)),
+        "m" => Ok(Duration::from_secs(number * 60)),
+        _ => Err(format!("{text:?}: the unit must be ms, s or m")),
+    }
+}
+
+/// A user as the service returns it and caches it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct User {
+    id: u64,
+    name: String,
+    version: u64,
+}
+
+type UserRow = (i64, String, i64);
+
+fn user((id, name, version): UserRow) -> Arc<User> {
+    Arc::new(User {
+        id: id.unsigned_abs(),
+        name,
+        version: version.unsigned_abs(),
+    })
+}
+
+#[derive(Clone)]
+struct App {
+    cluster: Cluster,
+    users: Cache<u64, Arc<User>>,
+    db: SqlitePool,
+}
+
+/// Runs the service until SIGTERM or ctrl-c.
+pub(crate) async fn run(args: Args) -> anyhow::Result<bool> {
+    let path = sqlite_path(&args.db)?;
+    let db = open(&path, args.users).await?;
+    let mut builder = Cluster::builder();
+    builder
+        .listen(args.listen)
+        .seeds(args.seeds.iter().filter(|s| !s.is_empty()).cloned())
+        .max_staleness(args.max_staleness)
+        .log_retention(args.log_retention)
+        .change_log(ChangeLog::sqlite(db.clone()));
+    if let Some(name) = &args.name {
+        builder.node_name(name);
+    }
+    let cluster = builder.start().await?;
+    let users = cluster
+        .cache::<u64, Arc<User>>("users")
+        .capacity(1_000_000)
+        .watch_table("users", "id")
+        .build()?;
+    let http = tokio::net::TcpListener::bind(args.http)
+        .await
+        .with_context(|| format!("cannot serve HTTP on {}", args.http))?;
+    let app = App {
+        cluster: cluster.clone(),
+        users,
+        db,
+    };
+    let router = axum::Router::new()
+        .route("/users/{id}", get(read_user).put(write_user))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/cluster", get(cluster_state))
+        .with_state(app);
+    println!(
+        "serve: node={} http={} listen={} db={} ready",
+        cluster.node_id(),
+        http.local_addr()?,
+        cluster.local_addr(),
+        path.display()
+    );
+    axum::serve(http, router)
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("the HTTP server failed")?;
+    cluster.shutdown().await;
+    Ok(true)
+}
+
+fn sqlite_path(url: &str) -> anyhow::Result<PathBuf> {
+    if let Some(path) = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+    {
+        if path.is_empty() {
+            bail!("--db {url:?} names no file");
+        }
+        return Ok(PathBuf::from(path));
+    }
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        bail!("--db {url:?}: Postgres is not supported yet; use sqlite://path");
+    }
+    bail!("--db {url:?}: expected sqlite://path")
+}
+
+/// Opens (creating if missing) the database, in WAL mode so several processes share it, and makes
+/// sure the users table exists and is seeded.
+async fn open(path: &std::path::Path, users: u64) -> anyhow::Result<SqlitePool> {
+    let options = SqliteConnectOptions::new()
+        .filename(path)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal)
+        .busy_timeout(Duration::from_secs(10));
+    let db = sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(8)
+        .connect_with(options)
+        .await
+        .with_context(|| format!("cannot open the database {}", path.display()))?;
+    sqlx::query("CREATE TABLE IF NOT EXISTS users (id INTEGER PRIMARY KEY, name TEXT NOT NULL, version INTEGER NOT NULL)")
+        .execute(&db)
+        .await
+        .with_context(|| format!("cannot create the users table in {}", path.display()))?;
+    sqlx::query(
+        "INSERT OR IGNORE INTO users (id, name, version) \
+         WITH RECURSIVE ids(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM ids WHERE x < ?) \
+         SELECT x, 'user-' || x, 1 FROM ids",
+    )
+    .bind(i64::try_from(users)?)
+    .execute(&db)
+    .await
+    .context("cannot seed the users table")?;
+    Ok(db)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}
+
+/// An HTTP error with a JSON body.
+struct Failure(StatusCode, String);
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "error": self.1 }))).into_response()
+    }
+}
+
+impl From<sqlx::Error> for Failure {
+    fn from(error: sqlx::Error) -> Self {
+        match error {
+            sqlx::Error::RowNotFound => Self(StatusCode::NOT_FOUND, "no such user".into()),
+            other => Self(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("database: {other}"),
+            ),
+        }
+    }
+}
+
+fn user_id(text: &str) -> Result<u64, Failure> {
+    text.parse().map_err(|_| {
+        Failure(
+            StatusCode::BAD_REQUEST,
+            format!("{text:?} is not a user id"),
+        )
+    })
+}
+
+async fn read_user(State(app): State<App>, Path(id): Path<String>) -> Result<Response, Failure> {
+    let id = user_id(&id)?;
+    let db = app.db.clone();
+    let fetched = app
+        .users
+        .fetch(&id, |id| async move {
+            sqlx::query_as::<_, UserRow>("SELECT id, name, version FROM users WHERE id = ?")
+                .bind(id as i64)
+                .fetch_one(&db)
+                .await
+                .map(user)
+        })
+        .await?;
+    let source = if fetched.source == Source::Cache {
+        "cache"
+    } else {
+        "db"
+    };
+    let user = &fetched.value;
+    Ok(
+        Json(
+            json!({ "id": user.id, "name": user.name, "version": user.version, "source": source }),
+        )
+        .into_response(),
+    )
+}
+
+#[derive(Deserialize)]
+struct Rename {
+    name: String,
+}
+
+async fn write_user(
+    State(app): State<App>,
+    Path(id): Path<String>,
+    body: Result<Json<Rename>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, Failure> {
+    let id = user_id(&id)?;
+    let Json(Rename { name }) =
+        body.map_err(|e| Failure(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let db = app.db.clone();
+    let receipt = app
+        .users
+        .update(&id, |id| async move {
+            sqlx::query_as::<_, UserRow>(
+                "UPDATE users SET name = ?, version = version + 1 WHERE id = ? RETURNING id, name, version",
+            )
+            .bind(name)
+            .bind(id as i64)
+            .fetch_one(&db)
+            .await
+            .map(user)
+        })
+        .await
+        .map_err(|e| match e {
+            cohort::UpdateError::Write(e) => Failure::from(e),
+            other => Failure(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
+        })?;
+    Ok(Json(json!({ "id": id, "version": receipt.value.version })).into_response())
+}
+
+async fn healthz(State(app): State<App>) -> Response {
+    let serving = app.users.is_serving();
+    Json(json!({ "status": "ok", "node": app.cluster.node_id().as_str(), "serving": serving }))
+        .into_response()
+}
+
+async fn metrics(State(app): State<App>) -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        app.cluster.prometheus(),
+    )
+        .into_response()
+}
+
+async fn cluster_state(State(app): State<App>) -> Response {
+    let millis = |d: Option<Duration>| d.map(|d| d.as_millis() as u64);
+    let members: Vec<_> = app
+        .cluster
+        .members()
+        .into_iter()
+        .map(|m| {
+            json!({
+                "addr": m.addr.to_string(),
+                "node": m.node.map(|n| n.to_string()),
+                "state": if m.connected { "connected" } else { "connecting" },
+            })
+        })
+        .collect();
+    let log = app.cluster.change_log_status().map(|log| {
+        json!({
+            "serving": log.serving,
+            "lease_remaining_ms": millis(log.lease_remaining),
+            "last_poll_age_ms": millis(log.last_poll_age),
+            "lag_rows": log.behind_rows,
+            "cursor": log.cursor,
+            "polls": log.polls,
+            "errors": log.errors,
+            "last_error": log.last_error,
+            "pruned_flushes": log.pruned_flushes,
+        })
+    });
+    let stats = app.cluster.stats();
+    Json(json!({
+        "node": app.cluster.node_id().as_str(),
+        "incarnation": app.cluster.incarnation(),
+        "listen": app.cluster.local_addr().to_string(),
+        "max_staleness_ms": app.cluster.max_staleness().as_millis() as u64,
+        "members": members,
+        "change_log": log,
+        "events": {
+            "sent": stats.events_sent,
+            "applied": stats.events_applied,
+            "gaps": stats.gaps,
+            "frames_rejected": stats.frames_rejected,
+        },
+    }))
+    .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
+        assert!(parse_duration("10").is_err());
+        assert!(parse_duration("fast").is_err());
+        assert!(parse_duration("5h").is_err());
+    }
+
+    #[test]
+    fn database_urls() {
+        assert_eq!(
+            sqlite_path("sqlite://a/b.db").unwrap(),
+            PathBuf::from("a/b.db")
+        );
+        assert_eq!(sqlite_path("sqlite:x.db").unwrap(), PathBuf::from("x.db"));
+        assert!(sqlite_path("sqlite://").is_err());
+        assert!(sqlite_path("postgres://localhost/db").is_err());
+        assert!(sqlite_path("mysql://x").is_err());
+    }
+}

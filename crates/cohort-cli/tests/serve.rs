@@ -1,0 +1,274 @@
+//! `cohort serve` as separate OS processes sharing one SQLite file: the fast path across
+//! processes, a SIGKILLed peer, a SIGSTOPped node, and bad flags.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const BOUND: Duration = Duration::from_millis(400);
+
+/// A running `cohort serve` process, killed when dropped.
+struct Server {
+    child: Child,
+    http: SocketAddr,
+    listen: SocketAddr,
+}
+
+impl Server {
+    fn start(name: &str, db: &Path, seeds: &[&Server]) -> Self {
+        let seeds: Vec<String> = seeds.iter().map(|s| s.listen.to_string()).collect();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_cohort"))
+            .args([
+                "serve",
+                "--name",
+                name,
+                "--http",
+                "127.0.0.1:0",
+                "--listen",
+                "127.0.0.1:0",
+            ])
+            .arg("--db")
+            .arg(format!("sqlite://{}", db.display()))
+            .args(["--max-staleness", &format!("{}ms", BOUND.as_millis())])
+            .args(["--seeds", &seeds.join(",")])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("cohort serve starts");
+        // The process says where it listens once it is ready.
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(line.ends_with("ready\n"), "unexpected first line {line:?}");
+        let field = |key: &str| -> SocketAddr {
+            line.split_whitespace()
+                .find_map(|f| f.strip_prefix(key))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("no {key} in {line:?}"))
+        };
+        let server = Self {
+            http: field("http="),
+            listen: field("listen="),
+            child,
+        };
+        server.wait_until("serving from its cache", |s| {
+            s.get("/healthz").1["serving"] == true
+        });
+        server
+    }
+
+    /// Polls the process until `condition` holds; it answers over HTTP, so there is no event to
+    /// wait on from outside.
+    fn wait_until(&self, what: &str, condition: impl Fn(&Self) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !condition(self) {
+            assert!(Instant::now() < deadline, "never {what}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn get(&self, path: &str) -> (u16, Value) {
+        request(self.http, "GET", path, None)
+    }
+
+    fn user(&self, id: u64) -> (String, &'static str) {
+        let (status, body) = self.get(&format!("/users/{id}"));
+        assert_eq!(status, 200, "{body}");
+        let source = match body["source"].as_str() {
+            Some("cache") => "cache",
+            Some("db") => "db",
+            other => panic!("bad source {other:?}"),
+        };
+        (body["name"].as_str().unwrap().to_owned(), source)
+    }
+
+    fn rename(&self, id: u64, name: &str) -> u64 {
+        let body = serde_json::json!({ "name": name }).to_string();
+        let (status, reply) = request(self.http, "PUT", &format!("/users/{id}"), Some(&body));
+        assert_eq!(status, 200, "{reply}");
+        reply["version"].as_u64().unwrap()
+    }
+
+    /// Waits until this node links to `peers` peers.
+    fn wait_linked(&self, peers: usize) {
+        self.wait_until("linked", |s| {
+            let (_, cluster) = s.get("/cluster");
+            let members = cluster["members"].as_array().cloned().unwrap_or_default();
+            members.iter().filter(|m| m["state"] == "connected").count() >= peers
+        });
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One HTTP/1.1 request on a fresh connection; returns the status and the JSON body.
+fn request(addr: SocketAddr, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let body = body.unwrap_or("");
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response[9..12].parse().unwrap();
+    let (_, body) = response.split_once("\r\n\r\n").unwrap();
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+/// Caches user `id` on `server` and checks the next read is a hit.
+fn warm(server: &Server, id: u64) {
+    server.user(id);
+    assert_eq!(server.user(id).1, "cache");
+}
+
+/// Reads user `id` from `server` until it has `name`; returns how long after `since` that was.
+/// Every read that started more than the bound after `since` must already see it.
+fn fresh_after(server: &Server, id: u64, name: &str, since: Instant) -> Duration {
+    loop {
+        let started = since.elapsed();
+        let (seen, _) = server.user(id);
+        if seen == name {
+            return started;
+        }
+        assert!(
+            started <= BOUND,
+            "stale {seen:?} {started:?} after the update"
+        );
+    }
+}
+
+#[test]
+fn three_processes_on_one_sqlite_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("users.db");
+    let a = Server::start("a", &db, &[]);
+    let b = Server::start("b", &db, &[&a]);
+    let c = Server::start("c", &db, &[&a]);
+    for server in [&a, &b, &c] {
+        server.wait_linked(2);
+    }
+    warm(&b, 1);
+    warm(&c, 1);
+
+    let version = a.rename(1, "grace");
+    let written = Instant::now();
+    let on_b = fresh_after(&b, 1, "grace", written);
+    let on_c = fresh_after(&c, 1, "grace", written);
+    eprintln!(
+        "after the PUT on a returned, the first GET that saw it started {on_b:?} later on b, {on_c:?} on c"
+    );
+    assert!(
+        on_b < BOUND / 4 && on_c < BOUND / 4,
+        "the fast path is well under the bound"
+    );
+    assert_eq!(version, 2);
+
+    c.signal("-KILL");
+    warm(&b, 2);
+    a.rename(2, "after the kill");
+    let written = Instant::now();
+    fresh_after(&b, 2, "after the kill", written);
+    assert_eq!(a.user(2).0, "after the kill");
+    let (_, health) = b.get("/healthz");
+    assert_eq!(health["status"], "ok");
+}
+
+#[test]
+fn a_stopped_process_serves_nothing_stale_when_it_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("users.db");
+    // No seeds: the two nodes share only the database, so only the change log can tell b.
+    let a = Server::start("a", &db, &[]);
+    let b = Server::start("b", &db, &[]);
+    warm(&b, 1);
+
+    b.signal("-STOP");
+    a.rename(1, "renamed while b was stopped");
+    // Stay stopped past the lease.
+    std::thread::sleep(BOUND + Duration::from_millis(100));
+    b.signal("-CONT");
+
+    let (name, source) = b.user(1);
+    assert_eq!(name, "renamed while b was stopped", "served from {source}");
+    let (_, metrics) = request(b.http, "GET", "/metrics", None);
+    assert_eq!(metrics, Value::Null, "metrics are text, not JSON");
+}
+
+#[test]
+fn bad_flags_and_an_unusable_database_fail_with_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let not_a_dir = dir.path().join("missing").join("users.db");
+    let unusable = format!("sqlite://{}", not_a_dir.display());
+    let ports = ["--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"];
+    let cases: [(Vec<&str>, &str); 4] = [
+        (
+            [&ports[..], &["--max-staleness", "fast"]].concat(),
+            "invalid value",
+        ),
+        (
+            [&ports[..], &["--db", "mysql://x"]].concat(),
+            "expected sqlite://path",
+        ),
+        (
+            [&ports[..], &["--db", &unusable]].concat(),
+            "cannot open the database",
+        ),
+        (
+            vec!["--listen", "127.0.0.1:0", "--http", "not an address"],
+            "invalid value",
+        ),
+    ];
+    for (args, expected) in cases {
+        let out = Command::new(env!("CARGO_BIN_EXE_cohort"))
+            .arg("serve")
+            .args(&args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+
+    let db = dir.path().join("users.db");
+    let running = Server::start("a", &db, &[]);
+    let out = Command::new(env!("CARGO_BIN_EXE_cohort"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--http",
+            &running.http.to_string(),
+        ])
+        .arg("--db")
+        .arg(format!("sqlite://{}", db.display()))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("cannot serve HTTP"), "{stderr}");
+}
