@@ -1,7 +1,10 @@
 //! The cost of a cache hit: cohort's `Cache::get` against a bare quick_cache `get` on the same
 //! keys and values (1 KiB `Arc<[u8]>`), one thread and two.
 //!
-//! `cargo bench -p cohort --bench hit`; compare the `cohort` and `quick_cache` lines of each group.
+//! A third contender, `cohort_leased`, is a cache that watches a table through the change log, so
+//! every hit also checks the poll lease: its difference from `cohort` is the lease check's cost.
+//!
+//! `cargo bench -p cohort --bench hit`; compare the lines of each group.
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -61,12 +64,18 @@ fn hit(c: &mut Criterion) {
         .capacity(KEYS * 2)
         .build()
         .unwrap();
+    let leased = runtime.block_on(leased_cache());
     let bare = quick_cache::sync::Cache::<u64, Value>::new(KEYS as usize * 2);
     // Both caches hold the same allocation per key, so a hit touches the same reference counts.
     runtime.block_on(async {
         for key in 0..KEYS {
             let v = value();
             bare.insert(key, v.clone());
+            let copy = v.clone();
+            leased
+                .get_or_load(&key, |_| async move { Ok::<_, ()>(copy) })
+                .await
+                .unwrap();
             cohort_cache
                 .get_or_load(&key, |_| async move { Ok::<_, ()>(v) })
                 .await
@@ -86,6 +95,10 @@ fn hit(c: &mut Criterion) {
             let mut next = keys.iter().cycle();
             b.iter(|| cohort_cache.get(next.next().unwrap()).is_some())
         });
+        group.bench_function("cohort_leased", |b| {
+            let mut next = keys.iter().cycle();
+            b.iter(|| leased.get(next.next().unwrap()).is_some())
+        });
         group.finish();
 
         let mut group = c.benchmark_group(format!("hit/{label}/2_threads"));
@@ -96,6 +109,9 @@ fn hit(c: &mut Criterion) {
         group.bench_function("cohort", |b| {
             b.iter_custom(|iters| two_threads(iters, &keys, |k| cohort_cache.get(k).is_some()))
         });
+        group.bench_function("cohort_leased", |b| {
+            b.iter_custom(|iters| two_threads(iters, &keys, |k| leased.get(k).is_some()))
+        });
         group.finish();
     }
     assert_eq!(
@@ -103,6 +119,41 @@ fn hit(c: &mut Criterion) {
         0,
         "every measured read was a hit"
     );
+    assert_eq!(leased.stats().misses, 0, "the lease held throughout");
+    drop(runtime);
+}
+
+/// A cache watching a table of an in-memory SQLite database, with a bound long enough that the
+/// lease holds for the whole run once the first poll is in (the tailer cannot run while the
+/// benchmark holds the thread, so it must).
+async fn leased_cache() -> cohort::Cache<u64, Value> {
+    let pool = sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect("sqlite::memory:")
+        .await
+        .unwrap();
+    sqlx::query("CREATE TABLE items (id INTEGER PRIMARY KEY)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let cluster = cohort::Cluster::builder()
+        .max_staleness(Duration::from_secs(3_600))
+        .log_retention(Duration::from_secs(4 * 3_600))
+        .change_log(cohort::ChangeLog::sqlite(pool))
+        .start()
+        .await
+        .unwrap();
+    let cache = cluster
+        .cache::<u64, Value>("items")
+        .capacity(KEYS * 2)
+        .watch_table("items", "id")
+        .build()
+        .unwrap();
+    let mut events = cluster.subscribe();
+    while !cache.is_serving() {
+        let _ = events.recv().await;
+    }
+    cache
 }
 
 criterion_group! {

@@ -14,6 +14,9 @@
 //! Any node prunes rows older than the retention period (default 10 minutes). A node whose cursor
 //! fell behind the pruning (it was paused or cut off that long) flushes its caches.
 
+// Built without any backend feature, no change log can be made and this machinery is unreachable.
+#![cfg_attr(not(feature = "sqlite"), allow(dead_code, unused_variables))]
+
 pub(crate) mod driver;
 pub(crate) mod lease;
 #[cfg(feature = "sqlite")]
@@ -82,31 +85,31 @@ enum Backend {
 
 impl Backend {
     async fn install(&self, watch: &Watch) -> Result<(), ChangeLogError> {
-        match self {
+        match *self {
             #[cfg(feature = "sqlite")]
-            Self::Sqlite(log) => log.install(watch).await,
+            Self::Sqlite(ref log) => log.install(watch).await,
         }
     }
 
     async fn head(&self) -> Result<u64, ChangeLogError> {
-        match self {
+        match *self {
             #[cfg(feature = "sqlite")]
-            Self::Sqlite(log) => log.head().await,
+            Self::Sqlite(ref log) => log.head().await,
         }
     }
 
     async fn read(&self, cursor: u64) -> Result<Batch, ChangeLogError> {
-        match self {
+        match *self {
             #[cfg(feature = "sqlite")]
-            Self::Sqlite(log) => log.read(cursor, BATCH_ROWS).await,
+            Self::Sqlite(ref log) => log.read(cursor, BATCH_ROWS).await,
         }
     }
 
     async fn prune(&self, retention: Duration) -> Result<u64, ChangeLogError> {
         let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
-        match self {
+        match *self {
             #[cfg(feature = "sqlite")]
-            Self::Sqlite(log) => log.prune(retention_ms).await,
+            Self::Sqlite(ref log) => log.prune(retention_ms).await,
         }
     }
 }
