@@ -1,7 +1,7 @@
 //! `cohort demo`: several nodes in one process over one SQLite file, a mixed workload, a verdict.
 //!
 //! Every node is a full cohort node on its own loopback port with its own database pool, as
-//! separate servers would be. Clients send reads (Zipf-distributed keys) and updates to random
+//! separate servers would be, tailing the database's change log. Clients send reads (Zipf-distributed keys) and updates to random
 //! nodes; every operation is recorded and the history is judged against the staleness bound.
 
 use std::collections::HashMap;
@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use cohort::{Cache, Cluster, ClusterEvent, EventId};
+use cohort::{Cache, ChangeLog, Cluster, ClusterEvent, EventId};
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -174,8 +174,12 @@ async fn start_nodes(
 ) -> anyhow::Result<Vec<Node>> {
     let mut nodes = Vec::new();
     for i in 0..count {
+        let db = connect(path).await?;
         let mut builder = Cluster::builder();
-        builder.node_name(format!("node-{i}")).max_staleness(bound);
+        builder
+            .node_name(format!("node-{i}"))
+            .max_staleness(bound)
+            .change_log(ChangeLog::sqlite(db.clone()));
         if let Some(first) = nodes.first() {
             let first: &Node = first;
             builder.seeds([first.cluster.local_addr().to_string()]);
@@ -184,12 +188,9 @@ async fn start_nodes(
         let users = cluster
             .cache::<u64, Arc<User>>("users")
             .capacity(1_000_000)
+            .watch_table("users", "id")
             .build()?;
-        nodes.push(Node {
-            cluster,
-            users,
-            db: connect(path).await?,
-        });
+        nodes.push(Node { cluster, users, db });
     }
     let peers = nodes.len() - 1;
     for node in &nodes {
@@ -393,20 +394,30 @@ fn print_report(
     elapsed: Duration,
 ) {
     println!(
-        "{:<8} {:>9} {:>8} {:>7} {:>9} {:>8} {:>14}",
-        "node", "hits", "misses", "loads", "rejected", "updates", "invalidations"
+        "{:<8} {:>9} {:>8} {:>7} {:>9} {:>8} {:>10} {:>10} {:>9}",
+        "node",
+        "hits",
+        "misses",
+        "loads",
+        "rejected",
+        "updates",
+        "from peers",
+        "from log",
+        "bypasses"
     );
     for node in nodes {
         let s = node.users.stats();
         println!(
-            "{:<8} {:>9} {:>8} {:>7} {:>9} {:>8} {:>14}",
+            "{:<8} {:>9} {:>8} {:>7} {:>9} {:>8} {:>10} {:>10} {:>9}",
             node.cluster.node_id().as_str(),
             s.hits,
             s.misses,
             s.loads,
             s.fills_rejected,
             s.updates,
-            s.invalidations_applied
+            s.invalidations_applied,
+            s.logged_applied,
+            s.bypasses,
         );
     }
     let ops = log.reads.len() + log.updates.len();

@@ -48,7 +48,9 @@ impl SqliteLog {
     /// Creates the log's tables if missing and (re)creates the triggers of `watch`, in one
     /// transaction, so a concurrent writer either is logged or committed before.
     pub(crate) async fn install(&self, watch: &Watch) -> Result<(), ChangeLogError> {
-        let mut tx = self.pool.begin().await?;
+        // IMMEDIATE takes the write lock up front, waiting for it under the busy timeout; a
+        // deferred transaction would fail at once when upgrading past a concurrent writer.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         for statement in SCHEMA {
             sqlx::query(*statement).execute(&mut *tx).await?;
         }
