@@ -197,6 +197,29 @@ fn three_processes_on_one_sqlite_file() {
     assert_eq!(health["status"], "ok");
 }
 
+/// A writer that never goes through cohort, with its own (older) SQLite library: the `sqlite3`
+/// shell that `.ci/run` installs. Its commits fire the triggers and reach every node via the log.
+#[test]
+fn an_outside_writer_with_the_sqlite3_shell_is_seen_within_the_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("users.db");
+    let a = Server::start("a", &db, &[]);
+    let b = Server::start("b", &db, &[&a]);
+    warm(&a, 3);
+    warm(&b, 3);
+    let status = Command::new("sqlite3")
+        .arg(&db)
+        .arg("UPDATE users SET name = 'set by the shell', version = version + 1 WHERE id = 3")
+        .status()
+        .expect("the sqlite3 shell is installed (.ci/run installs it)");
+    assert!(status.success());
+    let written = Instant::now();
+    for server in [&a, &b] {
+        let seen = fresh_after(server, 3, "set by the shell", written);
+        eprintln!("outside write seen after {seen:?}");
+    }
+}
+
 #[test]
 fn a_stopped_process_serves_nothing_stale_when_it_resumes() {
     let dir = tempfile::tempdir().unwrap();

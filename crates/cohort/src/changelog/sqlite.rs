@@ -18,13 +18,15 @@ use sqlx::{Row as _, SqliteConnection};
 use super::tail::{Batch, Row};
 use super::{ChangeLogError, Watch};
 
-/// The log's tables; installing them is idempotent.
+/// The log's tables; installing them is idempotent. Times are Unix milliseconds computed with
+/// `julianday`, which every SQLite has (`unixepoch('subsec')` needs 3.42), since the triggers run
+/// inside whatever SQLite library each writer of the database links.
 const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS cohort_changes (\
         seq INTEGER PRIMARY KEY AUTOINCREMENT, \
         cache TEXT NOT NULL, \
         key TEXT NOT NULL, \
-        at_ms INTEGER NOT NULL DEFAULT (CAST(unixepoch('subsec') * 1000 AS INTEGER)))",
+        at_ms INTEGER NOT NULL DEFAULT (CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)))",
     "CREATE INDEX IF NOT EXISTS cohort_changes_at_ms ON cohort_changes (at_ms)",
     "CREATE TABLE IF NOT EXISTS cohort_log_meta (\
         id INTEGER PRIMARY KEY CHECK (id = 1), \
@@ -90,7 +92,7 @@ impl SqliteLog {
     pub(crate) async fn prune(&self, retention_ms: i64) -> Result<u64, ChangeLogError> {
         let deleted = sqlx::query(
             "DELETE FROM cohort_changes \
-             WHERE at_ms < CAST(unixepoch('subsec') * 1000 AS INTEGER) - ?",
+             WHERE at_ms < CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER) - ?",
         )
         .bind(retention_ms)
         .execute(&self.pool)
