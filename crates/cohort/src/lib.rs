@@ -42,6 +42,7 @@ mod cache;
 mod changelog;
 mod clock;
 mod cluster;
+mod lease;
 mod metrics;
 mod store;
 mod transport;

@@ -20,9 +20,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::changelog::Watch;
-use crate::changelog::lease::Lease;
 use crate::clock::Clock;
 use crate::cluster::{ConfigError, EventId, Node, Running, Sink};
+use crate::lease::Lease;
 use crate::metrics::{CacheCounters, CacheStats};
 use crate::store::{Bound, Entry, Lookup, NEVER, Store, WeighFn};
 use crate::wire::{self, Change};
@@ -268,15 +268,19 @@ impl<K: Key, V: Value> CacheBuilder<K, V> {
             mode: self.mode,
             version: self.version.clone(),
             parse: self.parse.clone(),
-            lease: log.map(|_| Arc::new(Lease::default())),
+            lease: match log {
+                Some(_) => Arc::new(Lease::default()),
+                None => Arc::clone(&self.node.peer_lease),
+            },
+            fenced: log.is_none(),
             node: Arc::clone(&self.node),
             counters: CacheCounters::default(),
         });
         self.node
             .register(name, Arc::clone(&inner) as Arc<dyn Sink>)?;
         // Installed only once the name is known to be free.
-        if let (Some(log), Some(lease)) = (log, &inner.lease) {
-            log.register(watches, Arc::clone(lease));
+        if let Some(log) = log {
+            log.register(watches, Arc::clone(&inner.lease));
         }
         Ok(Cache {
             inner,
@@ -333,8 +337,11 @@ struct Inner<K, V> {
     version: Option<VersionFn<V>>,
     /// Maps change-log key text to keys; set when the cache watches tables.
     parse: Option<ParseFn<K>>,
-    /// The poll lease; set when the cache watches tables. Without it the cache always serves.
-    lease: Option<Arc<Lease>>,
+    /// The lease the cache serves under: its own change-log lease when it watches tables, the
+    /// node's peer lease otherwise.
+    lease: Arc<Lease>,
+    /// Whether writes need the lease too: peer-only caches, where the mesh is the only path.
+    fenced: bool,
     node: Arc<Node>,
     counters: CacheCounters,
 }
@@ -360,6 +367,12 @@ pub enum UpdateError<E> {
     /// The key could not be serialized; the write did not run and nothing changed.
     #[error(transparent)]
     Encode(#[from] EncodeError),
+    /// A cache without a change log writes only while this node has confirmed, within the bound,
+    /// that it has every live peer's events (a node cut off from its peers must not write what
+    /// they would never hear of). The write did not run and nothing changed; retry once the
+    /// node is serving again ([`Cache::is_serving`]).
+    #[error("fenced: this node has not confirmed its peers within the bound")]
+    Fenced,
 }
 
 /// A key (or value) could not be serialized for the wire. Nothing changed.
@@ -392,8 +405,10 @@ impl<K: Key, V: Value> Cache<K, V> {
         found
     }
 
-    /// Whether this node may serve this cache's values now: always for a cache that watches no
-    /// tables; otherwise while the node's last complete poll of the change log started within Δ.
+    /// Whether this node may serve this cache's values now. A cache that watches tables serves
+    /// while its node's last complete poll of the change log started within Δ; a cache that does
+    /// not, while its node has confirmed within Δ that it applied every event of every live peer
+    /// (always, for a node with no peers).
     pub fn is_serving(&self) -> bool {
         self.inner.serving()
     }
@@ -456,6 +471,9 @@ impl<K: Key, V: Value> Cache<K, V> {
     {
         let inner = &*self.inner;
         let key_bytes = wire::encode_item(key).map_err(EncodeError)?;
+        if inner.fenced && !inner.serving() {
+            return Err(UpdateError::Fenced);
+        }
         let slot = inner.store.write_slot(key);
         let value = match write(key.clone()).await {
             Ok(value) => value,
@@ -514,14 +532,12 @@ impl<K: Key, V: Value> Cache<K, V> {
 impl<K: Key, V: Value> Inner<K, V> {
     #[inline]
     fn serving(&self) -> bool {
-        self.lease
-            .as_ref()
-            .is_none_or(|lease| lease.is_valid(self.store.clock()))
+        self.lease.is_valid(self.store.clock())
     }
 
     /// Polls the change log soon, so that this node's own write is confirmed by it early.
     fn kick_log(&self) {
-        if let (Some(log), Some(_)) = (&self.node.log, &self.lease) {
+        if let (Some(log), false) = (&self.node.log, self.fenced) {
             log.kick();
         }
     }

@@ -6,7 +6,7 @@
 //! node tails the log (every Δ/4, and right after its own writes) and applies each row as an
 //! invalidation, so the staleness bound holds when the peer mesh is broken or slow.
 //!
-//! The [poll lease](lease) ties serving to tailing: a cache that watches tables serves values only
+//! The [poll lease](crate::lease) ties serving to tailing: a cache that watches tables serves values only
 //! while its node's last complete poll started within Δ; otherwise reads go to the source and are
 //! not stored. The [tail](tail) state decides what each batch of rows asks of the node; the SQL
 //! lives with its backend (`sqlite`, and Postgres next to it later); `driver` is the task.
@@ -18,7 +18,6 @@
 #![cfg_attr(not(feature = "sqlite"), allow(dead_code, unused_variables))]
 
 pub(crate) mod driver;
-pub(crate) mod lease;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 pub(crate) mod tail;
@@ -32,7 +31,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::clock::Clock;
-use lease::Lease;
+use crate::lease::Lease;
 use tail::Batch;
 
 /// Default for [`ClusterBuilder::log_retention`](crate::ClusterBuilder::log_retention).

@@ -74,7 +74,9 @@ async fn serve_inbound(node: &Arc<Node>, stream: TcpStream) -> Result<(), LinkEr
     let origin = NodeId::from(hello.node);
     let incarnation = hello.incarnation;
     transport::send_frame(&mut writer, our_hello(node, 0)).await?;
+    let origin_addr = hello.listen;
     node.peer_hello(&origin, hello.incarnation, hello.seq);
+    node.contact(&origin);
     node.learn(std::iter::once(hello.listen).chain(hello.peers.iter().copied()));
     drop(body);
 
@@ -87,6 +89,15 @@ async fn serve_inbound(node: &Arc<Node>, stream: TcpStream) -> Result<(), LinkEr
                 node.receive(&origin, &event);
             }
             Frame::Peers(addrs) => node.learn(addrs),
+            Frame::Ping { nonce } => {
+                node.contact(&origin);
+                node.pong(origin_addr, nonce);
+            }
+            Frame::Pong {
+                nonce,
+                incarnation,
+                seq,
+            } => node.on_pong(&origin, nonce, incarnation, seq),
             Frame::Hello(_) => return Err(WireError::Unexpected("a second hello").into()),
         }
     }
@@ -103,6 +114,23 @@ fn our_hello(node: &Node, seq: u64) -> Bytes {
         peers: node.known_peers(),
     })
     .encode()
+}
+
+/// Pings peers and retires silent ones every quarter of the bound, until the node stops.
+pub(super) fn spawn_heartbeat(node: &Arc<Node>) {
+    let node = Arc::clone(node);
+    let tasks = node.tasks.clone();
+    tasks.spawn(async move {
+        let mut shutdown = node.shutdown.subscribe();
+        let mut ticks = tokio::time::interval(node.config.max_staleness / 4);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticks.tick() => node.heartbeat(),
+                _ = shutdown.wait_for(|stop| *stop) => return,
+            }
+        }
+    });
 }
 
 /// Keeps an outbound link to `addr` up until the node stops, reconnecting with backoff.
@@ -157,7 +185,7 @@ async fn outbound(node: &Arc<Node>, addr: SocketAddr) -> Result<Outbound, LinkEr
     let (mut reader, mut writer) =
         transport::open(stream, node.config.max_frame_bytes, timeout).await?;
     // Attach before saying hello: every event after `seq` is then queued on this link.
-    let (seq, queue) = node.attach();
+    let (seq, queue) = node.attach(addr);
     transport::send_frame(&mut writer, our_hello(node, seq)).await?;
     let body = transport::handshake_frame(&mut reader, timeout).await?;
     let Frame::Hello(hello) = wire::decode(&body)? else {
@@ -174,6 +202,7 @@ async fn outbound(node: &Arc<Node>, addr: SocketAddr) -> Result<Outbound, LinkEr
     drop(body);
 
     node.counters.connects.incr();
+    node.link_ready(addr, &peer);
     node.set_connected(addr, &peer, true);
     let result = pump(&mut reader, &mut writer, queue).await;
     node.set_connected(addr, &peer, false);

@@ -9,6 +9,7 @@
 //!
 //! The tasks that move bytes (accepting, dialing, reading, writing) live in `driver`.
 
+mod confirm;
 mod driver;
 pub(crate) mod sequence;
 
@@ -27,8 +28,11 @@ use tokio_util::task::TaskTracker;
 
 use crate::cache::{CacheBuilder, Key, Value};
 use crate::changelog::{self, ChangeLog, DEFAULT_LOG_RETENTION, LogRuntime, LogStatus};
+use crate::clock::{Clock, millis};
+use crate::lease::Lease;
 use crate::metrics::{CacheStats, ClusterCounters, ClusterStats, NodeReport, render_prometheus};
 use crate::wire::{Change, Event, Frame};
+use confirm::{Confirmations, PongVerdict};
 use sequence::{Delivery, SequenceTracker};
 
 /// Default for [`ClusterBuilder::max_staleness`].
@@ -118,6 +122,16 @@ pub enum ClusterEvent {
         /// The peer's listen address.
         addr: SocketAddr,
     },
+    /// A peer confirmed that this node has all its events (answered a ping).
+    Confirmed {
+        /// The peer.
+        node: NodeId,
+    },
+    /// A peer was silent for twice the bound; peer-only caches no longer wait for it.
+    PeerSilent {
+        /// The peer.
+        node: NodeId,
+    },
     /// A peer's event was applied to this node's cache.
     Applied {
         /// The event.
@@ -156,6 +170,9 @@ pub struct Member {
     pub node: Option<NodeId>,
     /// Whether this node's link to it is up.
     pub connected: bool,
+    /// Whether this node's peer-only caches wait for its confirmation: it has been heard from
+    /// within twice the bound.
+    pub live: bool,
 }
 
 /// Why a configuration was refused. Nothing was started.
@@ -402,7 +419,10 @@ impl ClusterBuilder {
             .clone()
             .unwrap_or_else(|| format!("node-{}", bound.port()));
         let node = Arc::new(Node::new(NodeId::from(name.as_str()), advertised, self));
+        // With no peers yet, there is nothing to confirm: peer-only caches serve from the start.
+        node.refresh_peer_lease();
         driver::spawn_listener(&node, listener);
+        driver::spawn_heartbeat(&node);
         if let Some(log) = &node.log {
             changelog::driver::spawn(&node, Arc::clone(log));
         }
@@ -484,13 +504,18 @@ impl Cluster {
 
     /// The peers this node knows of, by address.
     pub fn members(&self) -> Vec<Member> {
+        let live = self.node.live_members();
         let mut members: Vec<_> = self.node.peers.lock().values().cloned().collect();
+        for member in &mut members {
+            member.live = member.node.as_ref().is_some_and(|n| live.contains(n));
+        }
         members.sort_by_key(|m| m.addr);
         members
     }
 
     /// Waits until this node's links to at least `peers` peers are up, so that its events reach
-    /// them. Combine with `tokio::time::timeout` for a deadline.
+    /// them, and every live peer has confirmed that this node has its events, so that caches
+    /// without a change log serve. Combine with `tokio::time::timeout` for a deadline.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
@@ -510,6 +535,7 @@ impl Cluster {
                 .filter(|m| m.connected)
                 .count()
                 >= peers
+                && self.node.peer_lease.is_valid(&self.node.clock)
         };
         // Every change of a link is an event; re-check after each (or after missing some).
         while !linked() {
@@ -601,7 +627,16 @@ pub(crate) trait Sink: Send + Sync {
 /// Numbers this node's events and queues them on every outgoing link.
 struct Outbox {
     seq: u64,
-    links: Vec<mpsc::Sender<Bytes>>,
+    links: Vec<OutLink>,
+}
+
+/// The queue of one outgoing link.
+struct OutLink {
+    /// The peer's listen address: the link's key.
+    addr: SocketAddr,
+    /// The peer's name, once its handshake told it.
+    peer: Option<NodeId>,
+    queue: mpsc::Sender<Bytes>,
 }
 
 /// The state shared by a node's handle, caches and tasks.
@@ -619,6 +654,10 @@ pub(crate) struct Node {
     pub(crate) shutdown: watch::Sender<bool>,
     pub(crate) tasks: TaskTracker,
     pub(crate) log: Option<Arc<LogRuntime>>,
+    confirmations: Mutex<Confirmations<NodeId>>,
+    /// The lease of caches with no change log: every live member confirmed within Δ.
+    pub(crate) peer_lease: Arc<Lease>,
+    pub(crate) clock: Clock,
 }
 
 impl Node {
@@ -649,6 +688,9 @@ impl Node {
             counters: ClusterCounters::default(),
             shutdown: watch::channel(false).0,
             tasks: TaskTracker::new(),
+            confirmations: Mutex::new(Confirmations::new(millis(builder.max_staleness * 2))),
+            peer_lease: Arc::new(Lease::default()),
+            clock: Clock::System,
             log: builder.change_log.clone().map(|log| {
                 Arc::new(LogRuntime::new(
                     log,
@@ -663,6 +705,11 @@ impl Node {
         self.shutdown.send_replace(true);
         self.tasks.close();
         self.outbox.lock().links.clear();
+    }
+
+    /// Names of the members whose confirmations this node's peer-only caches wait for.
+    pub(crate) fn live_members(&self) -> Vec<NodeId> {
+        self.confirmations.lock().live().cloned().collect()
     }
 
     pub(crate) fn is_stopped(&self) -> bool {
@@ -694,7 +741,7 @@ impl Node {
         .encode();
         outbox
             .links
-            .retain(|link| match link.try_send(frame.clone()) {
+            .retain(|link| match link.queue.try_send(frame.clone()) {
                 Ok(()) => true,
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     // Closing the link makes the peer see a gap when it reconnects, and flush.
@@ -713,13 +760,31 @@ impl Node {
         }
     }
 
-    /// Opens a queue for a new outgoing link. Returns the sequence number of the last event
-    /// published before it: the link carries every later one.
-    pub(crate) fn attach(&self) -> (u64, mpsc::Receiver<Bytes>) {
-        let (tx, rx) = mpsc::channel(self.config.link_queue);
+    /// Opens a queue for a new outgoing link to `addr`. Returns the sequence number of the last
+    /// event published before it: the link carries every later one.
+    pub(crate) fn attach(&self, addr: SocketAddr) -> (u64, mpsc::Receiver<Bytes>) {
+        let (queue, rx) = mpsc::channel(self.config.link_queue);
         let mut outbox = self.outbox.lock();
-        outbox.links.push(tx);
+        outbox.links.push(OutLink {
+            addr,
+            peer: None,
+            queue,
+        });
         (outbox.seq, rx)
+    }
+
+    /// The outgoing link to `addr` finished its handshake with `peer`.
+    pub(crate) fn link_ready(&self, addr: SocketAddr, peer: &NodeId) {
+        for link in self
+            .outbox
+            .lock()
+            .links
+            .iter_mut()
+            .filter(|l| l.addr == addr)
+        {
+            link.peer = Some(peer.clone());
+        }
+        self.contact(peer);
     }
 
     /// Queues a frame that is not an event (it takes no sequence number) on every link.
@@ -727,8 +792,79 @@ impl Node {
         let outbox = self.outbox.lock();
         for link in &outbox.links {
             // A full link is about to be closed as overflowed; it will get a fresh hello.
-            let _ = link.try_send(frame.clone());
+            let _ = link.queue.try_send(frame.clone());
         }
+    }
+
+    /// Answers a ping from the node listening at `to`, behind every event already queued to it.
+    pub(crate) fn pong(&self, to: SocketAddr, nonce: u64) {
+        let outbox = self.outbox.lock();
+        let frame = Frame::Pong {
+            nonce,
+            incarnation: self.incarnation,
+            seq: outbox.seq,
+        }
+        .encode();
+        for link in outbox.links.iter().filter(|l| l.addr == to) {
+            let _ = link.queue.try_send(frame.clone());
+        }
+    }
+
+    /// One heartbeat: pings every linked peer, retires the silent ones and closes their links (a
+    /// stuck connection then gets replaced), and refreshes the peer lease.
+    pub(crate) fn heartbeat(&self) {
+        let now = self.clock.now();
+        let dead = {
+            let mut outbox = self.outbox.lock();
+            let mut confirmations = self.confirmations.lock();
+            for link in &outbox.links {
+                if let Some(peer) = &link.peer {
+                    let nonce = confirmations.ping(peer, now);
+                    let _ = link.queue.try_send(Frame::Ping { nonce }.encode());
+                }
+            }
+            let dead = confirmations.expire(now);
+            outbox
+                .links
+                .retain(|link| link.peer.as_ref().is_none_or(|p| !dead.contains(p)));
+            dead
+        };
+        for node in dead {
+            tracing::info!(node = %self.id, peer = %node, "a peer went silent; no longer waiting for it");
+            self.notify(ClusterEvent::PeerSilent { node });
+        }
+        self.refresh_peer_lease();
+    }
+
+    /// `origin` showed signs of life (a hello, a ping).
+    pub(crate) fn contact(&self, origin: &NodeId) {
+        self.confirmations.lock().contact(origin, self.clock.now());
+        self.refresh_peer_lease();
+    }
+
+    /// A pong from `origin` arrived on its link.
+    pub(crate) fn on_pong(&self, origin: &NodeId, nonce: u64, incarnation: u64, seq: u64) {
+        let applied = self
+            .tracker
+            .lock()
+            .applied(origin)
+            .and_then(|(known, applied)| (known == incarnation).then_some(applied));
+        let verdict = self
+            .confirmations
+            .lock()
+            .pong(origin, nonce, seq, applied, self.clock.now());
+        if verdict == PongVerdict::Confirmed {
+            self.refresh_peer_lease();
+            self.notify(ClusterEvent::Confirmed {
+                node: origin.clone(),
+            });
+        }
+    }
+
+    fn refresh_peer_lease(&self) {
+        let since = self.confirmations.lock().confirmed_since();
+        self.peer_lease
+            .set(&self.clock, since, self.config.max_staleness);
     }
 
     /// Addresses this node knows of other than its own.
@@ -752,6 +888,7 @@ impl Node {
                                 addr,
                                 node: None,
                                 connected: false,
+                                live: false,
                             },
                         );
                     }

@@ -64,8 +64,7 @@ impl<N: std::hash::Hash + Eq + Clone> SequenceTracker<N> {
         self.deliver(origin, incarnation, seq, false)
     }
 
-    /// The highest sequence applied from `origin`'s current incarnation.
-    #[cfg(test)]
+    /// The incarnation of `origin` last met and the highest sequence applied from it.
     pub(crate) fn applied(&self, origin: &N) -> Option<(u64, u64)> {
         self.origins.get(origin).map(|t| (t.incarnation, t.applied))
     }

@@ -64,6 +64,15 @@ pub(crate) enum Frame<'a> {
     /// A change to one cache, originated by the sender.
     #[serde(borrow)]
     Event(Event<'a>),
+    /// Asks the receiver to confirm; sent by a dialer on its link.
+    Ping { nonce: u64 },
+    /// Answers a ping, queued behind the sender's events on its own link: `seq` is the sender's
+    /// latest event when it answered.
+    Pong {
+        nonce: u64,
+        incarnation: u64,
+        seq: u64,
+    },
 }
 
 /// A node's introduction.

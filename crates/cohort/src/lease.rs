@@ -1,10 +1,11 @@
-//! The poll lease: whether a node may serve a cache's values right now.
+//! Leases: whether a node may serve a cache's values right now.
 //!
-//! A poll of the change log sees every change committed before the poll started. So a node whose
-//! last complete poll started at `s` has applied every change committed before `s`, and a value it
-//! serves at time `t < s + Δ` is at most Δ stale. The lease records `s + Δ` and the hit path
-//! compares it with the clock: no background task has to notice that the node was paused or cut
-//! off, because time alone ends the lease. The clock is the coarse one, which may read up to its
+//! A lease is a deadline on the node's coarse monotonic clock. The change log grants one: a poll
+//! sees every change committed before it started, so a node whose last complete poll started at
+//! `s` may serve until `s + Δ`. Peers grant one too: a node that confirmed at `s` that it applied
+//! every event of every live member may serve until `s + Δ`. Either way the hit path compares the
+//! deadline with the clock: no background task has to notice that the node was paused or cut off,
+//! because time alone ends the lease. The clock is the coarse one, which may read up to its
 //! resolution behind, so the deadline is shortened by that much.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,14 +26,19 @@ impl Lease {
         clock.now() < self.until.load(Ordering::Acquire)
     }
 
-    /// A poll that started at `started` (read from `clock`) completed: serve until `started + bound`,
-    /// less the clock's resolution. Never moves the deadline back, so a slow poll that finishes
-    /// after a faster, later one cannot shorten the lease.
-    pub(crate) fn renew(&self, clock: &Clock, started: Millis, bound: Duration) {
-        let until = started
-            .saturating_add(millis(bound))
-            .saturating_sub(clock.resolution());
-        self.until.fetch_max(until, Ordering::AcqRel);
+    /// What happened at `at` (read from `clock`) proves freshness until `at + bound`, less the
+    /// clock's resolution. Never moves the deadline back, so a slow poll that finishes after a
+    /// faster, later one cannot shorten the lease.
+    pub(crate) fn renew(&self, clock: &Clock, at: Millis, bound: Duration) {
+        self.until
+            .fetch_max(deadline(clock, at, bound), Ordering::AcqRel);
+    }
+
+    /// Sets the deadline to `at + bound` (less the resolution), or ends the lease for `None`; it
+    /// may move back, as when a new member must be confirmed before the node serves again.
+    pub(crate) fn set(&self, clock: &Clock, at: Option<Millis>, bound: Duration) {
+        let until = at.map_or(0, |at| deadline(clock, at, bound));
+        self.until.store(until, Ordering::Release);
     }
 
     /// How long the lease still runs, if it does.
@@ -41,6 +47,11 @@ impl Lease {
         let now = clock.now();
         (now < until).then(|| Duration::from_millis(until - now))
     }
+}
+
+fn deadline(clock: &Clock, at: Millis, bound: Duration) -> Millis {
+    at.saturating_add(millis(bound))
+        .saturating_sub(clock.resolution())
 }
 
 #[cfg(test)]
@@ -76,6 +87,18 @@ mod tests {
         lease.renew(&clock, 1_050, Duration::from_millis(100));
         lease.renew(&clock, 1_000, Duration::from_millis(100));
         assert_eq!(lease.remaining(&clock), Some(Duration::from_millis(150)));
+    }
+
+    #[test]
+    fn set_moves_the_deadline_either_way_and_none_ends_it() {
+        let clock = Clock::manual(1_000);
+        let lease = Lease::default();
+        lease.set(&clock, Some(1_000), Duration::from_millis(100));
+        assert_eq!(lease.remaining(&clock), Some(Duration::from_millis(100)));
+        lease.set(&clock, Some(950), Duration::from_millis(100));
+        assert_eq!(lease.remaining(&clock), Some(Duration::from_millis(50)));
+        lease.set(&clock, None, Duration::from_millis(100));
+        assert!(!lease.is_valid(&clock));
     }
 
     #[test]

@@ -1,0 +1,262 @@
+//! Peer confirmations: whether this node has applied every event of every live member, recently.
+//!
+//! Pure state, no I/O; time comes in as coarse-clock milliseconds. This node pings each member it
+//! links to; the member answers with a pong carrying its incarnation and the sequence number of
+//! its latest event, queued behind its events on the same link. If this node has applied that
+//! sequence when the pong arrives, it has applied everything the member originated before the
+//! ping was sent: the member is confirmed as of the ping's send time. (If the events went missing,
+//! the node saw a gap and flushed, which is as good.)
+//!
+//! Caches with no change log serve only while every live member's confirmation is younger than
+//! the bound, and `update` writes only then (fencing). A member stops counting as live once it has
+//! been silent (no pong, no ping) for [`Confirmations::new`]'s `dead_after`; it counts again at its
+//! next contact, unconfirmed until its next pong.
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::Hash;
+
+use crate::clock::Millis;
+
+/// Pings awaiting a pong, per member; older ones are forgotten.
+const OUTSTANDING: usize = 16;
+
+#[derive(Debug)]
+struct Member {
+    /// (nonce, sent at) of pings not yet answered, oldest first.
+    outstanding: VecDeque<(u64, Millis)>,
+    /// Send time of the newest confirmed ping.
+    confirmed: Option<Millis>,
+    last_contact: Millis,
+    live: bool,
+}
+
+/// What [`Confirmations::pong`] concluded.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum PongVerdict {
+    /// The member is confirmed as of the ping's send time.
+    Confirmed,
+    /// This node has not applied the member's events up to the pong's sequence (they are still in
+    /// flight or from an incarnation it has not met yet).
+    Behind,
+    /// Not an answer to a ping this node is waiting for.
+    Unknown,
+}
+
+/// Per-member confirmations.
+///
+/// Call [`contact`](Self::contact) on any sign of life from a member (a link's hello, a ping),
+/// [`ping`](Self::ping) for each ping sent, [`pong`](Self::pong) for each pong received,
+/// [`expire`](Self::expire) periodically; read [`confirmed_since`](Self::confirmed_since).
+#[derive(Debug)]
+pub(crate) struct Confirmations<N> {
+    members: HashMap<N, Member>,
+    next_nonce: u64,
+    dead_after: Millis,
+}
+
+impl<N: Hash + Eq + Clone> Confirmations<N> {
+    pub(crate) fn new(dead_after: Millis) -> Self {
+        Self {
+            members: HashMap::new(),
+            next_nonce: 0,
+            dead_after,
+        }
+    }
+
+    /// `member` showed signs of life. A member not live so far becomes live, unconfirmed.
+    pub(crate) fn contact(&mut self, member: &N, now: Millis) {
+        let entry = self.members.entry(member.clone()).or_insert(Member {
+            outstanding: VecDeque::new(),
+            confirmed: None,
+            last_contact: now,
+            live: false,
+        });
+        entry.last_contact = entry.last_contact.max(now);
+        if !entry.live {
+            entry.live = true;
+            entry.confirmed = None;
+        }
+    }
+
+    /// A ping to `member` is sent now; returns its nonce.
+    pub(crate) fn ping(&mut self, member: &N, now: Millis) -> u64 {
+        self.next_nonce += 1;
+        let nonce = self.next_nonce;
+        if let Some(m) = self.members.get_mut(member) {
+            if m.outstanding.len() == OUTSTANDING {
+                m.outstanding.pop_front();
+            }
+            m.outstanding.push_back((nonce, now));
+        }
+        nonce
+    }
+
+    /// A pong from `member` answering `nonce` says its latest event is `peer_seq`; this node has
+    /// applied up to `applied` of it.
+    pub(crate) fn pong(
+        &mut self,
+        member: &N,
+        nonce: u64,
+        peer_seq: u64,
+        applied: Option<u64>,
+        now: Millis,
+    ) -> PongVerdict {
+        let Some(m) = self.members.get_mut(member) else {
+            return PongVerdict::Unknown;
+        };
+        let Some(index) = m.outstanding.iter().position(|&(n, _)| n == nonce) else {
+            return PongVerdict::Unknown;
+        };
+        let (_, sent) = m.outstanding[index];
+        m.last_contact = m.last_contact.max(now);
+        if applied.is_none_or(|applied| applied < peer_seq) {
+            return PongVerdict::Behind;
+        }
+        // Older pings are answered by this one too.
+        m.outstanding.drain(..=index);
+        m.live = true;
+        m.confirmed = Some(m.confirmed.map_or(sent, |c| c.max(sent)));
+        PongVerdict::Confirmed
+    }
+
+    /// Members silent for longer than `dead_after` stop counting as live; returns them.
+    pub(crate) fn expire(&mut self, now: Millis) -> Vec<N> {
+        let mut dead = Vec::new();
+        for (name, m) in &mut self.members {
+            if m.live && now.saturating_sub(m.last_contact) > self.dead_after {
+                m.live = false;
+                m.confirmed = None;
+                m.outstanding.clear();
+                dead.push(name.clone());
+            }
+        }
+        dead
+    }
+
+    /// Since when every live member is confirmed: the oldest of their confirmations. `None` while
+    /// some live member is unconfirmed; `Some(Millis::MAX)` when no member is live (nothing to
+    /// confirm: a lone node is always current).
+    pub(crate) fn confirmed_since(&self) -> Option<Millis> {
+        self.members
+            .values()
+            .filter(|m| m.live)
+            .try_fold(Millis::MAX, |oldest, m| m.confirmed.map(|c| oldest.min(c)))
+    }
+
+    /// The members that count now.
+    pub(crate) fn live(&self) -> impl Iterator<Item = &N> {
+        self.members.iter().filter(|(_, m)| m.live).map(|(n, _)| n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const DEAD_AFTER: Millis = 1_000;
+
+    #[test]
+    fn a_lone_node_is_always_confirmed() {
+        let c: Confirmations<&str> = Confirmations::new(DEAD_AFTER);
+        assert_eq!(c.confirmed_since(), Some(Millis::MAX));
+    }
+
+    #[test]
+    fn a_new_member_is_unconfirmed_until_its_pong() {
+        let mut c = Confirmations::new(DEAD_AFTER);
+        c.contact(&"b", 100);
+        assert_eq!(c.confirmed_since(), None);
+        let nonce = c.ping(&"b", 110);
+        assert_eq!(c.pong(&"b", nonce, 5, Some(5), 120), PongVerdict::Confirmed);
+        assert_eq!(c.confirmed_since(), Some(110), "as of the ping's send time");
+    }
+
+    #[test]
+    fn a_pong_ahead_of_the_applied_events_does_not_confirm() {
+        let mut c = Confirmations::new(DEAD_AFTER);
+        c.contact(&"b", 0);
+        let nonce = c.ping(&"b", 10);
+        assert_eq!(c.pong(&"b", nonce, 7, Some(6), 20), PongVerdict::Behind);
+        assert_eq!(c.pong(&"b", nonce, 7, None, 20), PongVerdict::Behind);
+        assert_eq!(c.confirmed_since(), None);
+        assert_eq!(c.pong(&"b", nonce, 7, Some(7), 25), PongVerdict::Confirmed);
+    }
+
+    #[test]
+    fn unknown_and_repeated_pongs_change_nothing() {
+        let mut c = Confirmations::new(DEAD_AFTER);
+        c.contact(&"b", 0);
+        assert_eq!(c.pong(&"b", 99, 0, Some(0), 5), PongVerdict::Unknown);
+        assert_eq!(c.pong(&"x", 1, 0, Some(0), 5), PongVerdict::Unknown);
+        let first = c.ping(&"b", 10);
+        let second = c.ping(&"b", 20);
+        assert_eq!(c.pong(&"b", second, 0, Some(0), 25), PongVerdict::Confirmed);
+        assert_eq!(
+            c.pong(&"b", first, 0, Some(0), 26),
+            PongVerdict::Unknown,
+            "answered by the newer one"
+        );
+        assert_eq!(c.confirmed_since(), Some(20));
+    }
+
+    #[test]
+    fn the_oldest_confirmation_of_all_live_members_counts() {
+        let mut c = Confirmations::new(DEAD_AFTER);
+        for member in ["b", "c"] {
+            c.contact(&member, 0);
+        }
+        let b = c.ping(&"b", 100);
+        let cc = c.ping(&"c", 200);
+        c.pong(&"b", b, 0, Some(0), 210);
+        assert_eq!(c.confirmed_since(), None, "c still unconfirmed");
+        c.pong(&"c", cc, 0, Some(0), 210);
+        assert_eq!(c.confirmed_since(), Some(100));
+    }
+
+    #[test]
+    fn a_silent_member_stops_counting_and_comes_back_unconfirmed() {
+        let mut c = Confirmations::new(DEAD_AFTER);
+        c.contact(&"b", 0);
+        let nonce = c.ping(&"b", 0);
+        c.pong(&"b", nonce, 0, Some(0), 10);
+        assert!(c.expire(1_010).is_empty(), "silent for exactly dead_after");
+        assert_eq!(c.expire(1_011), vec!["b"]);
+        assert_eq!(c.confirmed_since(), Some(Millis::MAX));
+        assert_eq!(c.live().count(), 0);
+        c.contact(&"b", 2_000);
+        assert_eq!(c.confirmed_since(), None);
+    }
+
+    proptest! {
+        /// Whatever the order of pings, pongs and contacts, a reported confirmation time is the send
+        /// time of a ping whose pong showed every event applied, and never later than now.
+        #[test]
+        fn confirmations_come_only_from_answered_pings(
+            steps in proptest::collection::vec((0_u8..4, 0_u64..3, 0_u64..4), 1..80),
+        ) {
+            let mut c = Confirmations::new(DEAD_AFTER);
+            let mut now = 0;
+            let mut sent = Vec::new();
+            let mut confirming = std::collections::HashSet::new();
+            for (kind, member, arg) in steps {
+                now += 7;
+                match kind {
+                    0 => c.contact(&member, now),
+                    1 => sent.push((member, c.ping(&member, now), now)),
+                    2 => if let Some(&(m, nonce, at)) = sent.get(arg as usize % sent.len().max(1)) {
+                        if c.pong(&m, nonce, arg, Some(2), now) == PongVerdict::Confirmed {
+                            confirming.insert(at);
+                        }
+                    },
+                    _ => { c.expire(now); }
+                }
+                if let Some(since) = c.confirmed_since().filter(|&s| s != Millis::MAX) {
+                    prop_assert!(since <= now);
+                    prop_assert!(confirming.contains(&since), "{} confirmed by nothing", since);
+                }
+            }
+        }
+    }
+}
