@@ -245,10 +245,10 @@ mod tests {
                 match kind {
                     0 => c.contact(&member, now),
                     1 => sent.push((member, c.ping(&member, now), now)),
-                    2 => if let Some(&(m, nonce, at)) = sent.get(arg as usize % sent.len().max(1)) {
-                        if c.pong(&m, nonce, arg, Some(2), now) == PongVerdict::Confirmed {
-                            confirming.insert(at);
-                        }
+                    2 => if let Some(&(m, nonce, at)) = sent.get(arg as usize % sent.len().max(1))
+                        && c.pong(&m, nonce, arg, Some(2), now) == PongVerdict::Confirmed
+                    {
+                        confirming.insert(at);
                     },
                     _ => { c.expire(now); }
                 }
