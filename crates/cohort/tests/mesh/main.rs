@@ -471,3 +471,94 @@ async fn bad_configuration_is_refused() {
         "duplicate name"
     );
 }
+
+/// The peer-only tier with a peer that goes silent without closing its connections (a frozen
+/// process): the others stop serving within the bound and refuse writes, then stop waiting for it
+/// once it has been silent for twice the bound; the frozen node serves nothing when it wakes.
+#[test]
+fn a_frozen_peer_stops_everyone_serving_until_it_is_retired() {
+    const BOUND: Duration = Duration::from_millis(300);
+    let here = tokio::runtime::Runtime::new().unwrap();
+    let there = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let a = here
+        .block_on(
+            Cluster::builder()
+                .node_name("a")
+                .max_staleness(BOUND)
+                .start(),
+        )
+        .unwrap();
+    let seed = a.local_addr().to_string();
+    let b = there
+        .block_on(
+            Cluster::builder()
+                .node_name("b")
+                .max_staleness(BOUND)
+                .seeds([seed])
+                .start(),
+        )
+        .unwrap();
+    let (on_a, on_b) = (users(&a, Mode::Invalidate), users(&b, Mode::Invalidate));
+    here.block_on(wait_linked(&a, 1));
+    there.block_on(wait_linked(&b, 1));
+    let db = Db::with(&[(1, "ada")]);
+    here.block_on(load(&on_a, &db, 1));
+    there.block_on(load(&on_b, &db, 1));
+    assert!(on_a.get(&1).is_some() && on_b.get(&1).is_some());
+
+    // Freeze b's runtime: its sockets stay open, it answers nothing.
+    let (frozen_tx, frozen) = std::sync::mpsc::channel();
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    there.spawn(async move {
+        frozen_tx.send(()).unwrap();
+        released.recv().unwrap();
+    });
+    frozen.recv().unwrap();
+    let mut a_events = a.subscribe();
+    let frozen_at = std::time::Instant::now();
+
+    // Past the bound (but before b counts as silent), a neither serves nor writes.
+    std::thread::sleep(BOUND + Duration::from_millis(50));
+    assert!(
+        frozen_at.elapsed() < BOUND * 2,
+        "checked before b can be retired"
+    );
+    assert_eq!(on_a.get(&1), None, "a cannot vouch for b's events");
+    let fenced =
+        here.block_on(on_a.update(&1, |_| async { Ok::<_, Infallible>(("x".to_owned(), 9)) }));
+    assert!(
+        matches!(fenced, Err(cohort::UpdateError::Fenced)),
+        "{fenced:?}"
+    );
+    assert_eq!(db.rows.lock()[&1].0, "ada", "the fenced write did not run");
+    // The frozen node's own lease ran out too: it serves nothing from its cache.
+    assert_eq!(on_b.get(&1), None);
+
+    // Once b has been silent for twice the bound, a stops waiting for it and serves again.
+    here.block_on(async {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while !matches!(a_events.recv().await, Ok(ClusterEvent::PeerSilent { .. })) {}
+        })
+        .await
+        .expect("b is retired");
+    });
+    // b's own lease (from a's last answer, at most one ping before the freeze) ended before.
+    assert!(
+        frozen_at.elapsed() > BOUND,
+        "retired only after b's lease must have ended"
+    );
+    assert!(on_a.is_serving());
+    assert_eq!(here.block_on(load(&on_a, &db, 1)).0, "ada");
+    assert!(!a.members()[0].live);
+
+    // b wakes up, is heard from again and must be confirmed before either serves it.
+    release.send(()).unwrap();
+    here.block_on(wait_linked(&a, 1));
+    there.block_on(wait_linked(&b, 1));
+    assert!(a.members()[0].live);
+    assert!(on_b.is_serving());
+}
