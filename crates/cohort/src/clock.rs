@@ -15,15 +15,38 @@ use std::time::Duration;
 /// Milliseconds on a monotonic clock whose origin is unspecified but fixed for the process.
 pub(crate) type Millis = u64;
 
+/// Which clock a node reads for its leases and expiries; see
+/// [`ClusterBuilder::time_source`](crate::ClusterBuilder::time_source).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TimeSource {
+    /// The operating system's monotonic clock, at coarse resolution (a few nanoseconds a read).
+    #[default]
+    System,
+    /// tokio's clock, which tests can pause and simulations (turmoil) drive. Slower to read.
+    Tokio,
+}
+
 /// Where a node reads the time on its hit path.
 #[derive(Clone, Debug, Default)]
 pub(crate) enum Clock {
     /// The operating system's monotonic clock, at coarse resolution.
     #[default]
     System,
+    /// tokio's clock, counted from `origin`.
+    Tokio(tokio::time::Instant),
     /// A clock that moves only when told to.
     #[cfg(test)]
     Manual(Arc<AtomicU64>),
+}
+
+impl From<TimeSource> for Clock {
+    fn from(source: TimeSource) -> Self {
+        match source {
+            TimeSource::System => Self::System,
+            TimeSource::Tokio => Self::Tokio(tokio::time::Instant::now()),
+        }
+    }
 }
 
 impl Clock {
@@ -46,6 +69,7 @@ impl Clock {
     pub(crate) fn now(&self) -> Millis {
         match self {
             Self::System => system_now(),
+            Self::Tokio(origin) => millis(origin.elapsed()),
             #[cfg(test)]
             Self::Manual(now) => now.load(Ordering::Relaxed),
         }
@@ -55,6 +79,7 @@ impl Clock {
     pub(crate) fn resolution(&self) -> Millis {
         match self {
             Self::System => system_resolution(),
+            Self::Tokio(_) => 0,
             #[cfg(test)]
             Self::Manual(_) => 0,
         }

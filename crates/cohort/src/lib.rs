@@ -53,9 +53,11 @@ pub use cache::{
     UpdateError, Value,
 };
 pub use changelog::{ChangeLog, ChangeLogError, DEFAULT_LOG_RETENTION, LogStatus};
+pub use clock::TimeSource;
 pub use cluster::{
     Cluster, ClusterBuilder, ClusterEvent, ConfigError, DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_LINK_QUEUE, DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_STALENESS, DEFAULT_RECONNECT_MAX,
     DEFAULT_RECONNECT_MIN, EventId, Member, NodeId, StartError,
 };
 pub use metrics::{CacheStats, ClusterStats};
+pub use transport::{BoxConnection, BoxFuture, Connection, Listener, Network, Tcp};

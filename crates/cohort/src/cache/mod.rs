@@ -20,7 +20,6 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::changelog::Watch;
-use crate::clock::Clock;
 use crate::cluster::{ConfigError, EventId, Node, Running, Sink};
 use crate::lease::Lease;
 use crate::metrics::{CacheCounters, CacheStats};
@@ -263,7 +262,7 @@ impl<K: Key, V: Value> CacheBuilder<K, V> {
         };
         let inner = Arc::new(Inner {
             name: Arc::clone(&name),
-            store: Store::new(bound, Clock::System),
+            store: Store::new(bound, self.node.clock.clone()),
             ttl: self.ttl,
             mode: self.mode,
             version: self.version.clone(),

@@ -205,12 +205,12 @@ pub(crate) struct LogRuntime {
 }
 
 impl LogRuntime {
-    pub(crate) fn new(log: ChangeLog, bound: Duration, retention: Duration) -> Self {
+    pub(crate) fn new(log: ChangeLog, clock: Clock, bound: Duration, retention: Duration) -> Self {
         Self {
             backend: log.backend,
             bound,
             retention,
-            clock: Clock::System,
+            clock,
             node_lease: Lease::default(),
             pending: Mutex::new(Vec::new()),
             installed: Mutex::new(Vec::new()),

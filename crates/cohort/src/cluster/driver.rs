@@ -9,15 +9,16 @@ use bytes::Bytes;
 use futures_util::SinkExt;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
 use super::{Node, NodeId};
-use crate::transport::{self, Backoff, FrameReader, FrameWriter, LinkError};
+use crate::transport::{
+    self, Backoff, BoxConnection, FrameReader, FrameWriter, LinkError, Listener,
+};
 use crate::wire::{self, Frame, Hello, WireError};
 
 /// Accepts links until the node stops.
-pub(super) fn spawn_listener(node: &Arc<Node>, listener: TcpListener) {
+pub(super) fn spawn_listener(node: &Arc<Node>, listener: Box<dyn Listener>) {
     let node = Arc::clone(node);
     let mut shutdown = node.shutdown.subscribe();
     let tasks = node.tasks.clone();
@@ -44,7 +45,7 @@ pub(super) fn spawn_listener(node: &Arc<Node>, listener: TcpListener) {
 }
 
 /// Reads one inbound link until it closes, fails or the node stops.
-async fn inbound(node: Arc<Node>, stream: TcpStream, from: SocketAddr) {
+async fn inbound(node: Arc<Node>, stream: BoxConnection, from: SocketAddr) {
     let mut shutdown = node.shutdown.subscribe();
     let result = tokio::select! {
         result = serve_inbound(&node, stream) => result,
@@ -58,7 +59,7 @@ async fn inbound(node: Arc<Node>, stream: TcpStream, from: SocketAddr) {
     }
 }
 
-async fn serve_inbound(node: &Arc<Node>, stream: TcpStream) -> Result<(), LinkError> {
+async fn serve_inbound(node: &Arc<Node>, stream: BoxConnection) -> Result<(), LinkError> {
     let timeout = node.config.handshake_timeout;
     let (mut reader, mut writer) =
         transport::open(stream, node.config.max_frame_bytes, timeout).await?;
@@ -141,7 +142,7 @@ pub(super) fn spawn_dialer(node: &Arc<Node>, addr: SocketAddr) {
         let mut shutdown = node.shutdown.subscribe();
         let (min, max) = node.config.reconnect;
         let mut backoff = Backoff::new(min, max);
-        let mut rng = StdRng::from_rng(&mut rand::rng());
+        let mut rng = StdRng::seed_from_u64(node.rng_seed ^ hash_addr(addr));
         loop {
             let outcome = tokio::select! {
                 outcome = outbound(&node, addr) => outcome,
@@ -169,6 +170,13 @@ pub(super) fn spawn_dialer(node: &Arc<Node>, addr: SocketAddr) {
     });
 }
 
+/// Mixes a peer's address into the node's seed, so each dialer jitters differently yet
+/// reproducibly.
+fn hash_addr(addr: SocketAddr) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    BuildHasherDefault::<DefaultHasher>::default().hash_one(addr)
+}
+
 enum Outbound {
     /// The link was up and has closed.
     Closed,
@@ -179,7 +187,7 @@ enum Outbound {
 /// Dials `addr`, introduces this node and streams its events until the link breaks.
 async fn outbound(node: &Arc<Node>, addr: SocketAddr) -> Result<Outbound, LinkError> {
     let timeout = node.config.handshake_timeout;
-    let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+    let stream = tokio::time::timeout(timeout, node.network.connect(addr))
         .await
         .map_err(|_| LinkError::Timeout)??;
     let (mut reader, mut writer) =

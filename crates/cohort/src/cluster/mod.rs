@@ -28,9 +28,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::cache::{CacheBuilder, Key, Value};
 use crate::changelog::{self, ChangeLog, DEFAULT_LOG_RETENTION, LogRuntime, LogStatus};
-use crate::clock::{Clock, millis};
+use crate::clock::{Clock, TimeSource, millis};
 use crate::lease::Lease;
 use crate::metrics::{CacheStats, ClusterCounters, ClusterStats, NodeReport, render_prometheus};
+use crate::transport::{Network, Tcp};
 use crate::wire::{Change, Event, Frame};
 use confirm::{Confirmations, PongVerdict};
 use sequence::{Delivery, SequenceTracker};
@@ -218,8 +219,11 @@ pub enum StartError {
 }
 
 /// Configures and starts a node. Every setting has a default; see [`Cluster::builder`].
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ClusterBuilder {
+    network: Arc<dyn Network>,
+    time_source: TimeSource,
+    rng_seed: Option<u64>,
     name: Option<String>,
     listen: SocketAddr,
     advertise: Option<SocketAddr>,
@@ -233,9 +237,23 @@ pub struct ClusterBuilder {
     log_retention: Duration,
 }
 
+impl fmt::Debug for ClusterBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClusterBuilder")
+            .field("name", &self.name)
+            .field("listen", &self.listen)
+            .field("seeds", &self.seeds)
+            .field("max_staleness", &self.max_staleness)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Default for ClusterBuilder {
     fn default() -> Self {
         Self {
+            network: Arc::new(Tcp),
+            time_source: TimeSource::System,
+            rng_seed: None,
             name: None,
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             advertise: None,
@@ -350,6 +368,31 @@ impl ClusterBuilder {
         self
     }
 
+    /// Where connections come from: the operating system's TCP, or a simulated network for
+    /// deterministic tests.
+    ///
+    /// Defaults to: [`Tcp`].
+    pub fn network(&mut self, network: impl Network) -> &mut Self {
+        self.network = Arc::new(network);
+        self
+    }
+
+    /// Which clock leases and expiries are read from.
+    ///
+    /// Defaults to: [`TimeSource::System`].
+    pub fn time_source(&mut self, source: TimeSource) -> &mut Self {
+        self.time_source = source;
+        self
+    }
+
+    /// Seeds the node's randomness (reconnect jitter), so that a simulation replays exactly.
+    ///
+    /// Defaults to: a random seed.
+    pub fn rng_seed(&mut self, seed: u64) -> &mut Self {
+        self.rng_seed = Some(seed);
+        self
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |setting, reason: &str| {
             Err(ConfigError::Invalid {
@@ -403,7 +446,9 @@ impl ClusterBuilder {
                 })?;
             seeds.extend(resolved);
         }
-        let listener = tokio::net::TcpListener::bind(self.listen)
+        let listener = self
+            .network
+            .bind(self.listen)
             .await
             .map_err(|source| StartError::Bind {
                 addr: self.listen,
@@ -658,6 +703,8 @@ pub(crate) struct Node {
     /// The lease of caches with no change log: every live member confirmed within Δ.
     pub(crate) peer_lease: Arc<Lease>,
     pub(crate) clock: Clock,
+    pub(crate) network: Arc<dyn Network>,
+    pub(crate) rng_seed: u64,
 }
 
 impl Node {
@@ -690,10 +737,13 @@ impl Node {
             tasks: TaskTracker::new(),
             confirmations: Mutex::new(Confirmations::new(millis(builder.max_staleness * 2))),
             peer_lease: Arc::new(Lease::default()),
-            clock: Clock::System,
+            clock: Clock::from(builder.time_source),
+            network: Arc::clone(&builder.network),
+            rng_seed: builder.rng_seed.unwrap_or_else(rand::random),
             log: builder.change_log.clone().map(|log| {
                 Arc::new(LogRuntime::new(
                     log,
+                    Clock::from(builder.time_source),
                     builder.max_staleness,
                     builder.log_retention,
                 ))

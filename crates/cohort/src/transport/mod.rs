@@ -3,27 +3,102 @@
 //! A link is one TCP connection over which one node (the dialer) sends its events to another (the
 //! acceptor). Every node dials every peer it knows, so each pair of nodes shares two links, one per
 //! direction; neither side ever has to decide which of two crossing connections to keep. What the
-//! frames mean is the [`cluster`](crate::cluster)'s business; this module moves them.
+//! frames mean is the `cluster`'s business; this module moves them.
+//!
+//! Connections come from a [`Network`]: [`Tcp`] (tokio's sockets) unless the application gives
+//! another, such as a simulated network in deterministic tests.
 
 mod backoff;
 
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 
 pub(crate) use backoff::Backoff;
 
 use crate::wire::{self, PREAMBLE_LEN, WireError};
 
+/// A byte stream between two nodes.
+pub trait Connection: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Connection for T {}
+
+/// A boxed [`Connection`].
+pub type BoxConnection = Box<dyn Connection>;
+
+/// A boxed future, as [`Network`] and [`Listener`] return.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Accepts connections from peers.
+pub trait Listener: Send + Sync + 'static {
+    /// The next connection and the address it came from.
+    fn accept(&self) -> BoxFuture<'_, io::Result<(BoxConnection, SocketAddr)>>;
+    /// The address the listener is bound to.
+    fn local_addr(&self) -> io::Result<SocketAddr>;
+}
+
+/// Where a node's connections come from.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let cluster = cohort::Cluster::builder().network(cohort::Tcp).start().await?;
+/// # Ok(()) }
+/// ```
+pub trait Network: Send + Sync + 'static {
+    /// Binds a listener.
+    fn bind(&self, addr: SocketAddr) -> BoxFuture<'_, io::Result<Box<dyn Listener>>>;
+    /// Connects to a peer.
+    fn connect(&self, addr: SocketAddr) -> BoxFuture<'_, io::Result<BoxConnection>>;
+}
+
+/// The operating system's TCP, through tokio, with Nagle's algorithm off. The default.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Tcp;
+
+impl Network for Tcp {
+    fn bind(&self, addr: SocketAddr) -> BoxFuture<'_, io::Result<Box<dyn Listener>>> {
+        Box::pin(async move {
+            let listener = tokio::net::TcpListener::bind(addr).await?;
+            Ok(Box::new(TcpListener(listener)) as Box<dyn Listener>)
+        })
+    }
+
+    fn connect(&self, addr: SocketAddr) -> BoxFuture<'_, io::Result<BoxConnection>> {
+        Box::pin(async move {
+            let stream = tokio::net::TcpStream::connect(addr).await?;
+            stream.set_nodelay(true)?;
+            Ok(Box::new(stream) as BoxConnection)
+        })
+    }
+}
+
+struct TcpListener(tokio::net::TcpListener);
+
+impl Listener for TcpListener {
+    fn accept(&self) -> BoxFuture<'_, io::Result<(BoxConnection, SocketAddr)>> {
+        Box::pin(async move {
+            let (stream, from) = self.0.accept().await?;
+            stream.set_nodelay(true)?;
+            Ok((Box::new(stream) as BoxConnection, from))
+        })
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.0.local_addr()
+    }
+}
+
 /// The receiving half of a link: length-delimited frames.
-pub(crate) type FrameReader = FramedRead<OwnedReadHalf, LengthDelimitedCodec>;
+pub(crate) type FrameReader = FramedRead<ReadHalf<BoxConnection>, LengthDelimitedCodec>;
 /// The sending half of a link.
-pub(crate) type FrameWriter = FramedWrite<OwnedWriteHalf, LengthDelimitedCodec>;
+pub(crate) type FrameWriter = FramedWrite<WriteHalf<BoxConnection>, LengthDelimitedCodec>;
 
 /// Why a link failed or was refused.
 #[derive(Debug, thiserror::Error)]
@@ -46,18 +121,17 @@ pub(crate) enum LinkError {
 ///
 /// Both ends call this; each sends its preamble first, so neither waits on the other.
 pub(crate) async fn open(
-    mut stream: TcpStream,
+    mut stream: BoxConnection,
     max_frame_bytes: usize,
     timeout: Duration,
 ) -> Result<(FrameReader, FrameWriter), LinkError> {
-    stream.set_nodelay(true)?;
     stream.write_all(&wire::preamble()).await?;
     let mut theirs = [0; PREAMBLE_LEN];
     tokio::time::timeout(timeout, stream.read_exact(&mut theirs))
         .await
         .map_err(|_| LinkError::Timeout)??;
     wire::check_preamble(theirs)?;
-    let (read, write) = stream.into_split();
+    let (read, write) = tokio::io::split(stream);
     let codec = wire::codec(max_frame_bytes);
     Ok((
         FramedRead::new(read, codec.clone()),
