@@ -588,6 +588,10 @@ impl<K: Key, V: Value> Sink for Inner<K, V> {
         self.counters.snapshot(self.store.len())
     }
 
+    fn is_peer_only(&self) -> bool {
+        self.fenced
+    }
+
     fn apply_logged(&self, text: &str) {
         let Some(parse) = &self.parse else {
             // This node's copy of the cache watches no tables: the rows are for other nodes.

@@ -11,6 +11,12 @@
 //! the bound, and `update` writes only then (fencing). A member stops counting as live once it has
 //! been silent (no pong, no ping) for [`Confirmations::new`]'s `dead_after`; it counts again at its
 //! next contact, unconfirmed until its next pong.
+//!
+//! Retiring silent members is only sound on the majority side of a partition: a node cut off
+//! from everyone would otherwise retire them all and serve alone while they write. So a node is
+//! confirmed only while it and its live members are a strict majority of every member it has
+//! known (itself included). A member that never comes back keeps counting: with three nodes one
+//! may crash for good, with two neither may.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
@@ -50,6 +56,8 @@ pub(crate) enum PongVerdict {
 #[derive(Debug)]
 pub(crate) struct Confirmations<N> {
     members: HashMap<N, Member>,
+    /// Peers this node knows to exist, contacted or not (its seeds, addresses it was told of).
+    known_peers: usize,
     next_nonce: u64,
     dead_after: Millis,
 }
@@ -58,9 +66,16 @@ impl<N: Hash + Eq + Clone> Confirmations<N> {
     pub(crate) fn new(dead_after: Millis) -> Self {
         Self {
             members: HashMap::new(),
+            known_peers: 0,
             next_nonce: 0,
             dead_after,
         }
+    }
+
+    /// This node knows of `peers` other nodes, whether it has reached them yet or not: a node
+    /// given seeds is never a cluster of one, even before (or without) contact.
+    pub(crate) fn set_known_peers(&mut self, peers: usize) {
+        self.known_peers = peers;
     }
 
     /// `member` showed signs of life. A member not live so far becomes live, unconfirmed.
@@ -134,9 +149,14 @@ impl<N: Hash + Eq + Clone> Confirmations<N> {
     }
 
     /// Since when every live member is confirmed: the oldest of their confirmations. `None` while
-    /// some live member is unconfirmed; `Some(Millis::MAX)` when no member is live (nothing to
-    /// confirm: a lone node is always current).
+    /// some live member is unconfirmed or the live members and this node are no majority of all
+    /// known; `Some(Millis::MAX)` for a node that has never known another (nothing to confirm).
     pub(crate) fn confirmed_since(&self) -> Option<Millis> {
+        let known = self.members.len().max(self.known_peers) + 1;
+        let live = self.live().count() + 1;
+        if live * 2 <= known {
+            return None;
+        }
         self.members
             .values()
             .filter(|m| m.live)
@@ -218,15 +238,51 @@ mod tests {
     #[test]
     fn a_silent_member_stops_counting_and_comes_back_unconfirmed() {
         let mut c = Confirmations::new(DEAD_AFTER);
-        c.contact(&"b", 0);
-        let nonce = c.ping(&"b", 0);
-        c.pong(&"b", nonce, 0, Some(0), 10);
+        for member in ["b", "c"] {
+            c.contact(&member, 0);
+            let nonce = c.ping(&member, 0);
+            c.pong(&member, nonce, 0, Some(0), 10);
+        }
+        let nonce = c.ping(&"c", 900);
+        c.pong(&"c", nonce, 0, Some(0), 910);
         assert!(c.expire(1_010).is_empty(), "silent for exactly dead_after");
         assert_eq!(c.expire(1_011), vec!["b"]);
-        assert_eq!(c.confirmed_since(), Some(Millis::MAX));
-        assert_eq!(c.live().count(), 0);
+        assert_eq!(
+            c.confirmed_since(),
+            Some(900),
+            "c and this node are two of three"
+        );
+        assert_eq!(c.live().count(), 1);
         c.contact(&"b", 2_000);
+        assert_eq!(c.confirmed_since(), None, "b is back, unconfirmed");
+    }
+
+    #[test]
+    fn a_node_that_knows_of_peers_is_not_alone_before_contact() {
+        let mut c: Confirmations<&str> = Confirmations::new(DEAD_AFTER);
+        c.set_known_peers(1);
         assert_eq!(c.confirmed_since(), None);
+        c.contact(&"b", 0);
+        let nonce = c.ping(&"b", 5);
+        c.pong(&"b", nonce, 0, Some(0), 6);
+        assert_eq!(c.confirmed_since(), Some(5));
+    }
+
+    #[test]
+    fn a_node_cut_off_from_the_majority_is_never_confirmed() {
+        let mut c = Confirmations::new(DEAD_AFTER);
+        for member in ["b", "c"] {
+            c.contact(&member, 0);
+        }
+        let mut dead = c.expire(2_000);
+        dead.sort_unstable();
+        assert_eq!(dead, ["b", "c"]);
+        assert_eq!(c.confirmed_since(), None, "alone, one of three");
+
+        let mut pair = Confirmations::new(DEAD_AFTER);
+        pair.contact(&"b", 0);
+        pair.expire(2_000);
+        assert_eq!(pair.confirmed_since(), None, "one of two is no majority");
     }
 
     proptest! {

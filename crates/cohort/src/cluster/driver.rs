@@ -81,7 +81,16 @@ async fn serve_inbound(node: &Arc<Node>, stream: BoxConnection) -> Result<(), Li
     node.learn(std::iter::once(hello.listen).chain(hello.peers.iter().copied()));
     drop(body);
 
-    while let Some(body) = transport::next_frame(&mut reader).await? {
+    // A live peer pings every quarter of the bound; a link silent for twice the bound is stuck (a
+    // partition that never closed it) and is dropped, so that a fresh one can replace it.
+    let idle = node.config.max_staleness * 2;
+    loop {
+        let Some(body) = tokio::time::timeout(idle, transport::next_frame(&mut reader))
+            .await
+            .map_err(|_| LinkError::Idle)??
+        else {
+            break;
+        };
         match wire::decode(&body)? {
             Frame::Event(event) => {
                 if event.node != origin.as_str() || event.incarnation != incarnation {

@@ -128,7 +128,8 @@ pub enum ClusterEvent {
         /// The peer.
         node: NodeId,
     },
-    /// A peer was silent for twice the bound; peer-only caches no longer wait for it.
+    /// A peer was silent for twice the bound: peer-only caches no longer wait for it, and were
+    /// flushed, since events it sent before its own lease ended may be lost.
     PeerSilent {
         /// The peer.
         node: NodeId,
@@ -663,6 +664,8 @@ pub(crate) trait Sink: Send + Sync {
     fn apply(&self, change: &Change<'_>);
     /// The cache's counters.
     fn stats(&self) -> CacheStats;
+    /// Whether the mesh is the cache's only source of changes (it watches no tables).
+    fn is_peer_only(&self) -> bool;
     /// Applies a change-log row: the key, as text, changed.
     fn apply_logged(&self, key: &str);
     /// Empties the cache: the node missed changes and cannot tell which keys they touched.
@@ -880,7 +883,13 @@ impl Node {
             dead
         };
         for node in dead {
-            tracing::info!(node = %self.id, peer = %node, "a peer went silent; no longer waiting for it");
+            // It may have written, and sent events now lost, until its own lease ended; those
+            // keys are unknown, so the caches that only it could have told are emptied.
+            tracing::info!(node = %self.id, peer = %node, "a peer went silent; flushing peer-only caches");
+            let sinks: Vec<_> = self.caches.read().values().cloned().collect();
+            for sink in sinks.iter().filter(|s| s.is_peer_only()) {
+                sink.flush();
+            }
             self.notify(ClusterEvent::PeerSilent { node });
         }
         self.refresh_peer_lease();
@@ -949,6 +958,7 @@ impl Node {
         if fresh.is_empty() || self.is_stopped() {
             return;
         }
+        self.count_known_peers();
         self.broadcast(Frame::Peers(fresh.clone()).encode());
         for addr in fresh {
             driver::spawn_dialer(self, addr);
@@ -958,6 +968,13 @@ impl Node {
     /// An address turned out to be this node itself (a seed list that includes it): forget it.
     pub(crate) fn forget(&self, addr: SocketAddr) {
         self.peers.lock().remove(&addr);
+        self.count_known_peers();
+    }
+
+    fn count_known_peers(&self) {
+        let known = self.peers.lock().len();
+        self.confirmations.lock().set_known_peers(known);
+        self.refresh_peer_lease();
     }
 
     pub(crate) fn set_connected(&self, addr: SocketAddr, node: &NodeId, connected: bool) {
@@ -1034,6 +1051,12 @@ impl Node {
                     origin: origin.clone(),
                     missed,
                 });
+                true
+            }
+            Delivery::Restarted => {
+                tracing::info!(node = %self.id, %origin, "a peer restarted; flushing caches");
+                self.counters.gaps.incr();
+                self.flush_all();
                 true
             }
         }

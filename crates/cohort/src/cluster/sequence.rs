@@ -22,6 +22,9 @@ pub(crate) enum Delivery {
     Duplicate,
     /// Events `missed` never arrived: make up for them, then apply this one.
     Gap { missed: RangeInclusive<u64> },
+    /// The origin restarted: whatever its previous incarnation sent last may be lost, and which
+    /// keys it touched is unknown. Make up for that, then apply this one.
+    Restarted,
     /// From an incarnation older than one already seen: that process is gone; ignore it.
     Retired,
 }
@@ -91,7 +94,7 @@ impl<N: std::hash::Hash + Eq + Clone> SequenceTracker<N> {
                 incarnation,
                 applied: seq,
             };
-            return missed(1, first_new);
+            return Delivery::Restarted;
         }
         if seq <= track.applied {
             return if is_hello {
@@ -180,7 +183,7 @@ mod tests {
         t.hello(&"a", 1, 0);
         t.event(&"a", 1, 1);
         t.event(&"a", 1, 2);
-        assert_eq!(t.hello(&"a", 2, 0), Delivery::Apply);
+        assert_eq!(t.hello(&"a", 2, 0), Delivery::Restarted);
         assert_eq!(t.event(&"a", 2, 1), Delivery::Apply);
         assert_eq!(t.event(&"a", 1, 3), Delivery::Retired);
         assert_eq!(t.applied(&"a"), Some((2, 1)));
@@ -206,6 +209,7 @@ mod tests {
                     Delivery::Duplicate | Delivery::Retired => continue,
                     Delivery::Apply => {}
                     Delivery::Gap { missed } => covered.extend(missed),
+                    Delivery::Restarted => unreachable!("one incarnation"),
                 }
                 prop_assert!(applied.insert(seq), "{} applied twice", seq);
             }

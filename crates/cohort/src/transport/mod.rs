@@ -112,6 +112,9 @@ pub(crate) enum LinkError {
     /// The other end did not complete its part of the handshake in time.
     #[error("handshake timed out")]
     Timeout,
+    /// The other end sent nothing, not even a ping, for too long.
+    #[error("idle for too long")]
+    Idle,
     /// The other end closed the link during the handshake.
     #[error("closed during the handshake")]
     Closed,

@@ -473,8 +473,9 @@ async fn bad_configuration_is_refused() {
 }
 
 /// The peer-only tier with a peer that goes silent without closing its connections (a frozen
-/// process): the others stop serving within the bound and refuse writes, then stop waiting for it
-/// once it has been silent for twice the bound; the frozen node serves nothing when it wakes.
+/// process): the others stop serving within the bound and refuse writes, then, being two of
+/// three, stop waiting for it once it has been silent for twice the bound; the frozen node serves
+/// nothing when it wakes.
 #[test]
 fn a_frozen_peer_stops_everyone_serving_until_it_is_retired() {
     const BOUND: Duration = Duration::from_millis(300);
@@ -484,27 +485,25 @@ fn a_frozen_peer_stops_everyone_serving_until_it_is_retired() {
         .enable_all()
         .build()
         .unwrap();
-    let a = here
-        .block_on(
-            Cluster::builder()
-                .node_name("a")
-                .max_staleness(BOUND)
-                .start(),
-        )
-        .unwrap();
-    let seed = a.local_addr().to_string();
-    let b = there
-        .block_on(
-            Cluster::builder()
-                .node_name("b")
-                .max_staleness(BOUND)
-                .seeds([seed])
-                .start(),
-        )
-        .unwrap();
+    let start = |runtime: &tokio::runtime::Runtime, name: &str, seeds: Vec<String>| {
+        runtime
+            .block_on(
+                Cluster::builder()
+                    .node_name(name)
+                    .max_staleness(BOUND)
+                    .seeds(seeds)
+                    .start(),
+            )
+            .unwrap()
+    };
+    let a = start(&here, "a", vec![]);
+    let b = start(&there, "b", vec![a.local_addr().to_string()]);
+    let c = start(&here, "c", vec![a.local_addr().to_string()]);
     let (on_a, on_b) = (users(&a, Mode::Invalidate), users(&b, Mode::Invalidate));
-    here.block_on(wait_linked(&a, 1));
-    there.block_on(wait_linked(&b, 1));
+    let on_c = users(&c, Mode::Invalidate);
+    here.block_on(wait_linked(&a, 2));
+    there.block_on(wait_linked(&b, 2));
+    here.block_on(wait_linked(&c, 2));
     let db = Db::with(&[(1, "ada")]);
     here.block_on(load(&on_a, &db, 1));
     there.block_on(load(&on_b, &db, 1));
@@ -518,7 +517,7 @@ fn a_frozen_peer_stops_everyone_serving_until_it_is_retired() {
         released.recv().unwrap();
     });
     frozen.recv().unwrap();
-    let mut a_events = a.subscribe();
+    let (mut a_events, mut c_events) = (a.subscribe(), c.subscribe());
     let frozen_at = std::time::Instant::now();
 
     // Past the bound (but before b counts as silent), a neither serves nor writes.
@@ -553,12 +552,21 @@ fn a_frozen_peer_stops_everyone_serving_until_it_is_retired() {
     );
     assert!(on_a.is_serving());
     assert_eq!(here.block_on(load(&on_a, &db, 1)).0, "ada");
-    assert!(!a.members()[0].live);
+    let live = |node: &Cluster| node.members().iter().filter(|m| m.live).count();
+    assert_eq!(live(&a), 1, "only c");
+    here.block_on(async {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while !matches!(c_events.recv().await, Ok(ClusterEvent::PeerSilent { .. })) {}
+        })
+        .await
+        .expect("c retires b too");
+    });
+    assert!(on_c.is_serving());
 
-    // b wakes up, is heard from again and must be confirmed before either serves it.
+    // b wakes up, is heard from again and must be confirmed before anyone serves it.
     release.send(()).unwrap();
-    here.block_on(wait_linked(&a, 1));
-    there.block_on(wait_linked(&b, 1));
-    assert!(a.members()[0].live);
+    here.block_on(wait_linked(&a, 2));
+    there.block_on(wait_linked(&b, 2));
+    assert_eq!(live(&a), 2);
     assert!(on_b.is_serving());
 }
