@@ -497,6 +497,8 @@ impl ClusterBuilder {
 ///     .start()
 ///     .await?;
 /// let users = b.cache::<u64, String>("users").capacity(10_000).build()?;
+/// // Without a change log, b serves and writes once it has confirmed its peers.
+/// b.wait_for_peers(1).await;
 /// users.update(&1, |_| async { Ok::<_, std::io::Error>("ada".to_owned()) }).await?;
 /// assert_eq!(users.get(&1).as_deref(), Some("ada"));
 /// # Ok(()) }
