@@ -545,7 +545,10 @@ fn a_frozen_peer_stops_everyone_serving_until_it_is_retired() {
         .await
         .expect("b is retired");
     });
-    eprintln!("b frozen -> a retires it after {:?} (bound {BOUND:?})", frozen_at.elapsed());
+    eprintln!(
+        "b frozen -> a retires it after {:?} (bound {BOUND:?})",
+        frozen_at.elapsed()
+    );
     // b's own lease (from a's last answer, at most one ping before the freeze) ended before.
     assert!(
         frozen_at.elapsed() > BOUND,
