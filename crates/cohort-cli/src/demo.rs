@@ -14,12 +14,11 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use serde::{Deserialize, Serialize};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
+use sqlx::sqlite::SqlitePool;
 use tokio::sync::{broadcast, watch};
 
 use crate::history::{self, Read, Update};
+use crate::users_db;
 
 /// Options of `cohort demo`.
 #[derive(clap::Args, Debug)]
@@ -75,7 +74,9 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<bool> {
     let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
     let path = dir.path().join("demo.db");
     let bound = Duration::from_millis(args.max_staleness_ms);
-    seed_database(&connect(&path).await?, args.keys).await?;
+    let seeder = users_db::open(&path, 1).await?;
+    users_db::ensure_users(&seeder, args.keys).await?;
+    seeder.close().await;
     let nodes = Arc::new(start_nodes(&path, args.nodes, bound).await?);
 
     let collectors = collect_applied(&nodes);
@@ -135,38 +136,6 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<bool> {
     Ok(pass)
 }
 
-async fn connect(path: &std::path::Path) -> anyhow::Result<SqlitePool> {
-    let options = SqliteConnectOptions::new()
-        .filename(path)
-        .create_if_missing(true)
-        .journal_mode(SqliteJournalMode::Wal)
-        .synchronous(SqliteSynchronous::Normal)
-        .busy_timeout(Duration::from_secs(10));
-    SqlitePoolOptions::new()
-        .max_connections(4)
-        .connect_with(options)
-        .await
-        .with_context(|| format!("cannot open the database {}", path.display()))
-}
-
-async fn seed_database(db: &SqlitePool, keys: u64) -> anyhow::Result<()> {
-    sqlx::query(
-        "CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT NOT NULL, version INTEGER NOT NULL)",
-    )
-    .execute(db)
-    .await?;
-    sqlx::query(
-        "INSERT INTO users (id, name, version) \
-         WITH RECURSIVE ids(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM ids WHERE x < ?) \
-         SELECT x, 'user-' || x, 1 FROM ids",
-    )
-    .bind(i64::try_from(keys)?)
-    .execute(db)
-    .await?;
-    db.close().await;
-    Ok(())
-}
-
 async fn start_nodes(
     path: &std::path::Path,
     count: u16,
@@ -174,7 +143,7 @@ async fn start_nodes(
 ) -> anyhow::Result<Vec<Node>> {
     let mut nodes = Vec::new();
     for i in 0..count {
-        let db = connect(path).await?;
+        let db = users_db::open(path, 4).await?;
         let mut builder = Cluster::builder();
         builder
             .node_name(format!("node-{i}"))

@@ -3,6 +3,7 @@
 mod demo;
 mod history;
 mod serve;
+mod users_db;
 
 use std::process::ExitCode;
 

@@ -21,7 +21,8 @@ use cohort::{Cache, ChangeLog, Cluster, Source};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sqlx::SqlitePool;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
+
+use crate::users_db;
 
 /// Options of `cohort serve`.
 #[derive(clap::Args, Debug)]
@@ -97,7 +98,8 @@ struct App {
 /// Runs the service until SIGTERM or ctrl-c.
 pub(crate) async fn run(args: Args) -> anyhow::Result<bool> {
     let path = sqlite_path(&args.db)?;
-    let db = open(&path, args.users).await?;
+    let db = users_db::open(&path, 8).await?;
+    users_db::ensure_users(&db, args.users).await?;
     let mut builder = Cluster::builder();
     builder
         .listen(args.listen)
@@ -157,36 +159,6 @@ fn sqlite_path(url: &str) -> anyhow::Result<PathBuf> {
         bail!("--db {url:?}: Postgres is not supported yet; use sqlite://path");
     }
     bail!("--db {url:?}: expected sqlite://path")
-}
-
-/// Opens (creating if missing) the database, in WAL mode so several processes share it, and makes
-/// sure the users table exists and is seeded.
-async fn open(path: &std::path::Path, users: u64) -> anyhow::Result<SqlitePool> {
-    let options = SqliteConnectOptions::new()
-        .filename(path)
-        .create_if_missing(true)
-        .journal_mode(SqliteJournalMode::Wal)
-        .synchronous(SqliteSynchronous::Normal)
-        .busy_timeout(Duration::from_secs(10));
-    let db = sqlx::sqlite::SqlitePoolOptions::new()
-        .max_connections(8)
-        .connect_with(options)
-        .await
-        .with_context(|| format!("cannot open the database {}", path.display()))?;
-    sqlx::query("CREATE TABLE IF NOT EXISTS users (id INTEGER PRIMARY KEY, name TEXT NOT NULL, version INTEGER NOT NULL)")
-        .execute(&db)
-        .await
-        .with_context(|| format!("cannot create the users table in {}", path.display()))?;
-    sqlx::query(
-        "INSERT OR IGNORE INTO users (id, name, version) \
-         WITH RECURSIVE ids(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM ids WHERE x < ?) \
-         SELECT x, 'user-' || x, 1 FROM ids",
-    )
-    .bind(i64::try_from(users)?)
-    .execute(&db)
-    .await
-    .context("cannot seed the users table")?;
-    Ok(db)
 }
 
 async fn shutdown_signal() {
