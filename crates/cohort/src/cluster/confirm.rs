@@ -93,6 +93,11 @@ impl<N: Hash + Eq + Clone> Confirmations<N> {
         }
     }
 
+    /// `member` left the cluster for good: it no longer counts, live or known.
+    pub(crate) fn leave(&mut self, member: &N) {
+        self.members.remove(member);
+    }
+
     /// A ping to `member` is sent now; returns its nonce.
     pub(crate) fn ping(&mut self, member: &N, now: Millis) -> u64 {
         self.next_nonce += 1;
@@ -255,6 +260,19 @@ mod tests {
         assert_eq!(c.live().count(), 1);
         c.contact(&"b", 2_000);
         assert_eq!(c.confirmed_since(), None, "b is back, unconfirmed");
+    }
+
+    #[test]
+    fn a_member_that_left_no_longer_counts() {
+        let mut c = Confirmations::new(DEAD_AFTER);
+        c.contact(&"b", 0);
+        assert_eq!(c.confirmed_since(), None);
+        c.leave(&"b");
+        assert_eq!(
+            c.confirmed_since(),
+            Some(Millis::MAX),
+            "alone again, by b's own word"
+        );
     }
 
     #[test]

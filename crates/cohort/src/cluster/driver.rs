@@ -108,6 +108,10 @@ async fn serve_inbound(node: &Arc<Node>, stream: BoxConnection) -> Result<(), Li
                 incarnation,
                 seq,
             } => node.on_pong(&origin, nonce, incarnation, seq),
+            Frame::Leave => {
+                node.on_leave(&origin, origin_addr);
+                break;
+            }
             Frame::Hello(_) => return Err(WireError::Unexpected("a second hello").into()),
         }
     }
@@ -152,11 +156,11 @@ pub(super) fn spawn_dialer(node: &Arc<Node>, addr: SocketAddr) {
         let (min, max) = node.config.reconnect;
         let mut backoff = Backoff::new(min, max);
         let mut rng = StdRng::seed_from_u64(node.rng_seed ^ hash_addr(addr));
-        loop {
-            let outcome = tokio::select! {
-                outcome = outbound(&node, addr) => outcome,
-                _ = shutdown.wait_for(|stop| *stop) => return,
-            };
+        while node.wants(addr) {
+            let outcome = outbound(&node, addr, &mut shutdown).await;
+            if !node.wants(addr) {
+                return;
+            }
             match outcome {
                 Ok(Outbound::Closed) => backoff.reset(),
                 Ok(Outbound::Myself) => {
@@ -193,8 +197,40 @@ enum Outbound {
     Myself,
 }
 
-/// Dials `addr`, introduces this node and streams its events until the link breaks.
-async fn outbound(node: &Arc<Node>, addr: SocketAddr) -> Result<Outbound, LinkError> {
+/// Dials `addr`, introduces this node and streams its events until the link breaks or the queue
+/// closes. Shutting down interrupts the handshake, not the stream: the queue's last frame then is
+/// the node's leave.
+async fn outbound(
+    node: &Arc<Node>,
+    addr: SocketAddr,
+    shutdown: &mut tokio::sync::watch::Receiver<bool>,
+) -> Result<Outbound, LinkError> {
+    let link = tokio::select! {
+        link = handshake(node, addr) => link?,
+        _ = shutdown.wait_for(|stop| *stop) => return Ok(Outbound::Closed),
+    };
+    let Some((mut reader, mut writer, queue, peer)) = link else {
+        return Ok(Outbound::Myself);
+    };
+    node.counters.connects.incr();
+    node.link_ready(addr, &peer);
+    node.set_connected(addr, &peer, true);
+    let result = pump(
+        &mut reader,
+        &mut writer,
+        queue,
+        node.config.handshake_timeout,
+    )
+    .await;
+    node.set_connected(addr, &peer, false);
+    result.map(|()| Outbound::Closed)
+}
+
+/// An established outgoing link: its halves, its queue and the peer's name.
+type Link = (FrameReader, FrameWriter, mpsc::Receiver<Bytes>, NodeId);
+
+/// Connects and exchanges hellos; `None` when the address is this node's own.
+async fn handshake(node: &Arc<Node>, addr: SocketAddr) -> Result<Option<Link>, LinkError> {
     let timeout = node.config.handshake_timeout;
     let stream = tokio::time::timeout(timeout, node.network.connect(addr))
         .await
@@ -210,38 +246,36 @@ async fn outbound(node: &Arc<Node>, addr: SocketAddr) -> Result<Outbound, LinkEr
     };
     if hello.node == node.id.as_str() {
         if hello.incarnation == node.incarnation {
-            return Ok(Outbound::Myself);
+            return Ok(None);
         }
         return Err(WireError::Unexpected("another node uses this node's name").into());
     }
     let peer = NodeId::from(hello.node);
     node.learn(hello.peers.iter().copied());
-    drop(body);
-
-    node.counters.connects.incr();
-    node.link_ready(addr, &peer);
-    node.set_connected(addr, &peer, true);
-    let result = pump(&mut reader, &mut writer, queue).await;
-    node.set_connected(addr, &peer, false);
-    result.map(|()| Outbound::Closed)
+    Ok(Some((reader, writer, queue, peer)))
 }
 
 /// Writes queued frames, many per flush when they pile up, until the queue closes (the node
-/// stopped or the link overflowed) or the peer goes away.
+/// stopped or the link overflowed) or the peer goes away. A peer that takes in nothing for
+/// `stall` is given up on.
 async fn pump(
     reader: &mut FrameReader,
     writer: &mut FrameWriter,
     mut queue: mpsc::Receiver<Bytes>,
+    stall: std::time::Duration,
 ) -> Result<(), LinkError> {
     loop {
         tokio::select! {
             frame = queue.recv() => {
                 let Some(frame) = frame else { return Ok(()) };
-                writer.feed(frame).await?;
-                while let Ok(frame) = queue.try_recv() {
+                let write = async {
                     writer.feed(frame).await?;
-                }
-                SinkExt::<Bytes>::flush(writer).await?;
+                    while let Ok(frame) = queue.try_recv() {
+                        writer.feed(frame).await?;
+                    }
+                    SinkExt::<Bytes>::flush(writer).await
+                };
+                tokio::time::timeout(stall, write).await.map_err(|_| LinkError::Timeout)??;
             }
             // The acceptor sends nothing after its hello: any input is a close or an error.
             read = transport::next_frame(reader) => {

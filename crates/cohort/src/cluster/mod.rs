@@ -134,6 +134,11 @@ pub enum ClusterEvent {
         /// The peer.
         node: NodeId,
     },
+    /// A peer shut down and said so; nobody waits for it any more.
+    PeerLeft {
+        /// The peer.
+        node: NodeId,
+    },
     /// A peer's event was applied to this node's cache.
     Applied {
         /// The event.
@@ -756,10 +761,35 @@ impl Node {
         }
     }
 
+    /// Stops the node: tells every peer it is leaving (each link's writer sends that last, then
+    /// closes), and ends every other task.
     fn stop(&self) {
         self.shutdown.send_replace(true);
         self.tasks.close();
-        self.outbox.lock().links.clear();
+        let mut outbox = self.outbox.lock();
+        let leave = Frame::Leave.encode();
+        for link in &outbox.links {
+            let _ = link.queue.try_send(leave.clone());
+        }
+        outbox.links.clear();
+    }
+
+    /// The node listening at `addr`, `origin`, said it is leaving: forget it at once rather than
+    /// wait for its silence.
+    pub(crate) fn on_leave(&self, origin: &NodeId, addr: SocketAddr) {
+        self.confirmations.lock().leave(origin);
+        self.outbox.lock().links.retain(|link| link.addr != addr);
+        self.peers.lock().remove(&addr);
+        self.count_known_peers();
+        tracing::info!(node = %self.id, peer = %origin, "a peer left");
+        self.notify(ClusterEvent::PeerLeft {
+            node: origin.clone(),
+        });
+    }
+
+    /// Whether a dialer should keep trying `addr`.
+    pub(crate) fn wants(&self, addr: SocketAddr) -> bool {
+        !self.is_stopped() && self.peers.lock().contains_key(&addr)
     }
 
     /// Names of the members whose confirmations this node's peer-only caches wait for.

@@ -73,6 +73,8 @@ pub(crate) enum Frame<'a> {
         incarnation: u64,
         seq: u64,
     },
+    /// The sender is shutting down: stop waiting for it.
+    Leave,
 }
 
 /// A node's introduction.
@@ -202,10 +204,18 @@ mod tests {
             seq: 9,
             peers: vec!["127.0.0.1:7002".parse().unwrap()],
         });
+        let pong = Frame::Pong {
+            nonce: 7,
+            incarnation: 2,
+            seq: 40,
+        };
         for frame in [
             hello,
             event(),
             Frame::Peers(vec!["[::1]:1".parse().unwrap()]),
+            Frame::Ping { nonce: 7 },
+            pong,
+            Frame::Leave,
         ] {
             let bytes = frame.encode();
             assert_eq!(decode(&bytes).unwrap(), frame);

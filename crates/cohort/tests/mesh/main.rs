@@ -574,3 +574,27 @@ fn a_frozen_peer_stops_everyone_serving_until_it_is_retired() {
     assert_eq!(live(&a), 2);
     assert!(on_b.is_serving());
 }
+
+/// A node that shuts down says so: the others stop waiting for it at once, with no stretch of
+/// reads sent to the source while they would otherwise wait out its silence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_shuts_down_leaves_at_once() {
+    let nodes = mesh(3).await;
+    let caches: Vec<_> = nodes.iter().map(|n| users(n, Mode::Invalidate)).collect();
+    let mut a_events = nodes[0].subscribe();
+    nodes[2].shutdown().await;
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !matches!(a_events.recv().await, Ok(ClusterEvent::PeerLeft { .. })) {}
+    })
+    .await
+    .expect("a hears that n2 left");
+    assert!(
+        caches[0].is_serving(),
+        "a does not wait for a node that left"
+    );
+    assert_eq!(nodes[0].members().len(), 1, "{:?}", nodes[0].members());
+    let db = Db::with(&[(1, "ada")]);
+    let mut a_events = nodes[0].subscribe();
+    let event = write(&caches[1], &db, 1, "grace").await;
+    applied(&mut a_events, &event).await;
+}
