@@ -147,6 +147,31 @@ pub(super) fn spawn_heartbeat(node: &Arc<Node>) {
     });
 }
 
+/// Resolves the seeds given as names again every `every`, and learns what they stand for now.
+pub(super) fn spawn_seed_refresh(node: &Arc<Node>, seeds: Vec<String>, every: std::time::Duration) {
+    let node = Arc::clone(node);
+    let tasks = node.tasks.clone();
+    tasks.spawn(async move {
+        let mut shutdown = node.shutdown.subscribe();
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticks.tick() => {}
+                _ = shutdown.wait_for(|stop| *stop) => return,
+            }
+            for seed in &seeds {
+                match node.network.resolve(seed).await {
+                    Ok(addrs) => node.learn(addrs),
+                    Err(error) => {
+                        tracing::warn!(node = %node.id, %seed, %error, "cannot resolve a seed")
+                    }
+                }
+            }
+        }
+    });
+}
+
 /// Keeps an outbound link to `addr` up until the node stops, reconnecting with backoff.
 pub(super) fn spawn_dialer(node: &Arc<Node>, addr: SocketAddr) {
     let node = Arc::clone(node);

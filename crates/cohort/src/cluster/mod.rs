@@ -46,6 +46,8 @@ pub const DEFAULT_LINK_QUEUE: usize = 64 * 1024;
 pub const DEFAULT_RECONNECT_MIN: Duration = Duration::from_millis(20);
 /// Default for [`ClusterBuilder::reconnect_backoff`]: largest delay.
 pub const DEFAULT_RECONNECT_MAX: Duration = Duration::from_secs(2);
+/// Default for [`ClusterBuilder::seed_refresh`].
+pub const DEFAULT_SEED_REFRESH: Duration = Duration::from_secs(30);
 /// Default for [`ClusterBuilder::handshake_timeout`].
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -241,6 +243,7 @@ pub struct ClusterBuilder {
     handshake_timeout: Duration,
     change_log: Option<ChangeLog>,
     log_retention: Duration,
+    seed_refresh: Duration,
 }
 
 impl fmt::Debug for ClusterBuilder {
@@ -271,6 +274,7 @@ impl Default for ClusterBuilder {
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             change_log: None,
             log_retention: DEFAULT_LOG_RETENTION,
+            seed_refresh: DEFAULT_SEED_REFRESH,
         }
     }
 }
@@ -301,7 +305,10 @@ impl ClusterBuilder {
     }
 
     /// Addresses (`host:port`) of nodes to join through. One reachable seed is enough: peers
-    /// tell each other whom they know.
+    /// tell each other whom they know. A DNS name may stand for several nodes (a headless
+    /// service): it is resolved again every [`seed_refresh`](Self::seed_refresh) and new
+    /// addresses are dialed. Give every node the same list: a node that knows of no peer is a
+    /// cluster of one.
     ///
     /// Defaults to: none (the node waits to be dialed).
     pub fn seeds<I, S>(&mut self, seeds: I) -> &mut Self
@@ -310,6 +317,14 @@ impl ClusterBuilder {
         S: Into<String>,
     {
         self.seeds = seeds.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// How often seeds given as DNS names are resolved again.
+    ///
+    /// Defaults to: [`DEFAULT_SEED_REFRESH`] (30 s).
+    pub fn seed_refresh(&mut self, every: Duration) -> &mut Self {
+        self.seed_refresh = every;
         self
     }
 
@@ -425,6 +440,9 @@ impl ClusterBuilder {
         if self.handshake_timeout.is_zero() {
             return invalid("handshake_timeout", "must be positive");
         }
+        if self.seed_refresh.is_zero() {
+            return invalid("seed_refresh", "must be positive");
+        }
         if self.log_retention < self.max_staleness * 4 {
             return invalid("log_retention", "must be at least 4 × max_staleness");
         }
@@ -444,7 +462,9 @@ impl ClusterBuilder {
         self.validate()?;
         let mut seeds = Vec::new();
         for seed in &self.seeds {
-            let resolved = tokio::net::lookup_host(seed.as_str())
+            let resolved = self
+                .network
+                .resolve(seed)
                 .await
                 .map_err(|source| StartError::Seed {
                     seed: seed.clone(),
@@ -474,6 +494,15 @@ impl ClusterBuilder {
         node.refresh_peer_lease();
         driver::spawn_listener(&node, listener);
         driver::spawn_heartbeat(&node);
+        let named: Vec<String> = self
+            .seeds
+            .iter()
+            .filter(|seed| seed.parse::<SocketAddr>().is_err())
+            .cloned()
+            .collect();
+        if !named.is_empty() {
+            driver::spawn_seed_refresh(&node, named, self.seed_refresh);
+        }
         if let Some(log) = &node.log {
             changelog::driver::spawn(&node, Arc::clone(log));
         }

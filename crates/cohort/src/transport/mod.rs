@@ -56,6 +56,13 @@ pub trait Network: Send + Sync + 'static {
     fn bind(&self, addr: SocketAddr) -> BoxFuture<'_, io::Result<Box<dyn Listener>>>;
     /// Connects to a peer.
     fn connect(&self, addr: SocketAddr) -> BoxFuture<'_, io::Result<BoxConnection>>;
+
+    /// Resolves a seed given as `host:port` (a DNS name may stand for several nodes).
+    ///
+    /// Defaults to: the system resolver, through tokio.
+    fn resolve<'a>(&'a self, seed: &'a str) -> BoxFuture<'a, io::Result<Vec<SocketAddr>>> {
+        Box::pin(async move { Ok(tokio::net::lookup_host(seed).await?.collect()) })
+    }
 }
 
 /// The operating system's TCP, through tokio, with Nagle's algorithm off. The default.

@@ -598,3 +598,52 @@ async fn a_node_that_shuts_down_leaves_at_once() {
     let event = write(&caches[1], &db, 1, "grace").await;
     applied(&mut a_events, &event).await;
 }
+
+/// A resolver whose answer the test changes, standing for a DNS name (a headless service) whose
+/// records follow the nodes that come and go.
+#[derive(Clone, Default)]
+struct Dns(Arc<Mutex<Vec<std::net::SocketAddr>>>);
+
+impl cohort::Network for Dns {
+    fn bind(
+        &self,
+        addr: std::net::SocketAddr,
+    ) -> cohort::BoxFuture<'_, std::io::Result<Box<dyn cohort::Listener>>> {
+        cohort::Tcp.bind(addr)
+    }
+
+    fn connect(
+        &self,
+        addr: std::net::SocketAddr,
+    ) -> cohort::BoxFuture<'_, std::io::Result<cohort::BoxConnection>> {
+        cohort::Tcp.connect(addr)
+    }
+
+    fn resolve<'a>(
+        &'a self,
+        seed: &'a str,
+    ) -> cohort::BoxFuture<'a, std::io::Result<Vec<std::net::SocketAddr>>> {
+        assert_eq!(seed, "cohort.service.test:7000");
+        let addrs = self.0.lock().clone();
+        Box::pin(async move { Ok(addrs) })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seed_name_is_resolved_again_and_new_nodes_are_joined() {
+    let dns = Dns::default();
+    let a = Cluster::builder()
+        .node_name("a")
+        .network(dns.clone())
+        .seeds(["cohort.service.test:7000"])
+        .seed_refresh(Duration::from_millis(50))
+        .start()
+        .await
+        .unwrap();
+    assert!(a.members().is_empty(), "the name resolves to nothing yet");
+    let b = Cluster::builder().node_name("b").start().await.unwrap();
+    dns.0.lock().push(b.local_addr());
+    wait_linked(&a, 1).await;
+    wait_linked(&b, 1).await;
+    assert_eq!(a.members()[0].node.as_ref().map(|n| n.as_str()), Some("b"));
+}
