@@ -234,6 +234,23 @@ mod tests {
         assert!(matches!(decode(&[0xff; 16]), Err(WireError::Malformed(_))));
     }
 
+    proptest::proptest! {
+        /// Whatever arrives, decoding returns a frame or an error; it never panics.
+        #[test]
+        fn arbitrary_bytes_never_panic(body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256)) {
+            let _ = decode(&body);
+        }
+
+        /// A valid frame with one byte changed decodes to something or fails cleanly.
+        #[test]
+        fn corrupted_frames_never_panic(index in 0_usize..64, byte in proptest::prelude::any::<u8>()) {
+            let mut body = event().encode().to_vec();
+            let at = index % body.len();
+            body[at] = byte;
+            let _ = decode(&body);
+        }
+    }
+
     #[test]
     fn preamble_checks_magic_and_version() {
         assert!(check_preamble(preamble()).is_ok());
