@@ -57,7 +57,8 @@ pub use clock::TimeSource;
 pub use cluster::{
     Cluster, ClusterBuilder, ClusterEvent, ConfigError, DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_LINK_QUEUE, DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_STALENESS, DEFAULT_RECONNECT_MAX,
-    DEFAULT_RECONNECT_MIN, DEFAULT_SEED_REFRESH, EventId, Member, NodeId, StartError,
+    DEFAULT_RECONNECT_MIN, DEFAULT_REPLAY_BUFFER, DEFAULT_SEED_REFRESH, EventId, Member, NodeId,
+    StartError,
 };
 pub use metrics::{CacheStats, ClusterStats};
 pub use transport::{BoxConnection, BoxFuture, Connection, Listener, Network, Tcp};

@@ -177,6 +177,7 @@ pub(crate) struct ClusterCounters {
     pub(crate) events_applied: Counter,
     pub(crate) events_duplicate: Counter,
     pub(crate) gaps: Counter,
+    pub(crate) events_replayed: Counter,
     pub(crate) frames_rejected: Counter,
     pub(crate) links_overflowed: Counter,
     pub(crate) connects: Counter,
@@ -189,6 +190,7 @@ impl ClusterCounters {
             events_applied: self.events_applied.get(),
             events_duplicate: self.events_duplicate.get(),
             gaps: self.gaps.get(),
+            events_replayed: self.events_replayed.get(),
             frames_rejected: self.frames_rejected.get(),
             links_overflowed: self.links_overflowed.get(),
             connects: self.connects.get(),
@@ -211,8 +213,12 @@ pub struct ClusterStats {
     pub events_applied: u64,
     /// Peer events ignored because they were already applied.
     pub events_duplicate: u64,
-    /// Gaps found in a peer's sequence; each one flushed this node's caches.
+    /// Peer events missed for good (gone from the peer's replay buffer, or sent by a previous
+    /// process of a restarted peer); each time, this node flushed the caches no change log
+    /// covers.
     pub gaps: u64,
+    /// Events this node sent again to a peer whose link broke, from its replay buffer.
+    pub events_replayed: u64,
     /// Frames or handshakes rejected as malformed, oversized, of another protocol version or
     /// otherwise invalid; each one closed its link.
     pub frames_rejected: u64,
@@ -340,8 +346,14 @@ pub(crate) fn render_prometheus(report: &NodeReport<'_>) -> String {
     metric(
         "gaps_total",
         "counter",
-        "Gaps in a peer's sequence (each flushed the caches).",
+        "Peer events missed for good (each flushed the caches no change log covers).",
         &plain(c.gaps),
+    );
+    metric(
+        "events_replayed_total",
+        "counter",
+        "Events sent again from the replay buffer to a peer whose link broke.",
+        &plain(c.events_replayed),
     );
     metric(
         "frames_rejected_total",

@@ -95,7 +95,7 @@ async fn poll(node: &Node, log: &LogRuntime, tail: &mut Tail) -> Result<(), Chan
         if step.flush {
             tracing::warn!(node = %node.id, "change-log rows were pruned before this node read them; flushing");
             log.progress.lock().pruned_flushes += 1;
-            node.flush_all();
+            node.flush_watching();
         }
         for row in step.rows {
             node.apply_logged(&row.cache, &row.key);

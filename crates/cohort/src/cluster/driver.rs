@@ -11,7 +11,7 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use tokio::sync::mpsc;
 
-use super::{Node, NodeId};
+use super::{LinkStart, Node, NodeId};
 use crate::transport::{
     self, Backoff, BoxConnection, FrameReader, FrameWriter, LinkError, Listener,
 };
@@ -69,14 +69,30 @@ async fn serve_inbound(node: &Arc<Node>, stream: BoxConnection) -> Result<(), Li
     };
     if hello.node == node.id.as_str() {
         // Either this node dialed itself or another node uses its name; the dialer sorts it out.
-        transport::send_frame(&mut writer, our_hello(node, 0)).await?;
+        transport::send_frame(&mut writer, our_hello(node, NO_LINK)).await?;
         return Ok(());
     }
     let origin = NodeId::from(hello.node);
     let incarnation = hello.incarnation;
-    transport::send_frame(&mut writer, our_hello(node, 0)).await?;
+    let start = LinkStart {
+        seq: hello.seq,
+        replay_from: hello.replay_from,
+    };
+    // Judged before answering: the answer tells the dialer where to resume, and the events it
+    // replays must find the tracker already expecting them.
+    let resume = node.peer_hello(&origin, incarnation, start);
+    transport::send_frame(
+        &mut writer,
+        our_hello(
+            node,
+            LinkStart {
+                seq: resume,
+                replay_from: 0,
+            },
+        ),
+    )
+    .await?;
     let origin_addr = hello.listen;
-    node.peer_hello(&origin, hello.incarnation, hello.seq);
     node.contact(&origin);
     node.learn(std::iter::once(hello.listen).chain(hello.peers.iter().copied()));
     drop(body);
@@ -118,13 +134,21 @@ async fn serve_inbound(node: &Arc<Node>, stream: BoxConnection) -> Result<(), Li
     Ok(())
 }
 
-/// Our introduction; `seq` is where the link's event stream starts.
-fn our_hello(node: &Node, seq: u64) -> Bytes {
+/// The answer to a hello that opens no link (a node that dialed itself).
+const NO_LINK: LinkStart = LinkStart {
+    seq: 0,
+    replay_from: 0,
+};
+
+/// Our introduction: where the link's event stream starts (from a dialer), or where the dialer
+/// should resume (from an acceptor).
+fn our_hello(node: &Node, start: LinkStart) -> Bytes {
     Frame::Hello(Hello {
         node: node.id.as_str(),
         incarnation: node.incarnation,
         listen: node.addr,
-        seq,
+        seq: start.seq,
+        replay_from: start.replay_from,
         peers: node.known_peers(),
     })
     .encode()
@@ -234,7 +258,14 @@ async fn outbound(
         link = handshake(node, addr) => link?,
         _ = shutdown.wait_for(|stop| *stop) => return Ok(Outbound::Closed),
     };
-    let Some((mut reader, mut writer, queue, peer)) = link else {
+    let Some(Link {
+        mut reader,
+        mut writer,
+        queue,
+        peer,
+        replay,
+    }) = link
+    else {
         return Ok(Outbound::Myself);
     };
     node.counters.connects.incr();
@@ -243,6 +274,7 @@ async fn outbound(
     let result = pump(
         &mut reader,
         &mut writer,
+        replay,
         queue,
         node.config.handshake_timeout,
     )
@@ -251,8 +283,17 @@ async fn outbound(
     result.map(|()| Outbound::Closed)
 }
 
-/// An established outgoing link: its halves, its queue and the peer's name.
-type Link = (FrameReader, FrameWriter, mpsc::Receiver<Bytes>, NodeId);
+/// An established outgoing link.
+struct Link {
+    reader: FrameReader,
+    writer: FrameWriter,
+    /// Frames for the peer, after the replay.
+    queue: mpsc::Receiver<Bytes>,
+    /// The peer's name.
+    peer: NodeId,
+    /// Earlier events the peer lacks, to send before the queue.
+    replay: Vec<Bytes>,
+}
 
 /// Connects and exchanges hellos; `None` when the address is this node's own.
 async fn handshake(node: &Arc<Node>, addr: SocketAddr) -> Result<Option<Link>, LinkError> {
@@ -262,9 +303,9 @@ async fn handshake(node: &Arc<Node>, addr: SocketAddr) -> Result<Option<Link>, L
         .map_err(|_| LinkError::Timeout)??;
     let (mut reader, mut writer) =
         transport::open(stream, node.config.max_frame_bytes, timeout).await?;
-    // Attach before saying hello: every event after `seq` is then queued on this link.
-    let (seq, queue) = node.attach(addr);
-    transport::send_frame(&mut writer, our_hello(node, seq)).await?;
+    // Attach before saying hello: every event after `start.seq` is then queued on this link.
+    let (start, queue) = node.attach(addr);
+    transport::send_frame(&mut writer, our_hello(node, start)).await?;
     let body = transport::handshake_frame(&mut reader, timeout).await?;
     let Frame::Hello(hello) = wire::decode(&body)? else {
         return Err(WireError::Unexpected("a link must open with a hello").into());
@@ -277,18 +318,37 @@ async fn handshake(node: &Arc<Node>, addr: SocketAddr) -> Result<Option<Link>, L
     }
     let peer = NodeId::from(hello.node);
     node.learn(hello.peers.iter().copied());
-    Ok(Some((reader, writer, queue, peer)))
+    let replay = node.replay(hello.seq, start.seq);
+    Ok(Some(Link {
+        reader,
+        writer,
+        queue,
+        peer,
+        replay,
+    }))
 }
 
-/// Writes queued frames, many per flush when they pile up, until the queue closes (the node
-/// stopped or the link overflowed) or the peer goes away. A peer that takes in nothing for
-/// `stall` is given up on.
+/// Writes the replayed frames, then queued ones, many per flush when they pile up, until the
+/// queue closes (the node stopped or the link overflowed) or the peer goes away. A peer that
+/// takes in nothing for `stall` is given up on.
 async fn pump(
     reader: &mut FrameReader,
     writer: &mut FrameWriter,
+    replay: Vec<Bytes>,
     mut queue: mpsc::Receiver<Bytes>,
     stall: std::time::Duration,
 ) -> Result<(), LinkError> {
+    if !replay.is_empty() {
+        let write = async {
+            for frame in replay {
+                writer.feed(frame).await?;
+            }
+            SinkExt::<Bytes>::flush(writer).await
+        };
+        tokio::time::timeout(stall, write)
+            .await
+            .map_err(|_| LinkError::Timeout)??;
+    }
     loop {
         tokio::select! {
             frame = queue.recv() => {

@@ -11,6 +11,7 @@
 
 mod confirm;
 mod driver;
+mod replay;
 pub(crate) mod sequence;
 
 use std::collections::HashMap;
@@ -34,6 +35,7 @@ use crate::metrics::{CacheStats, ClusterCounters, ClusterStats, NodeReport, rend
 use crate::transport::{Network, Tcp};
 use crate::wire::{Change, Event, Frame};
 use confirm::{Confirmations, PongVerdict};
+use replay::ReplayRing;
 use sequence::{Delivery, SequenceTracker};
 
 /// Default for [`ClusterBuilder::max_staleness`].
@@ -48,6 +50,8 @@ pub const DEFAULT_RECONNECT_MIN: Duration = Duration::from_millis(20);
 pub const DEFAULT_RECONNECT_MAX: Duration = Duration::from_secs(2);
 /// Default for [`ClusterBuilder::seed_refresh`].
 pub const DEFAULT_SEED_REFRESH: Duration = Duration::from_secs(30);
+/// Default for [`ClusterBuilder::replay_buffer`].
+pub const DEFAULT_REPLAY_BUFFER: usize = 16 << 20;
 /// Default for [`ClusterBuilder::handshake_timeout`].
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -160,7 +164,8 @@ pub enum ClusterEvent {
         /// What failed.
         error: String,
     },
-    /// Events of a peer never arrived; this node flushed its caches instead.
+    /// Events of a peer never arrived and were no longer in its replay buffer; this node
+    /// flushed the caches no change log covers instead.
     Gap {
         /// The peer whose events were missed.
         origin: NodeId,
@@ -239,6 +244,7 @@ pub struct ClusterBuilder {
     max_staleness: Duration,
     max_frame_bytes: usize,
     link_queue: usize,
+    replay_buffer: usize,
     reconnect: (Duration, Duration),
     handshake_timeout: Duration,
     change_log: Option<ChangeLog>,
@@ -270,6 +276,7 @@ impl Default for ClusterBuilder {
             max_staleness: DEFAULT_MAX_STALENESS,
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
             link_queue: DEFAULT_LINK_QUEUE,
+            replay_buffer: DEFAULT_REPLAY_BUFFER,
             reconnect: (DEFAULT_RECONNECT_MIN, DEFAULT_RECONNECT_MAX),
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             change_log: None,
@@ -346,11 +353,22 @@ impl ClusterBuilder {
     }
 
     /// Frames queued per peer before the link counts as overflowed. An overflowed link is closed
-    /// and re-established; the peer sees a gap and flushes, so nothing stale survives.
+    /// and re-established; the peer catches up from the [replay buffer](Self::replay_buffer).
     ///
     /// Defaults to: [`DEFAULT_LINK_QUEUE`].
     pub fn link_queue(&mut self, frames: usize) -> &mut Self {
         self.link_queue = frames;
+        self
+    }
+
+    /// How many bytes of its latest events a node keeps to replay to a peer whose link broke
+    /// (a reset, a partition, an overflow). The peer says how far it got when the link comes
+    /// back and receives the rest before anything newer. Events that fell out of the buffer are
+    /// a gap: the peer flushes its caches that no change log covers. Zero keeps nothing.
+    ///
+    /// Defaults to: [`DEFAULT_REPLAY_BUFFER`] (16 MiB).
+    pub fn replay_buffer(&mut self, bytes: usize) -> &mut Self {
+        self.replay_buffer = bytes;
         self
     }
 
@@ -684,6 +702,15 @@ impl Cluster {
     }
 }
 
+/// Where an outgoing link's event stream starts, as its hello tells the peer.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct LinkStart {
+    /// The last event published before the link: it carries every later one.
+    pub(crate) seq: u64,
+    /// The oldest event the sender can still replay.
+    pub(crate) replay_from: u64,
+}
+
 /// Settings a running node reads.
 #[derive(Clone, Debug)]
 pub(crate) struct NodeConfig {
@@ -708,10 +735,12 @@ pub(crate) trait Sink: Send + Sync {
     fn flush(&self);
 }
 
-/// Numbers this node's events and queues them on every outgoing link.
+/// Numbers this node's events, queues them on every outgoing link and keeps the latest for
+/// replay.
 struct Outbox {
     seq: u64,
     links: Vec<OutLink>,
+    ring: ReplayRing,
 }
 
 /// The queue of one outgoing link.
@@ -766,6 +795,7 @@ impl Node {
             outbox: Mutex::new(Outbox {
                 seq: 0,
                 links: Vec::new(),
+                ring: ReplayRing::new(builder.replay_buffer),
             }),
             tracker: Mutex::new(SequenceTracker::default()),
             caches: RwLock::new(HashMap::new()),
@@ -858,13 +888,14 @@ impl Node {
             .retain(|link| match link.queue.try_send(frame.clone()) {
                 Ok(()) => true,
                 Err(mpsc::error::TrySendError::Full(_)) => {
-                    // Closing the link makes the peer see a gap when it reconnects, and flush.
+                    // The peer catches up from the ring when it reconnects.
                     self.counters.links_overflowed.incr();
                     tracing::warn!(node = %self.id, "a peer link overflowed; closing it");
                     false
                 }
                 Err(mpsc::error::TrySendError::Closed(_)) => false,
             });
+        outbox.ring.push(seq, frame);
         drop(outbox);
         self.counters.events_sent.incr();
         EventId {
@@ -874,9 +905,9 @@ impl Node {
         }
     }
 
-    /// Opens a queue for a new outgoing link to `addr`. Returns the sequence number of the last
-    /// event published before it: the link carries every later one.
-    pub(crate) fn attach(&self, addr: SocketAddr) -> (u64, mpsc::Receiver<Bytes>) {
+    /// Opens a queue for a new outgoing link to `addr`. Returns where the link starts: every
+    /// event after the returned one is queued on it.
+    pub(crate) fn attach(&self, addr: SocketAddr) -> (LinkStart, mpsc::Receiver<Bytes>) {
         let (queue, rx) = mpsc::channel(self.config.link_queue);
         let mut outbox = self.outbox.lock();
         outbox.links.push(OutLink {
@@ -884,7 +915,18 @@ impl Node {
             peer: None,
             queue,
         });
-        (outbox.seq, rx)
+        let start = LinkStart {
+            seq: outbox.seq,
+            replay_from: outbox.ring.replay_from(outbox.seq),
+        };
+        (start, rx)
+    }
+
+    /// This node's events after `after` up to `upto` still in its replay ring, oldest first.
+    pub(crate) fn replay(&self, after: u64, upto: u64) -> Vec<Bytes> {
+        let events = self.outbox.lock().ring.range(after, upto);
+        self.counters.events_replayed.add(events.len() as u64);
+        events
     }
 
     /// The outgoing link to `addr` finished its handshake with `peer`.
@@ -947,10 +989,7 @@ impl Node {
             // It may have written, and sent events now lost, until its own lease ended; those
             // keys are unknown, so the caches that only it could have told are emptied.
             tracing::info!(node = %self.id, peer = %node, "a peer went silent; flushing peer-only caches");
-            let sinks: Vec<_> = self.caches.read().values().cloned().collect();
-            for sink in sinks.iter().filter(|s| s.is_peer_only()) {
-                sink.flush();
-            }
+            self.flush_peer_only();
             self.notify(ClusterEvent::PeerSilent { node });
         }
         self.refresh_peer_lease();
@@ -1063,10 +1102,20 @@ impl Node {
         }
     }
 
-    /// A link from `origin` opened, carrying its events after `seq`.
-    pub(crate) fn peer_hello(&self, origin: &NodeId, incarnation: u64, seq: u64) {
-        let delivery = self.tracker.lock().hello(origin, incarnation, seq);
+    /// A link from `origin` opened at `start`. Returns the event after which `origin` should
+    /// resume: it replays the rest from its ring, so that only what fell out of it is missed.
+    pub(crate) fn peer_hello(&self, origin: &NodeId, incarnation: u64, start: LinkStart) -> u64 {
+        let (resume, delivery) = {
+            let mut tracker = self.tracker.lock();
+            let applied = match tracker.applied(origin) {
+                Some((known, applied)) if known == incarnation => applied,
+                _ => 0,
+            };
+            let resume = replay::resume_point(applied, start.seq, start.replay_from);
+            (resume, tracker.hello(origin, incarnation, resume))
+        };
         self.judge(origin, delivery);
+        resume
     }
 
     /// Applies one event that arrived on a link from `origin`.
@@ -1107,7 +1156,7 @@ impl Node {
             Delivery::Gap { missed } => {
                 tracing::info!(node = %self.id, %origin, ?missed, "missed peer events; flushing caches");
                 self.counters.gaps.incr();
-                self.flush_all();
+                self.flush_peer_only();
                 self.notify(ClusterEvent::Gap {
                     origin: origin.clone(),
                     missed,
@@ -1115,9 +1164,10 @@ impl Node {
                 true
             }
             Delivery::Restarted => {
+                // What its previous process sent last may be lost; the log has those writes.
                 tracing::info!(node = %self.id, %origin, "a peer restarted; flushing caches");
                 self.counters.gaps.incr();
-                self.flush_all();
+                self.flush_peer_only();
                 true
             }
         }
@@ -1131,9 +1181,20 @@ impl Node {
         }
     }
 
-    pub(crate) fn flush_all(&self) {
+    /// Empties the caches that only the mesh tells of changes: missed events left them unsure.
+    /// Caches that watch tables are not: the change log carries the same writes within Δ.
+    fn flush_peer_only(&self) {
+        self.flush_caches(|sink| sink.is_peer_only());
+    }
+
+    /// Empties the caches that watch tables: the change log lost rows they needed.
+    pub(crate) fn flush_watching(&self) {
+        self.flush_caches(|sink| !sink.is_peer_only());
+    }
+
+    fn flush_caches(&self, which: impl Fn(&dyn Sink) -> bool) {
         let sinks: Vec<_> = self.caches.read().values().cloned().collect();
-        for sink in sinks {
+        for sink in sinks.iter().filter(|sink| which(sink.as_ref())) {
             sink.flush();
         }
     }

@@ -5,9 +5,10 @@
 //! every delivery. A link's hello says where the link starts (the last sequence sent before it
 //! existed), which is how a node notices events it missed while it had no link.
 //!
-//! Gaps are reported, not waited for: a missed event may be gone for good (the origin crashed, a
-//! link overflowed), so the caller makes up for it at once (this caller flushes; later
-//! ones repair from the origin's ring or the change log) and applies the later event anyway.
+//! Gaps are reported, not waited for: a missed event may be gone for good (the origin crashed, or
+//! it fell out of the origin's replay ring, see `replay`), so the caller makes up for it at once
+//! (it flushes what no change log covers) and applies the later event anyway. Events a broken link
+//! lost are not gaps: the link's successor replays them, starting where the tracker left off.
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;

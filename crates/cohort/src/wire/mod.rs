@@ -86,9 +86,12 @@ pub(crate) struct Hello<'a> {
     pub(crate) incarnation: u64,
     /// Where the node accepts links.
     pub(crate) listen: SocketAddr,
-    /// The sequence number of the last event the node originated before this link existed; the
-    /// link carries every later one.
+    /// From the dialer: the sequence number of the last event it originated before this link
+    /// existed; the link carries every later one. From the acceptor: the dialer's event after
+    /// which the dialer should resume, replaying from its ring up to its own `seq` first.
     pub(crate) seq: u64,
+    /// From the dialer: the oldest event its replay ring still holds. Zero from the acceptor.
+    pub(crate) replay_from: u64,
     /// Every other node it knows of.
     pub(crate) peers: Vec<SocketAddr>,
 }
@@ -202,6 +205,7 @@ mod tests {
             incarnation: 1,
             listen: "127.0.0.1:7001".parse().unwrap(),
             seq: 9,
+            replay_from: 3,
             peers: vec!["127.0.0.1:7002".parse().unwrap()],
         });
         let pong = Frame::Pong {

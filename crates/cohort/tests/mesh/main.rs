@@ -69,6 +69,16 @@ async fn mesh(n: usize) -> Vec<Cluster> {
     nodes
 }
 
+/// Starts a node named `name` with `seed` as its only seed.
+async fn join(name: &str, seed: &Cluster) -> Cluster {
+    Cluster::builder()
+        .node_name(name)
+        .seeds([seed.local_addr().to_string()])
+        .start()
+        .await
+        .unwrap()
+}
+
 /// Waits until `node` has an outgoing link to `peers` peers.
 async fn wait_linked(node: &Cluster, peers: usize) {
     tokio::time::timeout(Duration::from_secs(10), node.wait_for_peers(peers))
@@ -339,19 +349,9 @@ async fn replicas_keep_the_higher_version_in_any_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_learns_the_whole_cluster_from_one_seed() {
     let a = Cluster::builder().node_name("a").start().await.unwrap();
-    let b = Cluster::builder()
-        .node_name("b")
-        .seeds([a.local_addr().to_string()])
-        .start()
-        .await
-        .unwrap();
+    let b = join("b", &a).await;
     wait_linked(&b, 1).await;
-    let c = Cluster::builder()
-        .node_name("c")
-        .seeds([b.local_addr().to_string()])
-        .start()
-        .await
-        .unwrap();
+    let c = join("c", &b).await;
     for node in [&a, &b, &c] {
         wait_linked(node, 2).await;
     }
@@ -646,4 +646,88 @@ async fn a_seed_name_is_resolved_again_and_new_nodes_are_joined() {
     wait_linked(&a, 1).await;
     wait_linked(&b, 1).await;
     assert_eq!(a.members()[0].node.as_ref().map(|n| n.as_str()), Some("b"));
+}
+
+/// What a burst that overflows a's link to b did, as b saw it.
+struct Burst {
+    /// Sequence numbers of a's events b applied, in order of application.
+    applied: Vec<u64>,
+    gaps: u64,
+    flushes: u64,
+    replayed: u64,
+    overflowed: u64,
+}
+
+/// Publishes `events` invalidations on `a` without yielding, so its link to `b` (queue of 8
+/// frames) overflows and is closed; waits until `b` has a's last event through a new link, or
+/// knows it missed it.
+async fn overflow_link(replay_buffer: usize, events: u64) -> Burst {
+    let a = Cluster::builder()
+        .node_name("a")
+        .link_queue(8)
+        .replay_buffer(replay_buffer)
+        .start()
+        .await
+        .unwrap();
+    let b = join("b", &a).await;
+    wait_linked(&a, 1).await;
+    wait_linked(&b, 1).await;
+    let on_a = users(&a, Mode::Invalidate);
+    let on_b = users(&b, Mode::Invalidate);
+    let mut b_events = b.subscribe();
+    for key in 0..events {
+        on_a.invalidate(&key).await.unwrap();
+    }
+    let last = a.stats().events_sent;
+    let mut applied_seqs = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match b_events.recv().await {
+                Ok(ClusterEvent::Applied { event, .. }) => {
+                    applied_seqs.push(event.seq);
+                    if event.seq == last {
+                        return;
+                    }
+                }
+                Ok(ClusterEvent::Gap { missed, .. }) if missed.contains(&last) => return,
+                Ok(_) => {}
+                Err(e) => panic!("event stream failed: {e}"),
+            }
+        }
+    })
+    .await
+    .expect("b gets a's last event or reports it missed");
+    Burst {
+        applied: applied_seqs,
+        gaps: b.stats().gaps,
+        flushes: on_b.stats().flushes,
+        replayed: a.stats().events_replayed,
+        overflowed: a.stats().links_overflowed,
+    }
+}
+
+/// A link that breaks loses what was queued on it; the new link starts with a replay of exactly
+/// what the peer lacks, so it gets every event once, in order, and flushes nothing.
+#[tokio::test(flavor = "current_thread")]
+async fn a_broken_link_is_repaired_from_the_replay_buffer() {
+    let burst = overflow_link(cohort::DEFAULT_REPLAY_BUFFER, 2_000).await;
+    assert!(burst.overflowed >= 1, "the burst must break the link");
+    assert!(burst.replayed > 0, "the new link replays");
+    assert_eq!(burst.applied, (1..=2_000).collect::<Vec<_>>());
+    assert_eq!((burst.gaps, burst.flushes), (0, 0));
+}
+
+/// Without a replay buffer the same break is a gap: counted, and the cache flushed.
+#[tokio::test(flavor = "current_thread")]
+async fn events_gone_from_the_replay_buffer_are_a_gap_and_flush() {
+    let burst = overflow_link(0, 2_000).await;
+    assert!(burst.overflowed >= 1, "the burst must break the link");
+    assert_eq!(burst.replayed, 0);
+    assert!(burst.applied.len() < 2_000, "some events were lost");
+    assert!(
+        burst.gaps >= 1 && burst.flushes >= 1,
+        "{} {}",
+        burst.gaps,
+        burst.flushes
+    );
 }

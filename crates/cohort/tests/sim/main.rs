@@ -2,7 +2,8 @@
 //!
 //! Three nodes run as turmoil hosts; a client drives reads and updates through them against an
 //! in-memory source of truth, while faults are injected: partitions, held (delayed) messages,
-//! crashes and restarts. Every operation is recorded and a history checker asserts the promise of
+//! connection resets (whatever was queued or in flight is lost), crashes and restarts, graceful
+//! leaves. Every operation is recorded and a history checker asserts the promise of
 //! the peer-only tier: no read returns a version older than one whose update completed more than
 //! the bound before the read started. Every run is replayed from its seed; a failure prints it.
 
@@ -10,16 +11,22 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use cohort::{
-    BoxConnection, BoxFuture, Cache, Cluster, Listener, Network, TimeSource, UpdateError,
+    BoxConnection, BoxFuture, Cache, Cluster, ClusterStats, Listener, Network, TimeSource,
+    UpdateError,
 };
+use futures_util::task::AtomicWaker;
 use parking_lot::Mutex;
 use proptest::prelude::*;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
 const PORT: u16 = 7000;
@@ -27,23 +34,102 @@ const BOUND: Duration = Duration::from_millis(500);
 const NODES: [&str; 3] = ["n0", "n1", "n2"];
 const KEYS: u64 = 4;
 
-/// turmoil's simulated TCP.
-struct SimNet;
+/// turmoil's simulated TCP, with a switch that resets every connection of the host.
+struct SimNet(Arc<ResetSwitch>);
 
-struct SimListener(turmoil::net::TcpListener);
+/// Breaks a host's connections on demand, as a reset (RST) from the network would.
+#[derive(Default)]
+struct ResetSwitch {
+    generation: AtomicU64,
+    wakers: Mutex<Vec<std::sync::Weak<AtomicWaker>>>,
+}
+
+impl ResetSwitch {
+    fn reset(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        let mut wakers = self.wakers.lock();
+        for waker in wakers.drain(..).filter_map(|w| w.upgrade()) {
+            waker.wake();
+        }
+    }
+
+    fn wrap(self: &Arc<Self>, stream: turmoil::net::TcpStream) -> BoxConnection {
+        let waker = Arc::new(AtomicWaker::new());
+        self.wakers.lock().push(Arc::downgrade(&waker));
+        Box::new(Resettable {
+            stream,
+            switch: Arc::clone(self),
+            born: self.generation.load(Ordering::SeqCst),
+            waker,
+        })
+    }
+}
+
+/// A connection that fails with `ConnectionReset` once its host's switch is flipped.
+struct Resettable {
+    stream: turmoil::net::TcpStream,
+    switch: Arc<ResetSwitch>,
+    born: u64,
+    waker: Arc<AtomicWaker>,
+}
+
+impl Resettable {
+    fn check(&self, cx: &Context<'_>) -> io::Result<()> {
+        self.waker.register(cx.waker());
+        if self.switch.generation.load(Ordering::SeqCst) == self.born {
+            Ok(())
+        } else {
+            Err(io::ErrorKind::ConnectionReset.into())
+        }
+    }
+}
+
+impl AsyncRead for Resettable {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.check(cx)?;
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Resettable {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.check(cx)?;
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.check(cx)?;
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.check(cx)?;
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+struct SimListener(turmoil::net::TcpListener, Arc<ResetSwitch>);
 
 impl Network for SimNet {
     fn bind(&self, addr: SocketAddr) -> BoxFuture<'_, io::Result<Box<dyn Listener>>> {
         Box::pin(async move {
             let listener = turmoil::net::TcpListener::bind(addr).await?;
-            Ok(Box::new(SimListener(listener)) as Box<dyn Listener>)
+            Ok(Box::new(SimListener(listener, Arc::clone(&self.0))) as Box<dyn Listener>)
         })
     }
 
     fn connect(&self, addr: SocketAddr) -> BoxFuture<'_, io::Result<BoxConnection>> {
         Box::pin(async move {
             let stream = turmoil::net::TcpStream::connect(addr).await?;
-            Ok(Box::new(stream) as BoxConnection)
+            Ok(self.0.wrap(stream))
         })
     }
 }
@@ -52,7 +138,7 @@ impl Listener for SimListener {
     fn accept(&self) -> BoxFuture<'_, io::Result<(BoxConnection, SocketAddr)>> {
         Box::pin(async move {
             let (stream, from) = self.0.accept().await?;
-            Ok((Box::new(stream) as BoxConnection, from))
+            Ok((self.1.wrap(stream), from))
         })
     }
 
@@ -111,9 +197,10 @@ fn host(
     name: &'static str,
     seed: u64,
     nodes: Nodes,
+    switch: Arc<ResetSwitch>,
 ) -> impl Fn() -> BoxFuture<'static, turmoil::Result> {
     move || {
-        let nodes = nodes.clone();
+        let (nodes, switch) = (nodes.clone(), switch.clone());
         Box::pin(async move {
             let mut builder = Cluster::builder();
             builder
@@ -121,7 +208,7 @@ fn host(
                 .listen(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), PORT))
                 .advertise(SocketAddr::new(turmoil::lookup(name), PORT))
                 .max_staleness(BOUND)
-                .network(SimNet)
+                .network(SimNet(switch))
                 .time_source(TimeSource::Tokio)
                 .rng_seed(seed);
             // Every node gets the whole seed list, as the README advises: a node that knows of
@@ -148,6 +235,10 @@ enum Fault {
     Hold(usize, usize),
     /// A node crashes and restarts as a new incarnation.
     Crash(usize),
+    /// Every connection of a node breaks at once; what was queued or in flight on them is lost.
+    Reset(usize),
+    /// A node shuts down gracefully, then starts again as a new incarnation.
+    Leave(usize),
 }
 
 #[derive(Clone, Debug)]
@@ -157,17 +248,32 @@ struct Scheduled {
     lasts: Duration,
 }
 
-/// Runs one simulation and returns the history, or the checker's complaint.
-fn simulate(seed: u64, schedule: Vec<Scheduled>, run_for: Duration) -> Result<Vec<Op>, String> {
+/// What one simulation did.
+struct Run {
+    history: Vec<Op>,
+    /// The mesh counters of the nodes running at the end, summed.
+    mesh: ClusterStats,
+    /// Cache flushes on those nodes, summed.
+    flushes: u64,
+}
+
+/// Runs one simulation and returns what it did, or the checker's complaint.
+fn simulate(seed: u64, schedule: Vec<Scheduled>, run_for: Duration) -> Result<Run, String> {
     let mut sim = turmoil::Builder::new()
         .simulation_duration(run_for + Duration::from_secs(30))
         .rng_seed(seed)
         .build();
     let nodes: Nodes = Arc::default();
+    let switches: Vec<Arc<ResetSwitch>> = NODES.iter().map(|_| Arc::default()).collect();
     for (i, name) in NODES.iter().enumerate() {
         sim.host(
             *name,
-            host(name, seed.wrapping_add(i as u64), nodes.clone()),
+            host(
+                name,
+                seed.wrapping_add(i as u64),
+                nodes.clone(),
+                switches[i].clone(),
+            ),
         );
     }
     let history = Arc::new(Mutex::new(Vec::new()));
@@ -195,7 +301,13 @@ fn simulate(seed: u64, schedule: Vec<Scheduled>, run_for: Duration) -> Result<Ve
             while start.elapsed() < run_for {
                 let now = start.elapsed();
                 for fault in pending.extract_if(.., |f| f.at <= now) {
-                    begin(&fault.fault, &crashes, now, fault.lasts);
+                    if let Fault::Leave(a) = fault.fault {
+                        let leaving = nodes.lock().remove(NODES[a]);
+                        if let Some((cluster, _)) = leaving {
+                            cluster.shutdown().await;
+                        }
+                    }
+                    begin(&fault.fault, &crashes, &switches, now, fault.lasts);
                     active.push((Instant::now() + fault.lasts, fault.fault));
                 }
                 for (_, fault) in active.extract_if(.., |(until, _)| *until <= Instant::now()) {
@@ -273,12 +385,26 @@ fn simulate(seed: u64, schedule: Vec<Scheduled>, run_for: Duration) -> Result<Ve
     }
     let history = std::mem::take(&mut *history.lock());
     check(&history).map_err(|e| format!("seed {seed}: {e}"))?;
-    Ok(history)
+    let mut mesh = ClusterStats::default();
+    let mut flushes = 0;
+    for (cluster, cache) in nodes.lock().values() {
+        let stats = cluster.stats();
+        mesh.gaps += stats.gaps;
+        mesh.events_replayed += stats.events_replayed;
+        mesh.connects += stats.connects;
+        flushes += cache.stats().flushes;
+    }
+    Ok(Run {
+        history,
+        mesh,
+        flushes,
+    })
 }
 
 fn begin(
     fault: &Fault,
     crashes: &Mutex<Vec<(Duration, Duration, usize)>>,
+    switches: &[Arc<ResetSwitch>],
     now: Duration,
     lasts: Duration,
 ) {
@@ -290,7 +416,9 @@ fn begin(
             }
         }
         Fault::Hold(a, b) => turmoil::hold(NODES[a], NODES[b]),
-        Fault::Crash(a) => crashes.lock().push((now, lasts, a)),
+        // A node that left is restarted the way a crashed one is.
+        Fault::Crash(a) | Fault::Leave(a) => crashes.lock().push((now, lasts, a)),
+        Fault::Reset(a) => switches[a].reset(),
     }
 }
 
@@ -303,7 +431,7 @@ fn end(fault: &Fault) {
             }
         }
         Fault::Hold(a, b) => turmoil::release(NODES[a], NODES[b]),
-        Fault::Crash(_) => {}
+        Fault::Crash(_) | Fault::Reset(_) | Fault::Leave(_) => {}
     }
 }
 
@@ -380,8 +508,8 @@ fn at(ms: u64, lasts_ms: u64, fault: Fault) -> Scheduled {
 
 #[test]
 fn no_faults() {
-    let history = simulate(1, vec![], Duration::from_secs(5)).unwrap();
-    let (reads, updates) = reads_and_updates(&history);
+    let run = simulate(1, vec![], Duration::from_secs(5)).unwrap();
+    let (reads, updates) = reads_and_updates(&run.history);
     assert!(
         reads > 100 && updates > 50,
         "{reads} reads, {updates} updates"
@@ -421,6 +549,35 @@ fn messages_held_back_and_delivered_late() {
     .unwrap();
 }
 
+/// Resets lose the frames queued on the broken links; the new links replay them, so nothing is
+/// flushed and no read is stale.
+#[test]
+fn connections_reset_under_load_are_repaired() {
+    let run = simulate(
+        6,
+        vec![
+            at(1_000, 0, Fault::Reset(0)),
+            at(1_500, 0, Fault::Reset(1)),
+            at(1_510, 0, Fault::Reset(2)),
+            at(3_000, 0, Fault::Reset(0)),
+        ],
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    assert!(run.mesh.events_replayed > 0, "{:?}", run.mesh);
+    assert_eq!((run.mesh.gaps, run.flushes), (0, 0), "{:?}", run.mesh);
+}
+
+#[test]
+fn a_graceful_leave_and_return() {
+    simulate(
+        7,
+        vec![at(1_000, 1_000, Fault::Leave(1))],
+        Duration::from_secs(5),
+    )
+    .unwrap();
+}
+
 #[test]
 fn a_crash_and_restart_with_a_new_incarnation() {
     simulate(
@@ -432,8 +589,9 @@ fn a_crash_and_restart_with_a_new_incarnation() {
 }
 
 /// The faults the peer-only tier promises to survive (README): a node cut off from the rest for
-/// any time, crashes and restarts, and any single broken or slow link for less than twice the
-/// bound (longer, two nodes that both still reach the third would each go on without the other).
+/// any time, crashes and restarts, graceful leaves, connection resets, and any single broken or
+/// slow link for less than twice the bound (longer, two nodes that both still reach the third
+/// would each go on without the other).
 fn fault() -> impl Strategy<Value = (Fault, u64)> {
     let pair = (0..3_usize, 0..3_usize).prop_filter("two nodes", |(a, b)| a != b);
     let short = 50_u64..900;
@@ -442,7 +600,9 @@ fn fault() -> impl Strategy<Value = (Fault, u64)> {
         (pair.clone(), short.clone()).prop_map(|((a, b), ms)| (Fault::Partition(a, b), ms)),
         (pair, short).prop_map(|((a, b), ms)| (Fault::Hold(a, b), ms)),
         (0..3_usize, any.clone()).prop_map(|(a, ms)| (Fault::Isolate(a), ms)),
-        (0..3_usize, any).prop_map(|(a, ms)| (Fault::Crash(a), ms)),
+        (0..3_usize, any.clone()).prop_map(|(a, ms)| (Fault::Crash(a), ms)),
+        (0..3_usize, any).prop_map(|(a, ms)| (Fault::Leave(a), ms)),
+        (0..3_usize).prop_map(|a| (Fault::Reset(a), 0)),
     ]
 }
 
