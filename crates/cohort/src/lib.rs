@@ -28,7 +28,9 @@
 //! - [`store`](crate::store): the local bounded store (quick_cache), expiry, versions, slots.
 //! - `wire`: the frames nodes exchange (postcard), the preamble and its protocol version.
 //! - `transport`: TCP links, the preamble exchange, reconnect backoff.
-//! - `cluster`: the node runtime ([`Cluster`]), sequence tracking, routing events to caches.
+//! - `membership`: SWIM (foca): which nodes are up, probed directly and through others.
+//! - `cluster`: the node runtime ([`Cluster`]), sequence tracking, gap repair, peer
+//!   confirmations, routing events to caches.
 //! - `cache`: the typed handle ([`Cache`]): `get`, `get_or_load`, `update`, `invalidate`.
 //! - `changelog`: the database change log ([`ChangeLog`]): triggers, tailing, the poll lease.
 //! - `metrics`: counters and their snapshots ([`CacheStats`], [`ClusterStats`]).
@@ -43,6 +45,7 @@ mod changelog;
 mod clock;
 mod cluster;
 mod lease;
+mod membership;
 mod metrics;
 mod store;
 mod transport;

@@ -9,8 +9,10 @@
 //!
 //! Caches with no change log serve only while every live member's confirmation is younger than
 //! the bound, and `update` writes only then (fencing). A member stops counting as live once it has
-//! been silent (no pong, no ping) for [`Confirmations::new`]'s `dead_after`; it counts again at its
-//! next contact, unconfirmed until its next pong.
+//! been silent (no pong, no ping) for [`Confirmations::new`]'s `dead_after` *and* SWIM no longer
+//! holds it up (see `membership`): a member this node cannot hear but others still reach is
+//! waited for, not written off. It counts again at its next contact or when SWIM sees it again,
+//! unconfirmed until its next pong.
 //!
 //! Retiring silent members is only sound on the majority side of a partition: a node cut off
 //! from everyone would otherwise retire them all and serve alone while they write. So a node is
@@ -18,7 +20,7 @@
 //! known (itself included). A member that never comes back keeps counting: with three nodes one
 //! may crash for good, with two neither may.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::Hash;
 
 use crate::clock::Millis;
@@ -34,6 +36,17 @@ struct Member {
     confirmed: Option<Millis>,
     last_contact: Millis,
     live: bool,
+    /// SWIM holds it up (reached directly or through other members).
+    swim_up: bool,
+}
+
+impl Member {
+    fn revive(&mut self) {
+        if !self.live {
+            self.live = true;
+            self.confirmed = None;
+        }
+    }
 }
 
 /// What [`Confirmations::pong`] concluded.
@@ -80,17 +93,30 @@ impl<N: Hash + Eq + Clone> Confirmations<N> {
 
     /// `member` showed signs of life. A member not live so far becomes live, unconfirmed.
     pub(crate) fn contact(&mut self, member: &N, now: Millis) {
-        let entry = self.members.entry(member.clone()).or_insert(Member {
+        let entry = self.entry(member, now);
+        entry.last_contact = entry.last_contact.max(now);
+        entry.revive();
+    }
+
+    /// SWIM holds exactly the members `up` up. Those become live (unconfirmed if they were not);
+    /// the others may be retired once silent.
+    pub(crate) fn swim_up(&mut self, up: &HashSet<N>, now: Millis) {
+        for member in up {
+            self.entry(member, now).revive();
+        }
+        for (name, m) in &mut self.members {
+            m.swim_up = up.contains(name);
+        }
+    }
+
+    fn entry(&mut self, member: &N, now: Millis) -> &mut Member {
+        self.members.entry(member.clone()).or_insert(Member {
             outstanding: VecDeque::new(),
             confirmed: None,
             last_contact: now,
             live: false,
-        });
-        entry.last_contact = entry.last_contact.max(now);
-        if !entry.live {
-            entry.live = true;
-            entry.confirmed = None;
-        }
+            swim_up: false,
+        })
     }
 
     /// `member` left the cluster for good: it no longer counts, live or known.
@@ -139,11 +165,12 @@ impl<N: Hash + Eq + Clone> Confirmations<N> {
         PongVerdict::Confirmed
     }
 
-    /// Members silent for longer than `dead_after` stop counting as live; returns them.
+    /// Members silent for longer than `dead_after` that SWIM does not hold up stop counting as
+    /// live; returns them.
     pub(crate) fn expire(&mut self, now: Millis) -> Vec<N> {
         let mut dead = Vec::new();
         for (name, m) in &mut self.members {
-            if m.live && now.saturating_sub(m.last_contact) > self.dead_after {
+            if m.live && !m.swim_up && now.saturating_sub(m.last_contact) > self.dead_after {
                 m.live = false;
                 m.confirmed = None;
                 m.outstanding.clear();
@@ -260,6 +287,30 @@ mod tests {
         assert_eq!(c.live().count(), 1);
         c.contact(&"b", 2_000);
         assert_eq!(c.confirmed_since(), None, "b is back, unconfirmed");
+    }
+
+    #[test]
+    fn a_silent_member_swim_holds_up_is_waited_for_not_retired() {
+        let mut c = Confirmations::new(DEAD_AFTER);
+        for member in ["b", "c"] {
+            c.contact(&member, 0);
+        }
+        c.swim_up(&HashSet::from(["b", "c"]), 0);
+        assert!(
+            c.expire(5_000).is_empty(),
+            "b and c are reached through others"
+        );
+        assert_eq!(c.confirmed_since(), None, "and still awaited");
+        c.swim_up(&HashSet::from(["c"]), 5_000);
+        assert_eq!(c.expire(5_001), vec!["b"], "down by SWIM and silent");
+        c.swim_up(&HashSet::from(["b", "c"]), 6_000);
+        assert_eq!(c.live().count(), 2, "b is back through SWIM, unconfirmed");
+        c.swim_up(&HashSet::from(["b", "c", "d"]), 6_000);
+        assert_eq!(
+            c.live().count(),
+            3,
+            "a member known only through SWIM is awaited"
+        );
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! and writing each outbound link. They hold no protocol logic of their own: frames go to the
 //! [`Node`], whose decisions come from the pure sequence tracker.
 
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -10,8 +12,10 @@ use futures_util::SinkExt;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
-use super::{LinkStart, Node, NodeId};
+use super::{LinkStart, Node, NodeId, SwimTimers};
+use crate::membership::{Identity, Timer};
 use crate::transport::{
     self, Backoff, BoxConnection, FrameReader, FrameWriter, LinkError, Listener,
 };
@@ -128,6 +132,11 @@ async fn serve_inbound(node: &Arc<Node>, stream: BoxConnection) -> Result<(), Li
                 node.on_leave(&origin, origin_addr);
                 break;
             }
+            Frame::Swim(packet) => node.swim(|membership| {
+                if let Err(error) = membership.receive(packet) {
+                    tracing::debug!(%origin, %error, "ignored a membership packet");
+                }
+            }),
             Frame::Hello(_) => return Err(WireError::Unexpected("a second hello").into()),
         }
     }
@@ -169,6 +178,70 @@ pub(super) fn spawn_heartbeat(node: &Arc<Node>) {
             }
         }
     });
+}
+
+/// Fires SWIM's timers, in deadline order, from this one task until the node stops.
+pub(super) fn spawn_swim_timers(node: &Arc<Node>, mut timers: SwimTimers) {
+    let node = Arc::clone(node);
+    let tasks = node.tasks.clone();
+    tasks.spawn(async move {
+        let mut shutdown = node.shutdown.subscribe();
+        let mut pending = TimerQueue::default();
+        loop {
+            let next = pending.next_deadline();
+            tokio::select! {
+                scheduled = timers.recv() => match scheduled {
+                    Some((after, timer)) => pending.push(Instant::now() + after, timer),
+                    None => return,
+                },
+                _ = sleep_until(next) => {
+                    for timer in pending.pop_due(Instant::now()) {
+                        node.swim(|membership| membership.timer(timer));
+                    }
+                }
+                _ = shutdown.wait_for(|stop| *stop) => return,
+            }
+        }
+    });
+}
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Timers by deadline; equal deadlines fire in the order they were scheduled.
+#[derive(Default)]
+struct TimerQueue {
+    heap: BinaryHeap<Reverse<(Instant, u64)>>,
+    timers: HashMap<u64, Timer<Identity>>,
+    next_id: u64,
+}
+
+impl TimerQueue {
+    fn push(&mut self, deadline: Instant, timer: Timer<Identity>) {
+        self.next_id += 1;
+        self.heap.push(Reverse((deadline, self.next_id)));
+        self.timers.insert(self.next_id, timer);
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.heap.peek().map(|Reverse((deadline, _))| *deadline)
+    }
+
+    fn pop_due(&mut self, now: Instant) -> Vec<Timer<Identity>> {
+        let mut due = Vec::new();
+        while let Some(&Reverse((deadline, id))) = self.heap.peek()
+            && deadline <= now
+        {
+            self.heap.pop();
+            due.extend(self.timers.remove(&id));
+        }
+        due
+    }
 }
 
 /// Resolves the seeds given as names again every `every`, and learns what they stand for now.
@@ -263,13 +336,14 @@ async fn outbound(
         mut writer,
         queue,
         peer,
+        incarnation,
         replay,
     }) = link
     else {
         return Ok(Outbound::Myself);
     };
     node.counters.connects.incr();
-    node.link_ready(addr, &peer);
+    node.link_ready(addr, &peer, incarnation);
     node.set_connected(addr, &peer, true);
     let result = pump(
         &mut reader,
@@ -291,6 +365,8 @@ struct Link {
     queue: mpsc::Receiver<Bytes>,
     /// The peer's name.
     peer: NodeId,
+    /// The peer's process.
+    incarnation: u64,
     /// Earlier events the peer lacks, to send before the queue.
     replay: Vec<Bytes>,
 }
@@ -324,6 +400,7 @@ async fn handshake(node: &Arc<Node>, addr: SocketAddr) -> Result<Option<Link>, L
         writer,
         queue,
         peer,
+        incarnation: hello.incarnation,
         replay,
     }))
 }

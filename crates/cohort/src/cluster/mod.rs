@@ -14,7 +14,7 @@ mod driver;
 mod replay;
 pub(crate) mod sequence;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::ops::RangeInclusive;
@@ -23,6 +23,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
+use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
@@ -31,6 +32,7 @@ use crate::cache::{CacheBuilder, Key, Value};
 use crate::changelog::{self, ChangeLog, DEFAULT_LOG_RETENTION, LogRuntime, LogStatus};
 use crate::clock::{Clock, TimeSource, millis};
 use crate::lease::Lease;
+use crate::membership::{self, Identity, Membership, Timer};
 use crate::metrics::{CacheStats, ClusterCounters, ClusterStats, NodeReport, render_prometheus};
 use crate::transport::{Network, Tcp};
 use crate::wire::{Change, Event, Frame};
@@ -61,7 +63,7 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// let id = cohort::NodeId::from("a");
 /// assert_eq!(id.as_str(), "a");
 /// ```
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct NodeId(Arc<str>);
 
 impl NodeId {
@@ -145,6 +147,20 @@ pub enum ClusterEvent {
         /// The peer.
         node: NodeId,
     },
+    /// SWIM holds a node up: it joined, came back or restarted.
+    MemberUp {
+        /// The node.
+        node: NodeId,
+        /// Its listen address.
+        addr: SocketAddr,
+    },
+    /// SWIM declared a node down: neither this node nor the members it asked could reach it.
+    MemberDown {
+        /// The node.
+        node: NodeId,
+        /// Its listen address.
+        addr: SocketAddr,
+    },
     /// A peer's event was applied to this node's cache.
     Applied {
         /// The event.
@@ -185,8 +201,11 @@ pub struct Member {
     /// Whether this node's link to it is up.
     pub connected: bool,
     /// Whether this node's peer-only caches wait for its confirmation: it has been heard from
-    /// within twice the bound.
+    /// within twice the bound, or SWIM holds it up.
     pub live: bool,
+    /// Whether SWIM holds it up: reached, directly or through other members, recently enough
+    /// not to be declared down.
+    pub up: bool,
 }
 
 /// Why a configuration was refused. Nothing was started.
@@ -507,11 +526,13 @@ impl ClusterBuilder {
             .name
             .clone()
             .unwrap_or_else(|| format!("node-{}", bound.port()));
-        let node = Arc::new(Node::new(NodeId::from(name.as_str()), advertised, self));
+        let (node, swim_timers) = Node::new(NodeId::from(name.as_str()), advertised, self);
+        let node = Arc::new(node);
         // With no peers yet, there is nothing to confirm: peer-only caches serve from the start.
         node.refresh_peer_lease();
         driver::spawn_listener(&node, listener);
         driver::spawn_heartbeat(&node);
+        driver::spawn_swim_timers(&node, swim_timers);
         let named: Vec<String> = self
             .seeds
             .iter()
@@ -605,9 +626,11 @@ impl Cluster {
     /// The peers this node knows of, by address.
     pub fn members(&self) -> Vec<Member> {
         let live = self.node.live_members();
+        let membership = self.node.membership.lock();
         let mut members: Vec<_> = self.node.peers.lock().values().cloned().collect();
         for member in &mut members {
             member.live = member.node.as_ref().is_some_and(|n| live.contains(n));
+            member.up = member.node.as_ref().is_some_and(|n| membership.is_up(n));
         }
         members.sort_by_key(|m| m.addr);
         members
@@ -768,6 +791,8 @@ pub(crate) struct Node {
     pub(crate) tasks: TaskTracker,
     pub(crate) log: Option<Arc<LogRuntime>>,
     confirmations: Mutex<Confirmations<NodeId>>,
+    membership: Mutex<Membership>,
+    swim_timers: mpsc::UnboundedSender<(Duration, Timer<Identity>)>,
     /// The lease of caches with no change log: every live member confirmed within Δ.
     pub(crate) peer_lease: Arc<Lease>,
     pub(crate) clock: Clock,
@@ -775,13 +800,23 @@ pub(crate) struct Node {
     pub(crate) rng_seed: u64,
 }
 
+/// Membership timers for the node's timer task: each is handed back after its delay.
+type SwimTimers = mpsc::UnboundedReceiver<(Duration, Timer<Identity>)>;
+
 impl Node {
-    fn new(id: NodeId, addr: SocketAddr, builder: &ClusterBuilder) -> Self {
+    fn new(id: NodeId, addr: SocketAddr, builder: &ClusterBuilder) -> (Self, SwimTimers) {
         // Microseconds since the Unix epoch: a restarted process gets a higher incarnation.
         let incarnation = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(1, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
-        Self {
+        let rng_seed = builder.rng_seed.unwrap_or_else(rand::random);
+        let (swim_timers, timers) = mpsc::unbounded_channel();
+        let membership = Membership::new(
+            Identity::new(id.clone(), addr, incarnation),
+            builder.max_staleness,
+            rng_seed,
+        );
+        let node = Self {
             id,
             incarnation,
             addr,
@@ -808,7 +843,9 @@ impl Node {
             peer_lease: Arc::new(Lease::default()),
             clock: Clock::from(builder.time_source),
             network: Arc::clone(&builder.network),
-            rng_seed: builder.rng_seed.unwrap_or_else(rand::random),
+            rng_seed,
+            membership: Mutex::new(membership),
+            swim_timers,
             log: builder.change_log.clone().map(|log| {
                 Arc::new(LogRuntime::new(
                     log,
@@ -817,7 +854,8 @@ impl Node {
                     builder.log_retention,
                 ))
             }),
-        }
+        };
+        (node, timers)
     }
 
     /// Stops the node: tells every peer it is leaving (each link's writer sends that last, then
@@ -825,6 +863,16 @@ impl Node {
     fn stop(&self) {
         self.shutdown.send_replace(true);
         self.tasks.close();
+        let outputs = {
+            let mut membership = self.membership.lock();
+            membership.leave();
+            membership.drain()
+        };
+        for output in outputs {
+            if let membership::Output::Send(to, packet) = output {
+                self.send_swim(&to, &packet);
+            }
+        }
         let mut outbox = self.outbox.lock();
         let leave = Frame::Leave.encode();
         for link in &outbox.links {
@@ -929,8 +977,9 @@ impl Node {
         events
     }
 
-    /// The outgoing link to `addr` finished its handshake with `peer`.
-    pub(crate) fn link_ready(&self, addr: SocketAddr, peer: &NodeId) {
+    /// The outgoing link to `addr` finished its handshake with `peer`, a process of
+    /// `incarnation`: it is introduced to SWIM through it.
+    pub(crate) fn link_ready(self: &Arc<Self>, addr: SocketAddr, peer: &NodeId, incarnation: u64) {
         for link in self
             .outbox
             .lock()
@@ -941,6 +990,56 @@ impl Node {
             link.peer = Some(peer.clone());
         }
         self.contact(peer);
+        let identity = Identity::new(peer.clone(), addr, incarnation);
+        self.swim(|membership| membership.announce(identity));
+    }
+
+    /// Runs one step of the SWIM state machine, then does what it asked: sends its packets,
+    /// schedules its timers, links to members it found, and tells confirmations who is up.
+    pub(crate) fn swim(self: &Arc<Self>, step: impl FnOnce(&mut Membership)) {
+        let (outputs, up) = {
+            let mut membership = self.membership.lock();
+            step(&mut membership);
+            let up: HashSet<NodeId> = membership.up().map(|id| id.node.clone()).collect();
+            (membership.drain(), up)
+        };
+        let mut found = Vec::new();
+        for output in outputs {
+            match output {
+                membership::Output::Send(to, packet) => self.send_swim(&to, &packet),
+                membership::Output::Schedule(after, timer) => {
+                    let _ = self.swim_timers.send((after, timer));
+                }
+                membership::Output::Up(id) => {
+                    found.push(id.addr);
+                    self.notify(ClusterEvent::MemberUp {
+                        node: id.node,
+                        addr: id.addr,
+                    });
+                }
+                membership::Output::Down(id) => self.notify(ClusterEvent::MemberDown {
+                    node: id.node,
+                    addr: id.addr,
+                }),
+            }
+        }
+        self.confirmations.lock().swim_up(&up, self.clock.now());
+        self.refresh_peer_lease();
+        self.learn(found);
+    }
+
+    /// Queues a SWIM packet on the link to `to`; without one, it is lost, as a datagram would be.
+    fn send_swim(&self, to: &Identity, packet: &[u8]) {
+        let frame = Frame::Swim(packet).encode();
+        for link in self
+            .outbox
+            .lock()
+            .links
+            .iter()
+            .filter(|l| l.addr == to.addr)
+        {
+            let _ = link.queue.try_send(frame.clone());
+        }
     }
 
     /// Queues a frame that is not an event (it takes no sequence number) on every link.
@@ -985,14 +1084,17 @@ impl Node {
                 .retain(|link| link.peer.as_ref().is_none_or(|p| !dead.contains(p)));
             dead
         };
-        for node in dead {
-            // It may have written, and sent events now lost, until its own lease ended; those
-            // keys are unknown, so the caches that only it could have told are emptied.
-            tracing::info!(node = %self.id, peer = %node, "a peer went silent; flushing peer-only caches");
+        if !dead.is_empty() {
+            // They may have written, and sent events now lost, until their own leases ended;
+            // those keys are unknown, so the caches that only they could have told are emptied,
+            // before the lease (no longer waiting for them) lets those caches serve again.
+            tracing::info!(node = %self.id, peers = ?dead, "peers went silent; flushing peer-only caches");
             self.flush_peer_only();
-            self.notify(ClusterEvent::PeerSilent { node });
         }
         self.refresh_peer_lease();
+        for node in dead {
+            self.notify(ClusterEvent::PeerSilent { node });
+        }
     }
 
     /// `origin` showed signs of life (a hello, a ping).
@@ -1048,6 +1150,7 @@ impl Node {
                                 node: None,
                                 connected: false,
                                 live: false,
+                                up: false,
                             },
                         );
                     }

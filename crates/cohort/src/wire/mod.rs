@@ -75,6 +75,9 @@ pub(crate) enum Frame<'a> {
     },
     /// The sender is shutting down: stop waiting for it.
     Leave,
+    /// A SWIM membership packet (see `membership`).
+    #[serde(borrow)]
+    Swim(&'a [u8]),
 }
 
 /// A node's introduction.
@@ -219,6 +222,7 @@ mod tests {
             Frame::Peers(vec!["[::1]:1".parse().unwrap()]),
             Frame::Ping { nonce: 7 },
             pong,
+            Frame::Swim(b"probe"),
             Frame::Leave,
         ] {
             let bytes = frame.encode();

@@ -565,7 +565,7 @@ fn a_frozen_peer_stops_everyone_serving_until_it_is_retired() {
         .await
         .expect("c retires b too");
     });
-    assert!(on_c.is_serving());
+    assert!(on_c.is_serving(), "{:?}", c.members());
 
     // b wakes up, is heard from again and must be confirmed before anyone serves it.
     release.send(()).unwrap();
