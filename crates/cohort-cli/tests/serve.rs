@@ -197,6 +197,38 @@ fn three_processes_on_one_sqlite_file() {
     assert_eq!(health["status"], "ok");
 }
 
+/// SIGTERM: the process tells every peer it is leaving and exits cleanly; the others drop it
+/// from their member lists at once (a node that merely went silent stays listed, not live).
+#[test]
+fn a_terminated_process_leaves_the_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("users.db");
+    let a = Server::start("a", &db, &[]);
+    let b = Server::start("b", &db, &[&a]);
+    let mut c = Server::start("c", &db, &[&a]);
+    for server in [&a, &b, &c] {
+        server.wait_linked(2);
+    }
+    c.signal("-TERM");
+    let members = |s: &Server| {
+        s.get("/cluster").1["members"]
+            .as_array()
+            .map_or(0, Vec::len)
+    };
+    for server in [&a, &b] {
+        server.wait_until("rid of c", |s| members(s) == 1);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = c.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "c never exited");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(status.success(), "{status}");
+}
+
 /// A writer that never goes through cohort, with its own (older) SQLite library: the `sqlite3`
 /// shell that `.ci/run` installs. Its commits fire the triggers and reach every node via the log.
 #[test]
