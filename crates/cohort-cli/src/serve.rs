@@ -36,6 +36,9 @@ pub(crate) struct Args {
     /// Where to accept peer links (port 0: any free port, printed when ready).
     #[arg(long, default_value = "127.0.0.1:7001")]
     listen: SocketAddr,
+    /// The address peers should dial, when it differs from `--listen` (NAT, a proxy).
+    #[arg(long)]
+    advertise: Option<SocketAddr>,
     /// Peers to join through, comma-separated `host:port`.
     #[arg(long, value_delimiter = ',')]
     seeds: Vec<String>,
@@ -51,6 +54,10 @@ pub(crate) struct Args {
     /// Users to create in a new database.
     #[arg(long, default_value_t = 1_000)]
     users: u64,
+    /// Serve cached values without checking that they are fresh: breaks the staleness bound on
+    /// purpose, so that `cohort check` can show it catches it.
+    #[arg(long, hide = true)]
+    unsafe_ignore_leases: bool,
 }
 
 /// Parses `250ms`, `2s`, `10m`.
@@ -106,9 +113,13 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<bool> {
         .seeds(args.seeds.iter().filter(|s| !s.is_empty()).cloned())
         .max_staleness(args.max_staleness)
         .log_retention(args.log_retention)
-        .change_log(ChangeLog::sqlite(db.clone()));
+        .change_log(ChangeLog::sqlite(db.clone()))
+        .unsafe_ignore_leases(args.unsafe_ignore_leases);
     if let Some(name) = &args.name {
         builder.node_name(name);
+    }
+    if let Some(addr) = args.advertise {
+        builder.advertise(addr);
     }
     let cluster = builder.start().await?;
     let users = cluster

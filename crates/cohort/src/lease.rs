@@ -20,6 +20,13 @@ pub(crate) struct Lease {
 }
 
 impl Lease {
+    /// A lease that never ends, whatever renews it: for a node told to ignore leases.
+    pub(crate) fn forever() -> Self {
+        Self {
+            until: AtomicU64::new(Millis::MAX),
+        }
+    }
+
     /// Whether values may be served now.
     #[inline]
     pub(crate) fn is_valid(&self, clock: &Clock) -> bool {
@@ -57,6 +64,15 @@ fn deadline(clock: &Clock, at: Millis, bound: Duration) -> Millis {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lease_forever_outlasts_any_renewal() {
+        let clock = Clock::manual(1_000);
+        let lease = Lease::forever();
+        lease.renew(&clock, 1_000, Duration::from_millis(100));
+        clock.advance(Duration::from_secs(3_600));
+        assert!(lease.is_valid(&clock));
+    }
 
     #[test]
     fn a_lease_is_invalid_until_granted() {

@@ -268,6 +268,7 @@ impl<K: Key, V: Value> CacheBuilder<K, V> {
             version: self.version.clone(),
             parse: self.parse.clone(),
             lease: match log {
+                _ if self.node.config.unsafe_ignore_leases => Arc::new(Lease::forever()),
                 Some(_) => Arc::new(Lease::default()),
                 None => Arc::clone(&self.node.peer_lease),
             },

@@ -269,6 +269,7 @@ pub struct ClusterBuilder {
     change_log: Option<ChangeLog>,
     log_retention: Duration,
     seed_refresh: Duration,
+    unsafe_ignore_leases: bool,
 }
 
 impl fmt::Debug for ClusterBuilder {
@@ -301,6 +302,7 @@ impl Default for ClusterBuilder {
             change_log: None,
             log_retention: DEFAULT_LOG_RETENTION,
             seed_refresh: DEFAULT_SEED_REFRESH,
+            unsafe_ignore_leases: false,
         }
     }
 }
@@ -448,6 +450,16 @@ impl ClusterBuilder {
     /// Defaults to: a random seed.
     pub fn rng_seed(&mut self, seed: u64) -> &mut Self {
         self.rng_seed = Some(seed);
+        self
+    }
+
+    /// Breaks the staleness bound on purpose: caches serve whatever they hold, whether or not the
+    /// node can vouch for it (no change-log or peer lease is checked). It exists so that a
+    /// consistency checker can show that it catches the staleness that follows. Never use it to
+    /// serve anyone.
+    #[doc(hidden)]
+    pub fn unsafe_ignore_leases(&mut self, ignore: bool) -> &mut Self {
+        self.unsafe_ignore_leases = ignore;
         self
     }
 
@@ -742,6 +754,7 @@ pub(crate) struct NodeConfig {
     pub(crate) link_queue: usize,
     pub(crate) reconnect: (Duration, Duration),
     pub(crate) handshake_timeout: Duration,
+    pub(crate) unsafe_ignore_leases: bool,
 }
 
 /// A cache as the node sees it: somewhere to apply peers' changes.
@@ -826,6 +839,7 @@ impl Node {
                 link_queue: builder.link_queue,
                 reconnect: builder.reconnect,
                 handshake_timeout: builder.handshake_timeout,
+                unsafe_ignore_leases: builder.unsafe_ignore_leases,
             },
             outbox: Mutex::new(Outbox {
                 seq: 0,
