@@ -35,35 +35,56 @@ pub(crate) struct Verdict {
     pub(crate) max_staleness: Duration,
 }
 
-/// Checks every read against the updates of its key.
-pub(crate) fn judge(updates: &[Update], reads: &[Read], bound: Duration) -> Verdict {
-    // Per key, updates in version order with the earliest return time of any newer-or-equal one:
-    // a read of version v is late by `started - returned` of the first update above v that had
-    // returned before it started.
-    let mut by_key: HashMap<u64, Vec<Update>> = HashMap::new();
-    for update in updates {
-        by_key.entry(update.key).or_default().push(*update);
+/// A read that missed an update which had returned before the read started.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Late {
+    /// Index of the read.
+    pub(crate) read: usize,
+    /// Index of the first update it missed (the one that had returned earliest).
+    pub(crate) missed: usize,
+    /// How long before the read started that update had returned.
+    pub(crate) lag: Duration,
+}
+
+/// Every read that missed an update which had returned before it started.
+pub(crate) fn late_reads(updates: &[Update], reads: &[Read]) -> Vec<Late> {
+    // Per key, updates in version order: a read of version v is late by `started - returned` of
+    // the update above v that had returned earliest before it started.
+    let mut by_key: HashMap<u64, Vec<usize>> = HashMap::new();
+    for (index, update) in updates.iter().enumerate() {
+        by_key.entry(update.key).or_default().push(index);
     }
     for list in by_key.values_mut() {
-        list.sort_by_key(|u| u.version);
+        list.sort_by_key(|&i| updates[i].version);
     }
-    let mut verdict = Verdict::default();
-    for read in reads {
+    let mut late = Vec::new();
+    for (index, read) in reads.iter().enumerate() {
         let Some(list) = by_key.get(&read.key) else {
             continue;
         };
-        let newer = &list[list.partition_point(|u| u.version <= read.version)..];
-        let Some(missed) = newer
+        let newer = &list[list.partition_point(|&i| updates[i].version <= read.version)..];
+        let missed = newer
             .iter()
-            .filter(|u| u.returned < read.started)
-            .map(|u| u.returned)
-            .min()
-        else {
-            continue;
-        };
-        let lag = read.started - missed;
-        verdict.max_staleness = verdict.max_staleness.max(lag);
-        if lag > bound {
+            .copied()
+            .filter(|&i| updates[i].returned < read.started)
+            .min_by_key(|&i| updates[i].returned);
+        if let Some(missed) = missed {
+            late.push(Late {
+                read: index,
+                missed,
+                lag: read.started - updates[missed].returned,
+            });
+        }
+    }
+    late
+}
+
+/// Checks every read against the updates of its key.
+pub(crate) fn judge(updates: &[Update], reads: &[Read], bound: Duration) -> Verdict {
+    let mut verdict = Verdict::default();
+    for late in late_reads(updates, reads) {
+        verdict.max_staleness = verdict.max_staleness.max(late.lag);
+        if late.lag > bound {
             verdict.stale_beyond_bound += 1;
         } else {
             verdict.stale_within_bound += 1;

@@ -1,5 +1,6 @@
 //! The `cohort` command. It parses arguments and hands over to the library and its subcommands.
 
+mod check;
 mod demo;
 mod history;
 mod serve;
@@ -24,6 +25,8 @@ enum Command {
     Demo(demo::Args),
     /// Run the example users service (HTTP + SQLite) as one node of a cluster.
     Serve(serve::Args),
+    /// Start real nodes, inject real faults, and check every read against the bound.
+    Check(check::Args),
 }
 
 fn main() -> ExitCode {
@@ -44,6 +47,7 @@ fn main() -> ExitCode {
     let outcome = match cli.command {
         Command::Demo(args) => runtime.block_on(demo::run(args)),
         Command::Serve(args) => runtime.block_on(serve::run(args)),
+        Command::Check(args) => runtime.block_on(check::run(args)),
     };
     match outcome {
         Ok(true) => ExitCode::SUCCESS,

@@ -61,7 +61,7 @@ pub(crate) struct Args {
 }
 
 /// Parses `250ms`, `2s`, `10m`.
-fn parse_duration(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     let split = text
         .find(|c: char| !c.is_ascii_digit())
         .unwrap_or(text.len());
@@ -156,7 +156,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<bool> {
     Ok(true)
 }
 
-fn sqlite_path(url: &str) -> anyhow::Result<PathBuf> {
+pub(crate) fn sqlite_path(url: &str) -> anyhow::Result<PathBuf> {
     if let Some(path) = url
         .strip_prefix("sqlite://")
         .or_else(|| url.strip_prefix("sqlite:"))

@@ -1,0 +1,566 @@
+//! `cohort check`: real `cohort serve` processes, real faults, every operation recorded and
+//! judged against the database's version history.
+//!
+//! The nodes share one SQLite file and reach each other only through the fault proxy. Clients
+//! read and rename users over HTTP on random nodes while the scheduler kills, pauses,
+//! partitions, slows and drops, and writes rows with plain SQL through no node. Each read is then
+//! checked: it must show a version at least as new as every update that returned more than the
+//! bound before the read started (bounded mode), or before it started at all (strong mode).
+
+mod faults;
+mod http;
+mod nodes;
+mod proxy;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use indicatif::{ProgressBar, ProgressStyle};
+use parking_lot::Mutex;
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use serde_json::json;
+use sqlx::SqlitePool;
+
+use crate::history::{self, Read, Update};
+use crate::serve::parse_duration;
+use crate::users_db;
+use faults::{Action, FaultKind, Planned};
+use nodes::{Node, NodeSpec};
+use proxy::Proxy;
+
+/// How long a client waits for one answer. Reads sent to a paused node in its last second are
+/// answered, and judged, once it resumes; the others give up, so the workload goes on.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Options of `cohort check`.
+#[derive(clap::Args, Debug)]
+pub(crate) struct Args {
+    /// Nodes to start.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(2..=9))]
+    nodes: u16,
+    /// How long the workload runs, e.g. `30s`.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Faults to inject, comma-separated.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "kill,pause,partition,drop,slow,external"
+    )]
+    faults: Vec<FaultKind>,
+    /// What the nodes promise: bounded staleness, or reads linearizable with respect to
+    /// completed updates.
+    #[arg(long, value_enum, default_value_t = Mode::Bounded)]
+    mode: Mode,
+    /// Seed of the faults and the workload.
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
+    clients: u16,
+    /// The database: `sqlite://path` [default: a new file in a temporary directory].
+    #[arg(long)]
+    db: Option<String>,
+    /// Where to write the history, one JSON line per operation.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// The staleness bound the nodes are started with.
+    #[arg(long, default_value = "500ms", value_parser = parse_duration)]
+    max_staleness: Duration,
+    /// Users the clients read and rename (a small set, so operations collide).
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    keys: u64,
+    /// Start node n0 with its leases ignored, and aim every pause at it (as a frozen machine):
+    /// the checker must then find stale reads.
+    #[arg(long, hide = true)]
+    break_node: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Mode {
+    Bounded,
+    Strong,
+}
+
+/// Who performed an operation.
+#[derive(Clone, Debug)]
+enum Actor {
+    Client { client: u16, node: String },
+    Sql,
+}
+
+/// One recorded operation.
+#[derive(Clone, Debug)]
+struct Op {
+    actor: Actor,
+    key: u64,
+    version: u64,
+    /// For reads: whether the node's cache answered.
+    from_cache: Option<bool>,
+    started: Instant,
+    ended: Instant,
+}
+
+/// Everything a run recorded.
+#[derive(Default)]
+struct Recorded {
+    reads: Vec<Op>,
+    updates: Vec<Op>,
+    failed: u64,
+    faults: BTreeMap<&'static str, u64>,
+}
+
+/// The running nodes, by index; `None` while one is killed.
+type Cluster = Arc<Mutex<Vec<Option<Node>>>>;
+
+/// Runs a check; `Ok(true)` when it passed.
+pub(crate) async fn run(args: Args) -> anyhow::Result<bool> {
+    if args.mode == Mode::Strong {
+        bail!("--mode strong: strong mode is not built yet; use --mode bounded");
+    }
+    let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
+    let db_path = match &args.db {
+        None => dir.path().join("check.db"),
+        Some(url) => crate::serve::sqlite_path(url)?,
+    };
+    let db = users_db::open(&db_path, 4).await?;
+    users_db::ensure_users(&db, args.keys).await?;
+
+    let n = usize::from(args.nodes);
+    let names: Vec<String> = (0..n).map(|i| format!("n{i}")).collect();
+    let proxy = Proxy::start(names, args.seed).await?;
+    let spec = NodeSpec {
+        db: db_path.clone(),
+        max_staleness: args.max_staleness,
+        users: args.keys,
+        advertised: (0..n).map(|i| proxy.addr(i)).collect(),
+        broken: if args.break_node { vec![0] } else { vec![] },
+    };
+    let cluster: Cluster = Arc::new(Mutex::new((0..n).map(|_| None).collect()));
+    for i in 0..n {
+        let node = Node::start(&spec, i).await?;
+        proxy.set_target(i, node.listen);
+        cluster.lock()[i] = Some(node);
+    }
+    wait_until_serving(&cluster).await?;
+
+    let mut plan = faults::plan(
+        &args.faults,
+        n,
+        args.duration,
+        args.max_staleness,
+        args.seed,
+    );
+    if args.break_node {
+        for fault in &mut plan {
+            if let Action::Pause { node, machine } = &mut fault.action {
+                (*node, *machine) = (0, true);
+            }
+        }
+    }
+    let progress = ProgressBar::new(args.duration.as_secs()).with_style(
+        ProgressStyle::with_template("{spinner} {pos}/{len} s {wide_bar} {msg}")
+            .context("progress template")?,
+    );
+    let origin = Instant::now();
+    let deadline = origin + args.duration;
+    let recorded = Arc::new(Mutex::new(Recorded::default()));
+    let mut clients = Vec::new();
+    for client in 0..args.clients {
+        let (cluster, recorded) = (Arc::clone(&cluster), Arc::clone(&recorded));
+        let seed = args.seed ^ ((u64::from(client) + 1) << 40);
+        let keys = args.keys;
+        clients.push(tokio::spawn(async move {
+            run_client(client, cluster, recorded, keys, seed, deadline).await
+        }));
+    }
+    let schedule = run_faults(FaultRun {
+        plan: &plan,
+        spec: &spec,
+        proxy: &proxy,
+        cluster: &cluster,
+        recorded: &recorded,
+        db: &db,
+        origin,
+        seed: args.seed,
+        progress: &progress,
+    });
+    let ticker = async {
+        while Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            progress.set_position(origin.elapsed().as_secs());
+            let r = recorded.lock();
+            progress.set_message(format!(
+                "{} ops, {} faults",
+                r.reads.len() + r.updates.len(),
+                r.faults.values().sum::<u64>()
+            ));
+        }
+    };
+    let (scheduled, ()) = tokio::join!(schedule, ticker);
+    for client in clients {
+        client.await.context("a client panicked")?;
+    }
+    progress.finish_and_clear();
+    let mut problems = Vec::new();
+    if let Err(e) = scheduled {
+        problems.push(format!("fault injection failed: {e:#}"));
+    }
+    proxy.heal();
+    let nodes: Vec<Node> = cluster.lock().drain(..).flatten().collect();
+    for mut node in nodes {
+        if let Some(status) = node.exited() {
+            problems.push(format!("{} exited on its own ({status})", node.name));
+            continue;
+        }
+        if let Err(e) = node.stop().await {
+            problems.push(format!("{e:#}"));
+        }
+    }
+
+    let recorded = std::mem::take(&mut *recorded.lock());
+    if let Some(out) = &args.out {
+        write_history(out, &recorded, origin)?;
+    }
+    let bound = match args.mode {
+        Mode::Bounded => args.max_staleness,
+        Mode::Strong => Duration::ZERO,
+    };
+    let passed = report(&args, &recorded, bound, origin, &problems);
+    Ok(passed)
+}
+
+/// Waits until every node serves from its cache: linked, confirmed, its log tailed.
+async fn wait_until_serving(cluster: &Cluster) -> anyhow::Result<()> {
+    let https: Vec<_> = cluster.lock().iter().flatten().map(|n| n.http).collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for http in https {
+        loop {
+            let health = http::request(http, "GET", "/healthz", None, REQUEST_TIMEOUT).await;
+            if health.is_ok_and(|h| h["serving"] == true) {
+                break;
+            }
+            anyhow::ensure!(Instant::now() < deadline, "the node at {http} never served");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    Ok(())
+}
+
+/// One client: random reads (80%) and renames (20%) on random nodes until the deadline.
+async fn run_client(
+    client: u16,
+    cluster: Cluster,
+    recorded: Arc<Mutex<Recorded>>,
+    keys: u64,
+    seed: u64,
+    deadline: Instant,
+) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut renames = 0_u64;
+    while Instant::now() < deadline {
+        let index = rng.random_range(0..cluster.lock().len());
+        let target = cluster.lock()[index]
+            .as_ref()
+            .map(|n| (n.http, n.name.clone()));
+        let Some((http, node)) = target else {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            continue;
+        };
+        let key = rng.random_range(1..=keys);
+        let path = format!("/users/{key}");
+        let read = rng.random_bool(0.8);
+        let started = Instant::now();
+        let answer = if read {
+            http::request(http, "GET", &path, None, REQUEST_TIMEOUT).await
+        } else {
+            renames += 1;
+            let body = json!({ "name": format!("c{client}-{renames}") });
+            http::request(http, "PUT", &path, Some(&body), REQUEST_TIMEOUT).await
+        };
+        let ended = Instant::now();
+        let mut recorded = recorded.lock();
+        let answer = answer.ok();
+        let Some(version) = answer.as_ref().and_then(|a| a["version"].as_u64()) else {
+            recorded.failed += 1;
+            continue;
+        };
+        let op = Op {
+            actor: Actor::Client { client, node },
+            key,
+            version,
+            from_cache: read.then(|| answer.is_some_and(|a| a["source"] == "cache")),
+            started,
+            ended,
+        };
+        if read {
+            recorded.reads.push(op);
+        } else {
+            recorded.updates.push(op);
+        }
+    }
+}
+
+/// What the fault scheduler works with.
+struct FaultRun<'a> {
+    plan: &'a [Planned],
+    spec: &'a NodeSpec,
+    proxy: &'a Proxy,
+    cluster: &'a Cluster,
+    recorded: &'a Mutex<Recorded>,
+    db: &'a SqlitePool,
+    origin: Instant,
+    seed: u64,
+    progress: &'a ProgressBar,
+}
+
+/// Injects the planned faults at their times, one after another.
+async fn run_faults(run: FaultRun<'_>) -> anyhow::Result<()> {
+    let mut rng = StdRng::seed_from_u64(run.seed.rotate_left(17));
+    for fault in run.plan {
+        tokio::time::sleep_until((run.origin + fault.at).into()).await;
+        *run.recorded
+            .lock()
+            .faults
+            .entry(fault.kind.name())
+            .or_default() += 1;
+        run.progress.suspend(|| {
+            println!(
+                "{:>7.2}s {} {:?} for {:?}",
+                fault.at.as_secs_f64(),
+                fault.kind.name(),
+                fault.action,
+                fault.lasts
+            )
+        });
+        match &fault.action {
+            Action::Kill { node } => {
+                let killed = run.cluster.lock()[*node].take();
+                if let Some(killed) = killed {
+                    killed.kill().await?;
+                }
+                tokio::time::sleep(fault.lasts).await;
+                let node_proc = Node::start(run.spec, *node).await?;
+                run.proxy.set_target(*node, node_proc.listen);
+                run.cluster.lock()[*node] = Some(node_proc);
+            }
+            Action::Pause { node, machine } => {
+                if *machine {
+                    run.proxy.partition(&[*node]);
+                }
+                signal(run.cluster, *node, "-STOP").await?;
+                tokio::time::sleep(fault.lasts).await;
+                signal(run.cluster, *node, "-CONT").await?;
+                run.proxy.heal();
+            }
+            Action::Partition { side } => {
+                run.proxy.partition(side);
+                tokio::time::sleep(fault.lasts).await;
+                run.proxy.heal();
+            }
+            Action::Drop { share } => {
+                run.proxy.drop_frames(*share);
+                tokio::time::sleep(fault.lasts).await;
+                run.proxy.heal();
+            }
+            Action::Slow { delay } => {
+                run.proxy.delay(*delay);
+                tokio::time::sleep(fault.lasts).await;
+                run.proxy.heal();
+            }
+            Action::External { writes } => {
+                for _ in 0..*writes {
+                    let keys = run.spec.users;
+                    let key = rng.random_range(1..=keys);
+                    let started = Instant::now();
+                    let version: i64 = sqlx::query_scalar(
+                        "UPDATE users SET name = 'set by plain SQL', version = version + 1 \
+                         WHERE id = ? RETURNING version",
+                    )
+                    .bind(i64::try_from(key)?)
+                    .fetch_one(run.db)
+                    .await
+                    .context("an outside write failed")?;
+                    run.recorded.lock().updates.push(Op {
+                        actor: Actor::Sql,
+                        key,
+                        version: version.unsigned_abs(),
+                        from_cache: None,
+                        started,
+                        ended: Instant::now(),
+                    });
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Sends `signal` to node `node`, if it is running.
+async fn signal(cluster: &Cluster, node: usize, signal: &str) -> anyhow::Result<()> {
+    let pid = cluster.lock()[node].as_ref().and_then(Node::pid);
+    match pid {
+        Some(pid) => nodes::signal(pid, signal).await,
+        None => Ok(()),
+    }
+}
+
+fn write_history(out: &PathBuf, recorded: &Recorded, origin: Instant) -> anyhow::Result<()> {
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let path = out.join("history.jsonl");
+    let mut file = std::io::BufWriter::new(
+        std::fs::File::create(&path).with_context(|| format!("cannot write {}", path.display()))?,
+    );
+    let us = |at: Instant| at.duration_since(origin).as_micros() as u64;
+    let mut ops: Vec<(&str, &Op)> = recorded
+        .reads
+        .iter()
+        .map(|op| ("read", op))
+        .chain(recorded.updates.iter().map(|op| ("update", op)))
+        .collect();
+    ops.sort_by_key(|(_, op)| op.started);
+    for (kind, op) in ops {
+        let (client, node) = match &op.actor {
+            Actor::Client { client, node } => (Some(*client), Some(node.as_str())),
+            Actor::Sql => (None, None),
+        };
+        let line = json!({
+            "kind": kind,
+            "client": client,
+            "node": node,
+            "key": op.key,
+            "version": op.version,
+            "source": op.from_cache.map(|c| if c { "cache" } else { "db" }),
+            "start_us": us(op.started),
+            "end_us": us(op.ended),
+        });
+        writeln!(file, "{line}")?;
+    }
+    file.flush()?;
+    Ok(())
+}
+
+/// Prints the report and the final line; returns whether the check passed.
+fn report(
+    args: &Args,
+    recorded: &Recorded,
+    bound: Duration,
+    origin: Instant,
+    problems: &[String],
+) -> bool {
+    let updates: Vec<Update> = recorded
+        .updates
+        .iter()
+        .map(|op| Update {
+            key: op.key,
+            version: op.version,
+            returned: op.ended,
+        })
+        .collect();
+    let reads: Vec<Read> = recorded
+        .reads
+        .iter()
+        .map(|op| Read {
+            key: op.key,
+            version: op.version,
+            started: op.started,
+        })
+        .collect();
+    let late = history::late_reads(&updates, &reads);
+    let verdict = history::judge(&updates, &reads, bound);
+    let ops = recorded.reads.len() + recorded.updates.len();
+    let secs = args.duration.as_secs_f64().max(0.001);
+    let from_cache = recorded
+        .reads
+        .iter()
+        .filter(|op| op.from_cache == Some(true))
+        .count();
+    let outside = recorded
+        .updates
+        .iter()
+        .filter(|op| matches!(op.actor, Actor::Sql))
+        .count();
+    let faults: u64 = recorded.faults.values().sum();
+    let kinds: Vec<String> = recorded
+        .faults
+        .iter()
+        .map(|(kind, count)| format!("{kind} {count}"))
+        .collect();
+    println!(
+        "operations  {ops} ({:.0}/s): reads {} ({from_cache} from cache, {} from the database), \
+         updates {} ({outside} by plain SQL), {} failed or timed out",
+        ops as f64 / secs,
+        recorded.reads.len(),
+        recorded.reads.len() - from_cache,
+        recorded.updates.len(),
+        recorded.failed,
+    );
+    println!(
+        "faults      {}",
+        if kinds.is_empty() {
+            "none".to_owned()
+        } else {
+            kinds.join(", ")
+        }
+    );
+    println!(
+        "staleness   reads behind a returned update: {} within the bound, {} beyond; max {} ms \
+         (bound {} ms)",
+        verdict.stale_within_bound,
+        verdict.stale_beyond_bound,
+        verdict.max_staleness.as_millis(),
+        bound.as_millis(),
+    );
+    let mut worst: Vec<_> = late.iter().filter(|l| l.lag > bound).collect();
+    worst.sort_by_key(|l| std::cmp::Reverse(l.lag));
+    let at = |i: Instant| i.duration_since(origin).as_secs_f64();
+    for l in worst.iter().take(5) {
+        let read = &recorded.reads[l.read];
+        let missed = &recorded.updates[l.missed];
+        let by = |op: &Op| match &op.actor {
+            Actor::Client { node, .. } => format!("PUT on {node}"),
+            Actor::Sql => "plain SQL".to_owned(),
+        };
+        println!(
+            "worst       key {}: read on {} started {:.3}s, saw v{} ({}); v{} had returned \
+             {:.3}s by {}: {} ms late",
+            read.key,
+            match &read.actor {
+                Actor::Client { node, .. } => node.as_str(),
+                Actor::Sql => "-",
+            },
+            at(read.started),
+            read.version,
+            if read.from_cache == Some(true) {
+                "cache"
+            } else {
+                "db"
+            },
+            missed.version,
+            at(missed.ended),
+            by(missed),
+            l.lag.as_millis(),
+        );
+    }
+    for problem in problems {
+        println!("problem     {problem}");
+    }
+    let passed = verdict.stale_beyond_bound == 0
+        && problems.is_empty()
+        && !recorded.reads.is_empty()
+        && !recorded.updates.is_empty();
+    println!(
+        "check: ops={ops} faults={faults} stale_beyond_bound={} max_staleness_ms={} bound_ms={} \
+         result={}",
+        verdict.stale_beyond_bound,
+        verdict.max_staleness.as_millis(),
+        bound.as_millis(),
+        if passed { "PASS" } else { "FAIL" }
+    );
+    passed
+}
