@@ -164,6 +164,12 @@ mod tests {
                 started: at(t, 300),
             },
         ];
+        let late = late_reads(&updates, &reads);
+        assert_eq!(
+            late.iter().map(|l| (l.read, l.missed)).collect::<Vec<_>>(),
+            [(0, 0), (1, 1), (2, 0)],
+            "each late read names the earliest-returned update it missed"
+        );
         let verdict = judge(&updates, &reads, Duration::from_millis(100));
         assert_eq!(verdict.stale_beyond_bound, 2, "{verdict:?}");
         assert_eq!(verdict.stale_within_bound, 1);

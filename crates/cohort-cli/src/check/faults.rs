@@ -16,7 +16,8 @@ pub(crate) enum FaultKind {
     /// SIGKILL a node, restart it a little later.
     Kill,
     /// SIGSTOP a node, SIGCONT it a little later; half the time its peer links are cut for as
-    /// long, as when a whole machine freezes.
+    /// long, as when a whole machine freezes. Meanwhile an outside writer changes many rows, then
+    /// every key the clients use: the node resumes behind a long backlog.
     Pause,
     /// Cut a minority of nodes off from the others, both ways, then heal.
     Partition,

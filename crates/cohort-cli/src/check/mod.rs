@@ -33,6 +33,10 @@ use faults::{Action, FaultKind, Planned};
 use nodes::{Node, NodeSpec};
 use proxy::Proxy;
 
+/// Rows beyond the clients' keys that an outside writer changes while a node is paused: a backlog
+/// of change-log rows the node must work through when it resumes, before it may serve again.
+const BACKLOG_ROWS: u64 = 50_000;
+
 /// How long a client waits for one answer. Reads sent to a paused node in its last second are
 /// answered, and judged, once it resumes; the others give up, so the workload goes on.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
@@ -129,7 +133,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<bool> {
         Some(url) => crate::serve::sqlite_path(url)?,
     };
     let db = users_db::open(&db_path, 4).await?;
-    users_db::ensure_users(&db, args.keys).await?;
+    users_db::ensure_users(&db, args.keys + BACKLOG_ROWS).await?;
 
     let n = usize::from(args.nodes);
     let names: Vec<String> = (0..n).map(|i| format!("n{i}")).collect();
@@ -354,7 +358,9 @@ async fn run_faults(run: FaultRun<'_>) -> anyhow::Result<()> {
                     run.proxy.partition(&[*node]);
                 }
                 signal(run.cluster, *node, "-STOP").await?;
-                tokio::time::sleep(fault.lasts).await;
+                let resume = tokio::time::Instant::now() + fault.lasts;
+                write_backlog(run.db, run.spec.users, run.recorded).await?;
+                tokio::time::sleep_until(resume).await;
                 signal(run.cluster, *node, "-CONT").await?;
                 run.proxy.heal();
             }
@@ -398,6 +404,42 @@ async fn run_faults(run: FaultRun<'_>) -> anyhow::Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+/// Changes every backlog row, then every key the clients use, with plain SQL; records the latter.
+async fn write_backlog(
+    db: &SqlitePool,
+    keys: u64,
+    recorded: &Mutex<Recorded>,
+) -> anyhow::Result<()> {
+    let keys = i64::try_from(keys)?;
+    sqlx::query("UPDATE users SET version = version + 1 WHERE id > ?")
+        .bind(keys)
+        .execute(db)
+        .await
+        .context("an outside write failed")?;
+    let started = Instant::now();
+    let rows: Vec<(i64, i64)> = sqlx::query_as(
+        "UPDATE users SET name = 'set by plain SQL', version = version + 1 \
+         WHERE id <= ? RETURNING id, version",
+    )
+    .bind(keys)
+    .fetch_all(db)
+    .await
+    .context("an outside write failed")?;
+    let ended = Instant::now();
+    recorded
+        .lock()
+        .updates
+        .extend(rows.into_iter().map(|(key, version)| Op {
+            actor: Actor::Sql,
+            key: key.unsigned_abs(),
+            version: version.unsigned_abs(),
+            from_cache: None,
+            started,
+            ended,
+        }));
     Ok(())
 }
 

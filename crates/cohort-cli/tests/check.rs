@@ -1,0 +1,76 @@
+//! `cohort check` end to end: real node processes, real faults, and a checker that is known to
+//! catch staleness because a deliberately broken node makes it fail.
+
+use std::process::Command;
+
+/// Runs `cohort check` with `args`; returns whether it exited successfully and its last line.
+fn check(args: &[&str]) -> (bool, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_cohort"))
+        .arg("check")
+        .args(args)
+        .output()
+        .expect("cohort check runs");
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let last = stdout.lines().last().unwrap_or_default().to_owned();
+    eprintln!("{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    (output.status.success(), last)
+}
+
+/// The value of `key=` in the final line.
+fn field(line: &str, key: &str) -> u64 {
+    line.split_whitespace()
+        .find_map(|f| f.strip_prefix(key)?.strip_prefix('='))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {key} in {line:?}"))
+}
+
+#[test]
+fn every_fault_kind_and_nothing_stale_beyond_the_bound() {
+    let (passed, last) = check(&[
+        "--nodes",
+        "3",
+        "--duration",
+        "12s",
+        "--faults",
+        "kill,pause,partition,drop,slow,external",
+        "--seed",
+        "7",
+    ]);
+    assert!(last.starts_with("check: ops="), "{last}");
+    assert!(last.ends_with("result=PASS"), "{last}");
+    assert!(passed);
+    assert!(field(&last, "ops") > 1_000);
+    assert!(field(&last, "faults") >= 6);
+    assert_eq!(field(&last, "stale_beyond_bound"), 0);
+    assert_eq!(field(&last, "bound_ms"), 500);
+}
+
+/// A node that ignores its leases serves what it holds after a pause, before it has caught up
+/// with the backlog written meanwhile: the checker must see those reads and fail.
+#[test]
+fn a_node_that_ignores_its_leases_is_caught() {
+    let (passed, last) = check(&[
+        "--duration",
+        "8s",
+        "--faults",
+        "pause",
+        "--seed",
+        "1",
+        "--break-node",
+    ]);
+    assert!(last.ends_with("result=FAIL"), "{last}");
+    assert!(!passed, "a failed check exits with an error status");
+    assert!(field(&last, "stale_beyond_bound") > 0);
+    assert!(field(&last, "max_staleness_ms") > 500);
+}
+
+#[test]
+fn bad_arguments_are_refused_with_a_clear_error() {
+    let output = Command::new(env!("CARGO_BIN_EXE_cohort"))
+        .args(["check", "--faults", "meteor"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(stderr.contains("meteor"), "{stderr}");
+}
