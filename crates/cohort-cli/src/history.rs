@@ -40,16 +40,21 @@ pub(crate) struct Verdict {
 pub(crate) struct Late {
     /// Index of the read.
     pub(crate) read: usize,
-    /// Index of the first update it missed (the one that had returned earliest).
+    /// Index of the missed update that exceeds its promise the most.
     pub(crate) missed: usize,
     /// How long before the read started that update had returned.
     pub(crate) lag: Duration,
+    /// Whether that is longer than the update's promise allows.
+    pub(crate) beyond: bool,
 }
 
-/// Every read that missed an update which had returned before it started.
-pub(crate) fn late_reads(updates: &[Update], reads: &[Read]) -> Vec<Late> {
-    // Per key, updates in version order: a read of version v is late by `started - returned` of
-    // the update above v that had returned earliest before it started.
+/// Every read that missed an update which had returned before it started. `promised(i)` is how
+/// long after update `i` returned a read may still miss it.
+pub(crate) fn late_reads(
+    updates: &[Update],
+    reads: &[Read],
+    promised: impl Fn(usize) -> Duration,
+) -> Vec<Late> {
     let mut by_key: HashMap<u64, Vec<usize>> = HashMap::new();
     for (index, update) in updates.iter().enumerate() {
         by_key.entry(update.key).or_default().push(index);
@@ -63,34 +68,47 @@ pub(crate) fn late_reads(updates: &[Update], reads: &[Read]) -> Vec<Late> {
             continue;
         };
         let newer = &list[list.partition_point(|&i| updates[i].version <= read.version)..];
-        let missed = newer
+        // The update missed by the most beyond its promise (or the least within it).
+        let worst = newer
             .iter()
             .copied()
             .filter(|&i| updates[i].returned < read.started)
-            .min_by_key(|&i| updates[i].returned);
-        if let Some(missed) = missed {
+            .map(|i| {
+                let lag = read.started - updates[i].returned;
+                let allowed = promised(i);
+                let excess = lag.as_nanos() as i128 - allowed.as_nanos() as i128;
+                (excess, i, lag, lag > allowed)
+            })
+            .max_by_key(|&(excess, ..)| excess);
+        if let Some((_, missed, lag, beyond)) = worst {
             late.push(Late {
                 read: index,
                 missed,
-                lag: read.started - updates[missed].returned,
+                lag,
+                beyond,
             });
         }
     }
     late
 }
 
-/// Checks every read against the updates of its key.
-pub(crate) fn judge(updates: &[Update], reads: &[Read], bound: Duration) -> Verdict {
+/// Sums up late reads.
+pub(crate) fn verdict(late: &[Late]) -> Verdict {
     let mut verdict = Verdict::default();
-    for late in late_reads(updates, reads) {
+    for late in late {
         verdict.max_staleness = verdict.max_staleness.max(late.lag);
-        if late.lag > bound {
+        if late.beyond {
             verdict.stale_beyond_bound += 1;
         } else {
             verdict.stale_within_bound += 1;
         }
     }
     verdict
+}
+
+/// Checks every read against the updates of its key, all promised within `bound`.
+pub(crate) fn judge(updates: &[Update], reads: &[Read], bound: Duration) -> Verdict {
+    verdict(&late_reads(updates, reads, |_| bound))
 }
 
 #[cfg(test)]
@@ -164,11 +182,20 @@ mod tests {
                 started: at(t, 300),
             },
         ];
-        let late = late_reads(&updates, &reads);
+        let late = late_reads(&updates, &reads, |_| Duration::from_millis(100));
         assert_eq!(
             late.iter().map(|l| (l.read, l.missed)).collect::<Vec<_>>(),
             [(0, 0), (1, 1), (2, 0)],
-            "each late read names the earliest-returned update it missed"
+            "each late read names the update it missed by the most"
+        );
+        let strict_second = late_reads(&updates, &reads, |i| Duration::from_millis([1_000, 0][i]));
+        assert_eq!(
+            strict_second
+                .iter()
+                .map(|l| (l.missed, l.beyond))
+                .collect::<Vec<_>>(),
+            [(0, false), (1, true), (1, true)],
+            "an update promised at once counts even when an older, laxer one was missed"
         );
         let verdict = judge(&updates, &reads, Duration::from_millis(100));
         assert_eq!(verdict.stale_beyond_bound, 2, "{verdict:?}");

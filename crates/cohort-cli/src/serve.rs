@@ -54,10 +54,23 @@ pub(crate) struct Args {
     /// Users to create in a new database.
     #[arg(long, default_value_t = 1_000)]
     users: u64,
+    /// What the cache promises: `bounded` (no read older than the bound) or `strong` (reads
+    /// linearizable with respect to completed updates).
+    #[arg(long, value_enum, default_value_t = Consistency::Bounded)]
+    mode: Consistency,
     /// Serve cached values without checking that they are fresh: breaks the staleness bound on
     /// purpose, so that `cohort check` can show it catches it.
     #[arg(long, hide = true)]
     unsafe_ignore_leases: bool,
+}
+
+/// What `cohort serve`'s cache promises.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Consistency {
+    /// No read returns a value older than the bound.
+    Bounded,
+    /// Once an update returns, no read returns the old value.
+    Strong,
 }
 
 /// Parses `250ms`, `2s`, `10m`.
@@ -125,6 +138,10 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<bool> {
     let users = cluster
         .cache::<u64, Arc<User>>("users")
         .capacity(1_000_000)
+        .mode(match args.mode {
+            Consistency::Bounded => cohort::Mode::Invalidate,
+            Consistency::Strong => cohort::Mode::Strong,
+        })
         .watch_table("users", "id")
         .build()?;
     let http = tokio::net::TcpListener::bind(args.http)
@@ -142,9 +159,10 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<bool> {
         .route("/cluster", get(cluster_state))
         .with_state(app);
     println!(
-        "serve: node={} http={} listen={} db={} ready",
+        "serve: node={} http={} listen={} advertise={} db={} ready",
         cluster.node_id(),
         http.local_addr()?,
+        cluster.bound_addr(),
         cluster.local_addr(),
         path.display()
     );
@@ -312,6 +330,8 @@ async fn cluster_state(State(app): State<App>) -> Response {
                 "addr": m.addr.to_string(),
                 "node": m.node.map(|n| n.to_string()),
                 "state": if m.connected { "connected" } else { "connecting" },
+                "live": m.live,
+                "up": m.up,
             })
         })
         .collect();

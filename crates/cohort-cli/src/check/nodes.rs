@@ -7,6 +7,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+
+use crate::serve::Consistency;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, ChildStdout, Command};
 
@@ -18,6 +20,8 @@ pub(crate) struct NodeSpec {
     pub(crate) users: u64,
     /// Every node's advertised (proxy) address, by index.
     pub(crate) advertised: Vec<SocketAddr>,
+    /// What the nodes' caches promise.
+    pub(crate) mode: Consistency,
     /// Indexes of nodes started with their leases ignored (to show the checker catches it).
     pub(crate) broken: Vec<usize>,
 }
@@ -55,6 +59,9 @@ impl Node {
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .kill_on_drop(true);
+        if spec.mode == Consistency::Strong {
+            command.args(["--mode", "strong"]);
+        }
         if spec.broken.contains(&index) {
             command.arg("--unsafe-ignore-leases");
         }

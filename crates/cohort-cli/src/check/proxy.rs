@@ -129,26 +129,30 @@ impl Proxy {
         }
     }
 
-    /// Carries one link to node `to`.
+    /// Carries one link to node `to`. The preambles cross first (each side waits for the
+    /// other's before saying hello); the dialer's hello then names it.
     async fn link(self: Arc<Self>, to: usize, dialer: TcpStream, seed: u64) -> anyhow::Result<()> {
-        let (mut from_dialer, to_dialer) = dialer.into_split();
-        let mut opening = vec![0; PREAMBLE];
-        from_dialer.read_exact(&mut opening).await?;
+        let target = self.targets.lock()[to].context("the node is not running")?;
+        let acceptor = TcpStream::connect(target).await?;
+        let (mut from_dialer, mut to_dialer) = dialer.into_split();
+        let (mut from_acceptor, mut to_acceptor) = acceptor.into_split();
+        let mut dialer_preamble = [0; PREAMBLE];
+        let mut acceptor_preamble = [0; PREAMBLE];
+        tokio::try_join!(
+            from_dialer.read_exact(&mut dialer_preamble),
+            from_acceptor.read_exact(&mut acceptor_preamble),
+        )?;
+        tokio::try_join!(
+            to_acceptor.write_all(&dialer_preamble),
+            to_dialer.write_all(&acceptor_preamble),
+        )?;
         let hello = read_frame(&mut from_dialer).await?;
         let from = self
             .names
             .iter()
             .position(|name| hello_name(&hello) == Some(name.as_str()))
             .context("a link from no checked node")?;
-        let target = self.targets.lock()[to].context("the node is not running")?;
-        let acceptor = TcpStream::connect(target).await?;
-        let (mut from_acceptor, mut to_acceptor) = acceptor.into_split();
-        to_acceptor.write_all(&opening).await?;
         write_frame(&mut to_acceptor, &hello).await?;
-        let mut opening = vec![0; PREAMBLE];
-        from_acceptor.read_exact(&mut opening).await?;
-        let mut to_dialer = to_dialer;
-        to_dialer.write_all(&opening).await?;
         let forward = Arc::clone(&self).pump(from, to, from_dialer, to_acceptor, seed);
         let backward = self.pump(to, from, from_acceptor, to_dialer, seed.rotate_left(1));
         tokio::select! {

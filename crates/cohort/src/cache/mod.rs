@@ -8,6 +8,7 @@
 //! before it reads or writes the source, and any change to that key meanwhile (from a peer, from
 //! another local write) voids the slot, so the value is returned to its caller but not stored.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::hash::Hash;
@@ -20,6 +21,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::changelog::Watch;
+use crate::clock::Millis;
 use crate::cluster::{ConfigError, EventId, Node, Running, Sink};
 use crate::lease::Lease;
 use crate::metrics::{CacheCounters, CacheStats};
@@ -49,6 +51,14 @@ pub enum Mode {
     /// keeps the higher version, so concurrent updates through different nodes settle on the
     /// newest one.
     Replicate,
+    /// Reads are linearizable with respect to completed updates: once `update` returns, no node
+    /// serves the old value. Before the write runs, every live peer is told (an intent) and
+    /// acknowledges: it drops the key and stores no load of it until the update has ended. A
+    /// peer that does not answer within the bound is waited out: a strong cache serves only
+    /// while its node has confirmed every live peer within the bound, and those confirmations
+    /// travel behind the intent. Costs one round trip per update, or the bound when a peer is
+    /// unreachable. Writers that bypass cohort (seen through the change log) stay bounded.
+    Strong,
 }
 
 type VersionFn<V> = Arc<dyn Fn(&V) -> u64 + Send + Sync>;
@@ -273,6 +283,10 @@ impl<K: Key, V: Value> CacheBuilder<K, V> {
                 None => Arc::clone(&self.node.peer_lease),
             },
             fenced: log.is_none(),
+            strong: (self.mode == Mode::Strong).then(|| Strong {
+                peer_lease: Arc::clone(&self.node.peer_lease),
+                held: parking_lot::Mutex::new(HashMap::new()),
+            }),
             node: Arc::clone(&self.node),
             counters: CacheCounters::default(),
         });
@@ -329,6 +343,14 @@ impl<K, V> fmt::Debug for Cache<K, V> {
     }
 }
 
+/// What a strong cache keeps besides its store.
+struct Strong<K> {
+    peer_lease: Arc<Lease>,
+    /// Keys announced by an intent, with how many intents and until when at the latest: loads
+    /// of them are not stored. A release ends one; a writer that vanished is outlived.
+    held: parking_lot::Mutex<HashMap<K, (u32, Millis)>>,
+}
+
 struct Inner<K, V> {
     name: Arc<str>,
     store: Store<K, V>,
@@ -342,6 +364,9 @@ struct Inner<K, V> {
     lease: Arc<Lease>,
     /// Whether writes need the lease too: peer-only caches, where the mesh is the only path.
     fenced: bool,
+    /// For strong caches: the node's peer lease, needed to serve as well, and the keys whose
+    /// strong updates are under way.
+    strong: Option<Strong<K>>,
     node: Arc<Node>,
     counters: CacheCounters,
 }
@@ -450,7 +475,10 @@ impl<K: Key, V: Value> Cache<K, V> {
             Lookup::Miss(slot) => {
                 inner.counters.loads.incr();
                 let value = load(key.clone()).await?;
-                if !slot.fill(inner.entry(value.clone())) {
+                if inner.is_held(key) {
+                    drop(slot);
+                    inner.counters.fills_rejected.incr();
+                } else if !slot.fill(inner.entry(value.clone())) {
                     inner.counters.fills_rejected.incr();
                 }
                 fetched(value, Source::Loaded)
@@ -474,8 +502,22 @@ impl<K: Key, V: Value> Cache<K, V> {
         if inner.fenced && !inner.serving() {
             return Err(UpdateError::Fenced);
         }
+        if inner.strong.is_some() {
+            inner.hold(key);
+            inner.store.remove(key);
+            inner.node.announce_intent(&inner.name, &key_bytes).await;
+        }
         let slot = inner.store.write_slot(key);
-        let value = match write(key.clone()).await {
+        let written = write(key.clone()).await;
+        let release = || {
+            if inner.strong.is_some() {
+                inner
+                    .node
+                    .publish(&inner.name, Change::Release { key: &key_bytes });
+                inner.release(key);
+            }
+        };
+        let value = match written {
             Ok(value) => value,
             Err(e) => {
                 drop(slot);
@@ -483,6 +525,7 @@ impl<K: Key, V: Value> Cache<K, V> {
                 inner
                     .node
                     .publish(&inner.name, Change::Invalidate { key: &key_bytes });
+                release();
                 return Err(UpdateError::Write(e));
             }
         };
@@ -495,7 +538,7 @@ impl<K: Key, V: Value> Cache<K, V> {
             inner.store.remove(key);
         }
         let value_bytes = match inner.mode {
-            Mode::Invalidate => None,
+            Mode::Invalidate | Mode::Strong => None,
             Mode::Replicate => wire::encode_item(&value)
                 .inspect_err(|e| tracing::warn!(cache = %inner.name, error = %e, "cannot serialize a value; invalidating instead"))
                 .ok(),
@@ -509,6 +552,7 @@ impl<K: Key, V: Value> Cache<K, V> {
             None => Change::Invalidate { key: &key_bytes },
         };
         let event = inner.node.publish(&inner.name, change);
+        release();
         inner.kick_log();
         Ok(Receipt { value, event })
     }
@@ -532,7 +576,47 @@ impl<K: Key, V: Value> Cache<K, V> {
 impl<K: Key, V: Value> Inner<K, V> {
     #[inline]
     fn serving(&self) -> bool {
-        self.lease.is_valid(self.store.clock())
+        let clock = self.store.clock();
+        self.lease.is_valid(clock)
+            && self
+                .strong
+                .as_ref()
+                .is_none_or(|strong| strong.peer_lease.is_valid(clock))
+    }
+
+    /// Holds back fills of `key` until a matching [`release`](Self::release), or for four
+    /// bounds at most.
+    fn hold(&self, key: &K) {
+        if let Some(strong) = &self.strong {
+            let until = self
+                .store
+                .clock()
+                .deadline(self.node.config.max_staleness * 4);
+            let mut held = strong.held.lock();
+            let entry = held.entry(key.clone()).or_insert((0, until));
+            *entry = (entry.0 + 1, entry.1.max(until));
+        }
+    }
+
+    fn release(&self, key: &K) {
+        if let Some(strong) = &self.strong {
+            let mut held = strong.held.lock();
+            if let Some((count, _)) = held.get_mut(key) {
+                *count -= 1;
+                if *count == 0 {
+                    held.remove(key);
+                }
+            }
+        }
+    }
+
+    fn is_held(&self, key: &K) -> bool {
+        self.strong.as_ref().is_some_and(|strong| {
+            let mut held = strong.held.lock();
+            let now = self.store.clock().now();
+            held.retain(|_, &mut (_, until)| until > now);
+            held.contains_key(key)
+        })
     }
 
     /// Polls the change log soon, so that this node's own write is confirmed by it early.
@@ -558,6 +642,13 @@ impl<K: Key, V: Value> Inner<K, V> {
                 self.store.remove(&wire::decode_item(key)?);
                 self.counters.invalidations_applied.incr();
             }
+            Change::Intent { key } => {
+                let key: K = wire::decode_item(key)?;
+                self.hold(&key);
+                self.store.remove(&key);
+                self.counters.invalidations_applied.incr();
+            }
+            Change::Release { key } => self.release(&wire::decode_item(key)?),
             Change::Replicate {
                 key,
                 version,
@@ -591,6 +682,10 @@ impl<K: Key, V: Value> Sink for Inner<K, V> {
 
     fn is_peer_only(&self) -> bool {
         self.fenced
+    }
+
+    fn is_strong(&self) -> bool {
+        self.strong.is_some()
     }
 
     fn apply_logged(&self, text: &str) {

@@ -116,7 +116,7 @@ async fn serve_inbound(node: &Arc<Node>, stream: BoxConnection) -> Result<(), Li
                 if event.node != origin.as_str() || event.incarnation != incarnation {
                     return Err(WireError::Unexpected("an event from another origin").into());
                 }
-                node.receive(&origin, &event);
+                node.receive(&origin, origin_addr, &event);
             }
             Frame::Peers(addrs) => node.learn(addrs),
             Frame::Ping { nonce } => {
@@ -128,6 +128,7 @@ async fn serve_inbound(node: &Arc<Node>, stream: BoxConnection) -> Result<(), Li
                 incarnation,
                 seq,
             } => node.on_pong(&origin, nonce, incarnation, seq),
+            Frame::IntentAck { seq } => node.on_intent_ack(&origin, seq),
             Frame::Leave => {
                 node.on_leave(&origin, origin_addr);
                 break;

@@ -24,7 +24,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
@@ -538,7 +538,7 @@ impl ClusterBuilder {
             .name
             .clone()
             .unwrap_or_else(|| format!("node-{}", bound.port()));
-        let (node, swim_timers) = Node::new(NodeId::from(name.as_str()), advertised, self);
+        let (node, swim_timers) = Node::new(NodeId::from(name.as_str()), advertised, bound, self);
         let node = Arc::new(node);
         // With no peers yet, there is nothing to confirm: peer-only caches serve from the start.
         node.refresh_peer_lease();
@@ -625,9 +625,14 @@ impl Cluster {
         self.node.incarnation
     }
 
-    /// The address peers dial to reach this node.
+    /// The address peers dial to reach this node: the advertised one, or else the bound one.
     pub fn local_addr(&self) -> SocketAddr {
         self.node.addr
+    }
+
+    /// The address this node accepts links on, as bound (with the port chosen for port 0).
+    pub fn bound_addr(&self) -> SocketAddr {
+        self.node.bound
     }
 
     /// The promised staleness bound Δ.
@@ -765,6 +770,9 @@ pub(crate) trait Sink: Send + Sync {
     fn stats(&self) -> CacheStats;
     /// Whether the mesh is the cache's only source of changes (it watches no tables).
     fn is_peer_only(&self) -> bool;
+    /// Whether the cache is strong: its reads must see every completed update, which only the
+    /// mesh's intents give.
+    fn is_strong(&self) -> bool;
     /// Applies a change-log row: the key, as text, changed.
     fn apply_logged(&self, key: &str);
     /// Empties the cache: the node missed changes and cannot tell which keys they touched.
@@ -793,6 +801,8 @@ pub(crate) struct Node {
     pub(crate) id: NodeId,
     pub(crate) incarnation: u64,
     pub(crate) addr: SocketAddr,
+    /// Where the listener is bound; `addr` may differ (NAT, a proxy).
+    bound: SocketAddr,
     pub(crate) config: NodeConfig,
     outbox: Mutex<Outbox>,
     tracker: Mutex<SequenceTracker<NodeId>>,
@@ -804,6 +814,8 @@ pub(crate) struct Node {
     pub(crate) tasks: TaskTracker,
     pub(crate) log: Option<Arc<LogRuntime>>,
     confirmations: Mutex<Confirmations<NodeId>>,
+    /// Strong updates awaiting acknowledgements: intent sequence → who has yet to answer.
+    intents: Mutex<HashMap<u64, (HashSet<NodeId>, oneshot::Sender<()>)>>,
     membership: Mutex<Membership>,
     swim_timers: mpsc::UnboundedSender<(Duration, Timer<Identity>)>,
     /// The lease of caches with no change log: every live member confirmed within Δ.
@@ -817,7 +829,12 @@ pub(crate) struct Node {
 type SwimTimers = mpsc::UnboundedReceiver<(Duration, Timer<Identity>)>;
 
 impl Node {
-    fn new(id: NodeId, addr: SocketAddr, builder: &ClusterBuilder) -> (Self, SwimTimers) {
+    fn new(
+        id: NodeId,
+        addr: SocketAddr,
+        bound: SocketAddr,
+        builder: &ClusterBuilder,
+    ) -> (Self, SwimTimers) {
         // Microseconds since the Unix epoch: a restarted process gets a higher incarnation.
         let incarnation = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -833,6 +850,7 @@ impl Node {
             id,
             incarnation,
             addr,
+            bound,
             config: NodeConfig {
                 max_staleness: builder.max_staleness,
                 max_frame_bytes: builder.max_frame_bytes,
@@ -859,6 +877,7 @@ impl Node {
             network: Arc::clone(&builder.network),
             rng_seed,
             membership: Mutex::new(membership),
+            intents: Mutex::new(HashMap::new()),
             swim_timers,
             log: builder.change_log.clone().map(|log| {
                 Arc::new(LogRuntime::new(
@@ -1044,16 +1063,7 @@ impl Node {
 
     /// Queues a SWIM packet on the link to `to`; without one, it is lost, as a datagram would be.
     fn send_swim(&self, to: &Identity, packet: &[u8]) {
-        let frame = Frame::Swim(packet).encode();
-        for link in self
-            .outbox
-            .lock()
-            .links
-            .iter()
-            .filter(|l| l.addr == to.addr)
-        {
-            let _ = link.queue.try_send(frame.clone());
-        }
+        self.send_to(to.addr, Frame::Swim(packet).encode());
     }
 
     /// Queues a frame that is not an event (it takes no sequence number) on every link.
@@ -1061,6 +1071,51 @@ impl Node {
         let outbox = self.outbox.lock();
         for link in &outbox.links {
             // A full link is about to be closed as overflowed; it will get a fresh hello.
+            let _ = link.queue.try_send(frame.clone());
+        }
+    }
+
+    /// Announces a strong update of `key` in `cache` to every peer, as an event. Resolves once
+    /// every live member acknowledged it, or after the bound: a member that did not answer by
+    /// then cannot be serving any more, since its lease rests on this node's answers to its
+    /// pings, which travel behind the announcement.
+    pub(crate) async fn announce_intent(self: &Arc<Self>, cache: &str, key: &[u8]) {
+        let (done, acked) = oneshot::channel();
+        let waiting: HashSet<NodeId> = self.live_members().into_iter().collect();
+        let seq = {
+            let mut intents = self.intents.lock();
+            let event = self.publish(cache, Change::Intent { key });
+            if waiting.is_empty() {
+                let _ = done.send(());
+            } else {
+                intents.insert(event.seq, (waiting, done));
+            }
+            event.seq
+        };
+        if tokio::time::timeout(self.config.max_staleness, acked)
+            .await
+            .is_err()
+        {
+            self.intents.lock().remove(&seq);
+        }
+    }
+
+    /// `origin` applied this node's intent event `seq`.
+    pub(crate) fn on_intent_ack(&self, origin: &NodeId, seq: u64) {
+        let mut intents = self.intents.lock();
+        if let Some((waiting, _)) = intents.get_mut(&seq) {
+            waiting.remove(origin);
+            if waiting.is_empty()
+                && let Some((_, done)) = intents.remove(&seq)
+            {
+                let _ = done.send(());
+            }
+        }
+    }
+
+    /// Queues a frame on the link to the node listening at `to`.
+    fn send_to(&self, to: SocketAddr, frame: Bytes) {
+        for link in self.outbox.lock().links.iter().filter(|l| l.addr == to) {
             let _ = link.queue.try_send(frame.clone());
         }
     }
@@ -1103,7 +1158,7 @@ impl Node {
             // those keys are unknown, so the caches that only they could have told are emptied,
             // before the lease (no longer waiting for them) lets those caches serve again.
             tracing::info!(node = %self.id, peers = ?dead, "peers went silent; flushing peer-only caches");
-            self.flush_peer_only();
+            self.flush_mesh_dependent();
         }
         self.refresh_peer_lease();
         for node in dead {
@@ -1236,7 +1291,7 @@ impl Node {
     }
 
     /// Applies one event that arrived on a link from `origin`.
-    pub(crate) fn receive(&self, origin: &NodeId, event: &Event<'_>) {
+    pub(crate) fn receive(&self, origin: &NodeId, origin_addr: SocketAddr, event: &Event<'_>) {
         let delivery = self
             .tracker
             .lock()
@@ -1247,6 +1302,10 @@ impl Node {
         let sink = self.caches.read().get(event.cache).cloned();
         if let Some(sink) = sink {
             sink.apply(&event.change);
+        }
+        if let Change::Intent { .. } = event.change {
+            // Acknowledged once applied, on this node's own link to the writer.
+            self.send_to(origin_addr, Frame::IntentAck { seq: event.seq }.encode());
         }
         self.counters.events_applied.incr();
         if self.events.receiver_count() > 0 {
@@ -1273,7 +1332,7 @@ impl Node {
             Delivery::Gap { missed } => {
                 tracing::info!(node = %self.id, %origin, ?missed, "missed peer events; flushing caches");
                 self.counters.gaps.incr();
-                self.flush_peer_only();
+                self.flush_mesh_dependent();
                 self.notify(ClusterEvent::Gap {
                     origin: origin.clone(),
                     missed,
@@ -1284,7 +1343,7 @@ impl Node {
                 // What its previous process sent last may be lost; the log has those writes.
                 tracing::info!(node = %self.id, %origin, "a peer restarted; flushing caches");
                 self.counters.gaps.incr();
-                self.flush_peer_only();
+                self.flush_mesh_dependent();
                 true
             }
         }
@@ -1298,10 +1357,11 @@ impl Node {
         }
     }
 
-    /// Empties the caches that only the mesh tells of changes: missed events left them unsure.
-    /// Caches that watch tables are not: the change log carries the same writes within Δ.
-    fn flush_peer_only(&self) {
-        self.flush_caches(|sink| sink.is_peer_only());
+    /// Empties the caches whose promise rests on the mesh: missed events left them unsure.
+    /// Those are the caches that watch no tables and the strong ones; the others are not
+    /// flushed, since the change log carries the same writes within Δ.
+    fn flush_mesh_dependent(&self) {
+        self.flush_caches(|sink| sink.is_peer_only() || sink.is_strong());
     }
 
     /// Empties the caches that watch tables: the change log lost rows they needed.

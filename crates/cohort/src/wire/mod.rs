@@ -75,6 +75,9 @@ pub(crate) enum Frame<'a> {
     },
     /// The sender is shutting down: stop waiting for it.
     Leave,
+    /// The receiver applied the sender's intent event `seq` (a strong update's announcement):
+    /// it dropped the key and holds back fills of it.
+    IntentAck { seq: u64 },
     /// A SWIM membership packet (see `membership`).
     #[serde(borrow)]
     Swim(&'a [u8]),
@@ -129,6 +132,17 @@ pub(crate) enum Change<'a> {
         version: u64,
         #[serde(borrow)]
         value: &'a [u8],
+    },
+    /// A strong update of the key is about to run: drop it, store no fill of it until the
+    /// matching release (or a timeout), and acknowledge.
+    Intent {
+        #[serde(borrow)]
+        key: &'a [u8],
+    },
+    /// The strong update announced by an intent has ended (its change went out just before).
+    Release {
+        #[serde(borrow)]
+        key: &'a [u8],
     },
 }
 
@@ -223,6 +237,7 @@ mod tests {
             Frame::Ping { nonce: 7 },
             pong,
             Frame::Swim(b"probe"),
+            Frame::IntentAck { seq: 3 },
             Frame::Leave,
         ] {
             let bytes = frame.encode();

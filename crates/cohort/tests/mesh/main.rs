@@ -731,3 +731,50 @@ async fn events_gone_from_the_replay_buffer_are_a_gap_and_flush() {
         burst.flushes
     );
 }
+
+/// A strong update: before its write runs, every peer has dropped the key and stores no load of
+/// it; once it returns, no node serves the old value, without waiting for anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_strong_update_leaves_no_node_serving_the_old_value_when_it_returns() {
+    let nodes = mesh(3).await;
+    let db = Db::with(&[(1, "ada")]);
+    let caches: Vec<_> = nodes.iter().map(|n| users(n, Mode::Strong)).collect();
+    for cache in &caches {
+        assert_eq!(load(cache, &db, 1).await.0, "ada");
+        assert!(cache.get(&1).is_some());
+    }
+    let (writing, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let update = {
+        let (b, db, writing, release) = (
+            caches[1].clone(),
+            db.clone(),
+            writing.clone(),
+            release.clone(),
+        );
+        tokio::spawn(async move {
+            b.update(&1, |id| async move {
+                writing.notify_one();
+                release.notified().await;
+                Ok::<_, Infallible>(db.write(id, "grace"))
+            })
+            .await
+            .unwrap()
+        })
+    };
+    writing.notified().await;
+    for cache in [&caches[0], &caches[2]] {
+        assert_eq!(cache.get(&1), None, "dropped before the write ran");
+        assert_eq!(
+            load(cache, &db, 1).await.0,
+            "ada",
+            "the source is not written yet"
+        );
+        assert_eq!(cache.get(&1), None, "and that load was not stored");
+    }
+    release.notify_one();
+    update.await.unwrap();
+    for cache in &caches {
+        assert_ne!(cache.get(&1).map(|u| u.0), Some("ada".to_owned()));
+        assert_eq!(load(cache, &db, 1).await.0, "grace");
+    }
+}
