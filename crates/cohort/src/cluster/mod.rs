@@ -815,7 +815,7 @@ pub(crate) struct Node {
     pub(crate) log: Option<Arc<LogRuntime>>,
     confirmations: Mutex<Confirmations<NodeId>>,
     /// Strong updates awaiting acknowledgements: intent sequence → who has yet to answer.
-    intents: Mutex<HashMap<u64, (HashSet<NodeId>, oneshot::Sender<()>)>>,
+    intents: Mutex<HashMap<u64, PendingIntent>>,
     membership: Mutex<Membership>,
     swim_timers: mpsc::UnboundedSender<(Duration, Timer<Identity>)>,
     /// The lease of caches with no change log: every live member confirmed within Δ.
@@ -824,6 +824,10 @@ pub(crate) struct Node {
     pub(crate) network: Arc<dyn Network>,
     pub(crate) rng_seed: u64,
 }
+
+/// A strong update's intent: the members yet to acknowledge it, and whom to tell when none is
+/// left.
+type PendingIntent = (HashSet<NodeId>, oneshot::Sender<()>);
 
 /// Membership timers for the node's timer task: each is handed back after its delay.
 type SwimTimers = mpsc::UnboundedReceiver<(Duration, Timer<Identity>)>;
