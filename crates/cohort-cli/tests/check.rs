@@ -45,6 +45,26 @@ fn every_fault_kind_and_nothing_stale_beyond_the_bound() {
     assert_eq!(field(&last, "bound_ms"), 500);
 }
 
+/// Strong mode: once an update through a node returns, no read anywhere misses it (plain-SQL
+/// writes, which no node hears of before they commit, stay judged against the bound).
+#[test]
+fn strong_mode_reads_miss_no_completed_update() {
+    let (passed, last) = check(&[
+        "--duration",
+        "10s",
+        "--faults",
+        "kill,pause,partition,drop,slow,external",
+        "--mode",
+        "strong",
+        "--seed",
+        "3",
+    ]);
+    assert!(last.ends_with("result=PASS"), "{last}");
+    assert!(passed);
+    assert_eq!(field(&last, "stale_beyond_bound"), 0);
+    assert_eq!(field(&last, "bound_ms"), 0);
+}
+
 /// A node that ignores its leases serves what it holds after a pause, before it has caught up
 /// with the backlog written meanwhile: the checker must see those reads and fail.
 #[test]

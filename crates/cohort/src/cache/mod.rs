@@ -509,12 +509,11 @@ impl<K: Key, V: Value> Cache<K, V> {
         }
         let slot = inner.store.write_slot(key);
         let written = write(key.clone()).await;
-        let release = || {
+        let release_peers = || {
             if inner.strong.is_some() {
                 inner
                     .node
                     .publish(&inner.name, Change::Release { key: &key_bytes });
-                inner.release(key);
             }
         };
         let value = match written {
@@ -525,14 +524,22 @@ impl<K: Key, V: Value> Cache<K, V> {
                 inner
                     .node
                     .publish(&inner.name, Change::Invalidate { key: &key_bytes });
-                release();
+                inner.release(key);
+                release_peers();
                 return Err(UpdateError::Write(e));
             }
         };
         inner.counters.updates.incr();
         let entry = inner.entry(value.clone());
         let version = entry.version;
-        if !slot.fill(entry) {
+        inner.release(key);
+        if inner.is_held(key) {
+            // Another node's strong update of the key overlaps this one: which write landed
+            // last is unknown, so neither writer keeps a copy.
+            drop(slot);
+            inner.counters.fills_rejected.incr();
+            inner.store.remove(key);
+        } else if !slot.fill(entry) {
             // Another change to the key landed while this write ran; which is newer is unknown.
             inner.counters.fills_rejected.incr();
             inner.store.remove(key);
@@ -552,7 +559,7 @@ impl<K: Key, V: Value> Cache<K, V> {
             None => Change::Invalidate { key: &key_bytes },
         };
         let event = inner.node.publish(&inner.name, change);
-        release();
+        release_peers();
         inner.kick_log();
         Ok(Receipt { value, event })
     }
