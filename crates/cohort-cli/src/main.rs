@@ -1,10 +1,12 @@
 //! The `cohort` command. It parses arguments and hands over to the library and its subcommands.
 
+mod bench;
 mod check;
 mod demo;
 mod history;
 mod serve;
 mod users_db;
+mod workload;
 
 use std::process::ExitCode;
 
@@ -27,6 +29,8 @@ enum Command {
     Serve(serve::Args),
     /// Start real nodes, inject real faults, and check every read against the bound.
     Check(check::Args),
+    /// Measure cohort side by side with a bare local cache, and its mesh.
+    Bench(bench::Args),
 }
 
 fn main() -> ExitCode {
@@ -48,6 +52,7 @@ fn main() -> ExitCode {
         Command::Demo(args) => runtime.block_on(demo::run(args)),
         Command::Serve(args) => runtime.block_on(serve::run(args)),
         Command::Check(args) => runtime.block_on(check::run(args)),
+        Command::Bench(args) => runtime.block_on(bench::run(args)),
     };
     match outcome {
         Ok(true) => ExitCode::SUCCESS,

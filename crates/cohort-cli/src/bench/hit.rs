@@ -1,0 +1,119 @@
+//! Read hits: cohort's `Cache::get` against a bare quick_cache and moka's sync cache, on the same
+//! 100k keys holding the same 1 KiB values, read in the same Zipf(0.99) order, one thread and two.
+//!
+//! The contenders take turns, round after round, and each figure is the median of its rounds:
+//! on a shared VM, back-to-back runs drift more than the differences being measured.
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::Instant;
+
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+
+use super::{Figure, median};
+use crate::workload::Zipf;
+
+const KEYS: u64 = 100_000;
+const SEQUENCE: usize = 1 << 16;
+
+type Value = Arc<[u8]>;
+
+/// The three caches, filled alike.
+struct Contenders {
+    bare: quick_cache::sync::Cache<u64, Value>,
+    moka: moka::sync::Cache<u64, Value>,
+    cohort: cohort::Cache<u64, Value>,
+    _cluster: cohort::Cluster,
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl Contenders {
+    fn get(&self, which: usize, key: &u64) -> bool {
+        match which {
+            0 => self.bare.get(key).is_some(),
+            1 => self.cohort.get(key).is_some(),
+            _ => self.moka.get(key).is_some(),
+        }
+    }
+}
+
+const NAMES: [&str; 3] = ["quick_cache", "cohort", "moka"];
+
+pub(super) fn measure(quick: bool) -> anyhow::Result<Vec<Figure>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let cluster = runtime.block_on(cohort::Cluster::builder().start())?;
+    let cohort_cache = cluster
+        .cache::<u64, Value>("bench")
+        .capacity(KEYS * 2)
+        .build()?;
+    let contenders = Contenders {
+        bare: quick_cache::sync::Cache::new(KEYS as usize * 2),
+        moka: moka::sync::Cache::new(KEYS * 2),
+        cohort: cohort_cache,
+        _cluster: cluster,
+        _runtime: runtime,
+    };
+    for key in 1..=KEYS {
+        let value: Value = vec![7_u8; 1024].into();
+        contenders.bare.insert(key, value.clone());
+        contenders.moka.insert(key, value.clone());
+        contenders
+            ._runtime
+            .block_on(
+                contenders
+                    .cohort
+                    .get_or_load(&key, |_| async move { Ok::<_, ()>(value) }),
+            )
+            .map_err(|()| anyhow::anyhow!("filling the cache failed"))?;
+    }
+    let filled_misses = contenders.cohort.stats().misses;
+    let zipf = Zipf::new(KEYS, 0.99);
+    let mut rng = StdRng::seed_from_u64(42);
+    let keys: Vec<u64> = (0..SEQUENCE).map(|_| zipf.sample(&mut rng)).collect();
+    let rounds = if quick { 7 } else { 21 };
+    let passes = if quick { 4 } else { 16 };
+
+    let mut figures = Vec::new();
+    for threads in [1, 2] {
+        let mut samples = vec![Vec::new(); NAMES.len()];
+        for round in 0..rounds {
+            for turn in 0..NAMES.len() {
+                let which = (round + turn) % NAMES.len();
+                samples[which].push(time_reads(&contenders, which, &keys, threads, passes));
+            }
+        }
+        let results: Vec<Figure> = samples
+            .iter_mut()
+            .zip(NAMES)
+            .map(|(s, name)| Figure::plain(format!("hit_{name}_{threads}t"), median(s), "ns/op"))
+            .collect();
+        figures.push(results[0].clone());
+        figures.push(results[1].clone().against(&results[0]));
+        figures.push(results[2].clone().against(&results[0]));
+    }
+    anyhow::ensure!(
+        contenders.cohort.stats().misses == filled_misses,
+        "a measured cohort read missed"
+    );
+    Ok(figures)
+}
+
+/// Reads the key sequence `passes` times per thread; returns nanoseconds per read, counting all
+/// threads' reads against the wall time.
+fn time_reads(c: &Contenders, which: usize, keys: &[u64], threads: usize, passes: usize) -> f64 {
+    let start = Instant::now();
+    std::thread::scope(|scope| {
+        for t in 0..threads {
+            scope.spawn(move || {
+                let offset = t * keys.len() / threads.max(1);
+                for key in keys.iter().cycle().skip(offset).take(keys.len() * passes) {
+                    black_box(c.get(which, key));
+                }
+            });
+        }
+    });
+    start.elapsed().as_nanos() as f64 / (keys.len() * passes * threads) as f64
+}

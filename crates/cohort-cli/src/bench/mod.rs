@@ -1,0 +1,87 @@
+//! `cohort bench`: cohort measured side by side with what a user would pick instead, in one run,
+//! reported as ratios against a baseline measured in the same run.
+//!
+//! Each figure prints as `bench: <name> <value> <unit> ratio=<x> vs=<baseline>`; `--json` prints
+//! the same figures as one JSON array instead.
+
+mod hit;
+mod memory;
+mod propagation;
+
+use serde::Serialize;
+
+/// Options of `cohort bench`.
+#[derive(clap::Args, Debug)]
+pub(crate) struct Args {
+    /// Fewer rounds and samples: finishes in well under two minutes.
+    #[arg(long)]
+    quick: bool,
+    /// Print the figures as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Internal: fill one contender with small entries in this process and print the resident
+    /// memory it took (run as a child, so each contender starts from a clean heap).
+    #[arg(long, hide = true)]
+    memory_probe: Option<memory::Contender>,
+}
+
+/// One measured figure.
+#[derive(Clone, Debug, Serialize)]
+pub(crate) struct Figure {
+    pub(crate) name: String,
+    pub(crate) value: f64,
+    pub(crate) unit: &'static str,
+    /// `value` divided by the baseline's, when there is one.
+    pub(crate) ratio: Option<f64>,
+    pub(crate) vs: Option<String>,
+}
+
+impl Figure {
+    pub(crate) fn plain(name: impl Into<String>, value: f64, unit: &'static str) -> Self {
+        Self {
+            name: name.into(),
+            value,
+            unit,
+            ratio: None,
+            vs: None,
+        }
+    }
+
+    pub(crate) fn against(mut self, baseline: &Figure) -> Self {
+        self.ratio = Some(self.value / baseline.value);
+        self.vs = Some(baseline.name.clone());
+        self
+    }
+}
+
+/// Runs the benchmark; `Ok(true)` when every part ran.
+pub(crate) async fn run(args: Args) -> anyhow::Result<bool> {
+    if let Some(contender) = args.memory_probe {
+        memory::probe(contender).await?;
+        return Ok(true);
+    }
+    let mut figures = Vec::new();
+    figures.extend(tokio::task::spawn_blocking(move || hit::measure(args.quick)).await??);
+    figures.extend(memory::measure()?);
+    figures.extend(propagation::measure(args.quick).await?);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&figures)?);
+    } else {
+        for f in &figures {
+            match (&f.ratio, &f.vs) {
+                (Some(ratio), Some(vs)) => println!(
+                    "bench: {} {:.1} {} ratio={ratio:.2} vs={vs}",
+                    f.name, f.value, f.unit
+                ),
+                _ => println!("bench: {} {:.1} {}", f.name, f.value, f.unit),
+            }
+        }
+    }
+    Ok(true)
+}
+
+/// The median of `samples` (sorted in place); zero for none.
+pub(crate) fn median(samples: &mut [f64]) -> f64 {
+    samples.sort_by(f64::total_cmp);
+    samples.get(samples.len() / 2).copied().unwrap_or(0.0)
+}

@@ -1,0 +1,52 @@
+//! `cohort bench --quick`: runs to the end and reports every figure, each against its baseline
+//! where it has one. (Values are judged in the closing notes, never asserted here.)
+
+use std::process::Command;
+
+#[test]
+fn the_quick_bench_reports_every_figure_as_json() {
+    let output = Command::new(env!("CARGO_BIN_EXE_cohort"))
+        .args(["bench", "--quick", "--json"])
+        .output()
+        .expect("cohort bench runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let figures: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let figures = figures.as_array().unwrap();
+    let named = |name: &str| {
+        figures
+            .iter()
+            .find(|f| f["name"] == name)
+            .unwrap_or_else(|| panic!("no {name} in {figures:?}"))
+    };
+    for threads in ["1t", "2t"] {
+        assert_eq!(
+            named(&format!("hit_cohort_{threads}"))["vs"],
+            format!("hit_quick_cache_{threads}")
+        );
+        assert!(
+            named(&format!("hit_moka_{threads}"))["ratio"]
+                .as_f64()
+                .unwrap()
+                > 0.0
+        );
+    }
+    assert_eq!(named("memory_cohort")["vs"], "memory_quick_cache");
+    for n in [2, 5] {
+        assert!(
+            named(&format!("propagation_{n}_nodes_p99"))["value"]
+                .as_f64()
+                .unwrap()
+                > 0.0
+        );
+    }
+    assert!(
+        named("invalidations_applied_per_node")["value"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
+}
