@@ -7,6 +7,7 @@
 mod hit;
 mod memory;
 mod propagation;
+mod redis;
 
 use serde::Serialize;
 
@@ -34,6 +35,9 @@ pub(crate) struct Figure {
     /// `value` divided by the baseline's, when there is one.
     pub(crate) ratio: Option<f64>,
     pub(crate) vs: Option<String>,
+    /// Why the figure could not be measured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) skipped: Option<String>,
 }
 
 impl Figure {
@@ -44,7 +48,20 @@ impl Figure {
             unit,
             ratio: None,
             vs: None,
+            skipped: None,
         }
+    }
+
+    pub(crate) fn skipped(name: impl Into<String>, reason: String) -> Self {
+        Self {
+            skipped: Some(reason),
+            ..Self::plain(name, f64::NAN, "")
+        }
+    }
+
+    pub(crate) fn renamed(mut self, name: &str) -> Self {
+        self.name = name.to_owned();
+        self
     }
 
     pub(crate) fn against(mut self, baseline: &Figure) -> Self {
@@ -64,10 +81,18 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<bool> {
     figures.extend(tokio::task::spawn_blocking(move || hit::measure(args.quick)).await??);
     figures.extend(memory::measure()?);
     figures.extend(propagation::measure(args.quick).await?);
+    let named = |name: &str| figures.iter().find(|f| f.name == name).cloned();
+    if let (Some(hit), Some(p50)) = (named("hit_cohort_1t"), named("propagation_2_nodes_p50")) {
+        figures.extend(redis::measure(args.quick, &hit, &p50).await);
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&figures)?);
     } else {
         for f in &figures {
+            if let Some(reason) = &f.skipped {
+                println!("bench: {} skipped reason={reason}", f.name);
+                continue;
+            }
             match (&f.ratio, &f.vs) {
                 (Some(ratio), Some(vs)) => println!(
                     "bench: {} {:.1} {} ratio={ratio:.2} vs={vs}",
