@@ -6,6 +6,7 @@
 
 mod hit;
 mod memory;
+mod postgres;
 mod propagation;
 mod redis;
 
@@ -84,6 +85,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<bool> {
     let named = |name: &str| figures.iter().find(|f| f.name == name).cloned();
     if let (Some(hit), Some(p50)) = (named("hit_cohort_1t"), named("propagation_2_nodes_p50")) {
         figures.extend(redis::measure(args.quick, &hit, &p50).await);
+        figures.push(postgres::measure(args.quick, &hit).await);
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&figures)?);
