@@ -90,6 +90,20 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<bool> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&figures)?);
     } else {
+        println!(
+            "{:<36} {:>14} {:<12} {:>9}  vs",
+            "figure", "value", "unit", "ratio"
+        );
+        for f in &figures {
+            let ratio = f.ratio.map(|r| format!("{r:.2}")).unwrap_or_default();
+            let value = match &f.skipped {
+                Some(_) => "skipped".to_owned(),
+                None => format!("{:.1}", f.value),
+            };
+            let vs = f.vs.as_deref().or(f.skipped.as_deref()).unwrap_or("");
+            println!("{:<36} {value:>14} {:<12} {ratio:>9}  {vs}", f.name, f.unit);
+        }
+        println!();
         for f in &figures {
             if let Some(reason) = &f.skipped {
                 println!("bench: {} skipped reason={reason}", f.name);
