@@ -15,6 +15,7 @@ use std::hash::Hash;
 use std::num::NonZeroU64;
 use std::str::FromStr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -286,6 +287,7 @@ impl<K: Key, V: Value> CacheBuilder<K, V> {
             strong: (self.mode == Mode::Strong).then(|| Strong {
                 peer_lease: Arc::clone(&self.node.peer_lease),
                 held: parking_lot::Mutex::new(HashMap::new()),
+                all_held_until: AtomicU64::new(0),
             }),
             node: Arc::clone(&self.node),
             counters: CacheCounters::default(),
@@ -349,6 +351,9 @@ struct Strong<K> {
     /// Keys announced by an intent, with how many intents and until when at the latest: loads
     /// of them are not stored. A release ends one; a writer that vanished is outlived.
     held: parking_lot::Mutex<HashMap<K, (u32, Millis)>>,
+    /// Until when no load of any key is stored: after missed events, whose intents (and so
+    /// keys) are unknown, for as long as any intent could hold.
+    all_held_until: AtomicU64,
 }
 
 struct Inner<K, V> {
@@ -595,10 +600,7 @@ impl<K: Key, V: Value> Inner<K, V> {
     /// bounds at most.
     fn hold(&self, key: &K) {
         if let Some(strong) = &self.strong {
-            let until = self
-                .store
-                .clock()
-                .deadline(self.node.config.max_staleness * 4);
+            let until = self.hold_limit();
             let mut held = strong.held.lock();
             let entry = held.entry(key.clone()).or_insert((0, until));
             *entry = (entry.0 + 1, entry.1.max(until));
@@ -617,10 +619,20 @@ impl<K: Key, V: Value> Inner<K, V> {
         }
     }
 
+    /// How long an intent holds a key at most, as a deadline.
+    fn hold_limit(&self) -> Millis {
+        self.store
+            .clock()
+            .deadline(self.node.config.max_staleness * 4)
+    }
+
     fn is_held(&self, key: &K) -> bool {
         self.strong.as_ref().is_some_and(|strong| {
-            let mut held = strong.held.lock();
             let now = self.store.clock().now();
+            if now < strong.all_held_until.load(Ordering::Acquire) {
+                return true;
+            }
+            let mut held = strong.held.lock();
             held.retain(|_, &mut (_, until)| until > now);
             held.contains_key(key)
         })
@@ -714,6 +726,12 @@ impl<K: Key, V: Value> Sink for Inner<K, V> {
     }
 
     fn flush(&self) {
+        if let Some(strong) = &self.strong {
+            // Missed events may have been intents for any key: hold them all, first.
+            strong
+                .all_held_until
+                .fetch_max(self.hold_limit(), Ordering::AcqRel);
+        }
         self.store.clear();
         self.counters.flushes.incr();
     }
