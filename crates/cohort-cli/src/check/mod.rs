@@ -367,10 +367,15 @@ async fn run_faults(run: FaultRun<'_>) -> anyhow::Result<()> {
                     run.proxy.partition(&[*node]);
                 }
                 signal(run.cluster, *node, "-STOP").await?;
-                let resume = tokio::time::Instant::now() + fault.lasts;
-                write_backlog(run.db, run.spec.users, run.recorded).await?;
-                tokio::time::sleep_until(resume).await;
-                signal(run.cluster, *node, "-CONT").await?;
+                let resume = async {
+                    tokio::time::sleep(fault.lasts).await;
+                    signal(run.cluster, *node, "-CONT").await
+                };
+                // Concurrently: the paused node may hold SQLite's write lock until it resumes.
+                let (written, resumed) =
+                    tokio::join!(write_backlog(run.db, run.spec.users, run.recorded), resume);
+                resumed?;
+                written?;
                 run.proxy.heal();
             }
             Action::Partition { side } => {
