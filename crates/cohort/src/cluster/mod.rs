@@ -2,12 +2,17 @@
 //!
 //! [`Cluster`] is the handle an application holds; [`ClusterBuilder`] configures and starts it.
 //! Inside, a [`Node`] owns the shared state:
-//! - the outbox, which numbers every event this node originates and queues it on every link;
+//! - the outbox, which numbers every event this node originates, queues it on every link and
+//!   keeps the latest in the replay ring (`replay`) for peers whose link broke;
 //! - the [`SequenceTracker`](sequence::SequenceTracker), the pure state machine that judges each
 //!   peer event (apply, duplicate, gap, retired incarnation);
+//! - the peer confirmations (`confirm`) behind the peer lease, vetoed by SWIM membership
+//!   (`crate::membership`) before a silent peer is retired;
+//! - strong updates' intents awaiting acknowledgement;
 //! - the registry of caches by name, through which peer events reach the right store.
 //!
-//! The tasks that move bytes (accepting, dialing, reading, writing) live in `driver`.
+//! The tasks that move bytes (accepting, dialing, reading, writing, heartbeats, SWIM timers)
+//! live in `driver`.
 
 mod confirm;
 mod driver;
