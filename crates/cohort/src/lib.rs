@@ -25,7 +25,7 @@
 //! ```
 //!
 //! # Layout
-//! - [`store`](crate::store): the local bounded store (quick_cache), expiry, versions, slots.
+//! - `store`: the local bounded store (quick_cache), expiry, versions, slots.
 //! - `wire`: the frames nodes exchange (postcard), the preamble and its protocol version.
 //! - `transport`: TCP links, the preamble exchange, reconnect backoff.
 //! - `membership`: SWIM (foca): which nodes are up, probed directly and through others.
