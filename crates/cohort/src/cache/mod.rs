@@ -536,7 +536,7 @@ impl<K: Key, V: Value> Cache<K, V> {
         };
         inner.counters.updates.incr();
         let entry = inner.entry(value.clone());
-        let version = entry.version;
+        let version = inner.version_of(&value);
         inner.release(key);
         if inner.is_held(key) {
             // Another node's strong update of the key overlaps this one: which write landed
@@ -645,9 +645,13 @@ impl<K: Key, V: Value> Inner<K, V> {
         }
     }
 
+    /// The application's version of `value`; zero for caches without versions.
+    fn version_of(&self, value: &V) -> u64 {
+        self.version.as_ref().map_or(0, |version| version(value))
+    }
+
     fn entry(&self, value: V) -> Entry<V> {
         Entry {
-            version: self.version.as_ref().map_or(0, |version| version(&value)),
             expires_at: self
                 .ttl
                 .map_or(NEVER, |ttl| self.store.clock().deadline(ttl)),
@@ -678,7 +682,10 @@ impl<K: Key, V: Value> Inner<K, V> {
                 let expires_at = self
                     .ttl
                     .map_or(NEVER, |ttl| self.store.clock().deadline(ttl));
-                self.store.apply_replica(&key, value, version, expires_at);
+                self.store
+                    .apply_replica(&key, value, version, expires_at, |held| {
+                        self.version_of(held)
+                    });
                 self.counters.replicas_applied.incr();
             }
         }

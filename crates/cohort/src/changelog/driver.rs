@@ -15,8 +15,13 @@ pub(crate) fn spawn(node: &Arc<Node>, log: Arc<LogRuntime>) {
     let tasks = node.tasks.clone();
     tasks.spawn(async move {
         let mut shutdown = node.shutdown.subscribe();
+        let wake_ups = async {
+            log.backend.listen(node.id.as_str(), || log.kick()).await;
+            std::future::pending::<()>().await;
+        };
         tokio::select! {
             () = tail(&node, &log) => {}
+            () = wake_ups => {}
             _ = shutdown.wait_for(|stop| *stop) => {}
         }
     });
@@ -83,25 +88,38 @@ async fn install_pending(log: &LogRuntime) -> Result<(), ChangeLogError> {
     Ok(())
 }
 
-/// Reads the log from the cursor to its end, applying every row, then renews the leases from the
-/// start of the read that reached the end.
+/// Reads the log to its end, applying every row, then renews the leases from the start of the
+/// read that proved the node caught up. A read that continued after a cut-off one cannot prove it
+/// (see [`tail`](super::tail)): the poll then reads once more from the cursor, and if that does not
+/// catch up either (a long-open transaction holds the cursor back behind more than a batch of
+/// rows), it ends without renewing, and the next tick tries again.
 async fn poll(node: &Node, log: &LogRuntime, tail: &mut Tail) -> Result<(), ChangeLogError> {
     let mut applied = 0;
+    let mut restarted = false;
+    tail.begin_poll();
     loop {
         let started = log.clock.now();
         let started_at = Instant::now();
-        let batch = log.backend.read(tail.cursor()).await?;
+        let batch = log.backend.read(tail.read_from()).await?;
         let step = tail.handle(&batch);
         if step.flush {
             tracing::warn!(node = %node.id, "change-log rows were pruned before this node read them; flushing");
             log.progress.lock().pruned_flushes += 1;
             node.flush_watching();
         }
-        for row in step.rows {
+        for row in &step.rows {
             node.apply_logged(&row.cache, &row.key);
         }
         applied += step.rows.len() as u64;
+        if step.cut_off {
+            continue;
+        }
         if !step.caught_up {
+            if restarted {
+                return Ok(());
+            }
+            restarted = true;
+            tail.begin_poll();
             continue;
         }
         log.node_lease.renew(&log.clock, started, log.bound);
@@ -112,7 +130,7 @@ async fn poll(node: &Node, log: &LogRuntime, tail: &mut Tail) -> Result<(), Chan
             let mut progress = log.progress.lock();
             progress.last_poll = Some(started_at);
             progress.behind_rows = applied;
-            progress.cursor = tail.cursor();
+            progress.cursor = tail.cursor().seq;
             progress.polls += 1;
             progress.last_error = None;
         }

@@ -9,15 +9,21 @@
 //! The [poll lease](crate::lease) ties serving to tailing: a cache that watches tables serves values only
 //! while its node's last complete poll started within Δ; otherwise reads go to the source and are
 //! not stored. The [tail](tail) state decides what each batch of rows asks of the node; the SQL
-//! lives with its backend (`sqlite`, and Postgres next to it later); `driver` is the task.
+//! lives with its backend (`sqlite`, `postgres`); `driver` is the task. Postgres also wakes the
+//! tailers with `NOTIFY` as soon as a change commits.
 //!
 //! Any node prunes rows older than the retention period (default 10 minutes). A node whose cursor
 //! fell behind the pruning (it was paused or cut off that long) flushes its caches.
 
 // Built without any backend feature, no change log can be made and this machinery is unreachable.
-#![cfg_attr(not(feature = "sqlite"), allow(dead_code, unused_variables))]
+#![cfg_attr(
+    not(any(feature = "sqlite", feature = "postgres")),
+    allow(dead_code, unused_variables)
+)]
 
 pub(crate) mod driver;
+#[cfg(feature = "postgres")]
+mod postgres;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 pub(crate) mod tail;
@@ -32,7 +38,7 @@ use tokio::time::Instant;
 
 use crate::clock::Clock;
 use crate::lease::Lease;
-use tail::Batch;
+use tail::{Batch, Position};
 
 /// Default for [`ClusterBuilder::log_retention`](crate::ClusterBuilder::log_retention).
 pub const DEFAULT_LOG_RETENTION: Duration = Duration::from_secs(600);
@@ -74,12 +80,35 @@ impl ChangeLog {
             backend: Backend::Sqlite(sqlite::SqliteLog::new(pool)),
         }
     }
+
+    /// A change log in the Postgres database behind `pool` (Postgres 14 or later), the database
+    /// the application's data is in. The node keeps one of the pool's connections for `LISTEN`,
+    /// so give the pool at least two.
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let pool = sqlx::PgPool::connect("postgres://app@localhost/app").await?;
+    /// let cluster = cohort::Cluster::builder()
+    ///     .change_log(cohort::ChangeLog::postgres(pool))
+    ///     .start()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "postgres")]
+    pub fn postgres(pool: sqlx::PgPool) -> Self {
+        Self {
+            backend: Backend::Postgres(postgres::PostgresLog::new(pool)),
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
 enum Backend {
     #[cfg(feature = "sqlite")]
     Sqlite(sqlite::SqliteLog),
+    #[cfg(feature = "postgres")]
+    Postgres(postgres::PostgresLog),
 }
 
 impl Backend {
@@ -87,20 +116,26 @@ impl Backend {
         match *self {
             #[cfg(feature = "sqlite")]
             Self::Sqlite(ref log) => log.install(watch).await,
+            #[cfg(feature = "postgres")]
+            Self::Postgres(ref log) => log.install(watch).await,
         }
     }
 
-    async fn head(&self) -> Result<u64, ChangeLogError> {
+    async fn head(&self) -> Result<Position, ChangeLogError> {
         match *self {
             #[cfg(feature = "sqlite")]
             Self::Sqlite(ref log) => log.head().await,
+            #[cfg(feature = "postgres")]
+            Self::Postgres(ref log) => log.head().await,
         }
     }
 
-    async fn read(&self, cursor: u64) -> Result<Batch, ChangeLogError> {
+    async fn read(&self, after: Position) -> Result<Batch, ChangeLogError> {
         match *self {
             #[cfg(feature = "sqlite")]
-            Self::Sqlite(ref log) => log.read(cursor, BATCH_ROWS).await,
+            Self::Sqlite(ref log) => log.read(after, BATCH_ROWS).await,
+            #[cfg(feature = "postgres")]
+            Self::Postgres(ref log) => log.read(after, BATCH_ROWS).await,
         }
     }
 
@@ -109,6 +144,20 @@ impl Backend {
         match *self {
             #[cfg(feature = "sqlite")]
             Self::Sqlite(ref log) => log.prune(retention_ms).await,
+            #[cfg(feature = "postgres")]
+            Self::Postgres(ref log) => log.prune(retention_ms).await,
+        }
+    }
+
+    /// Calls `wake` whenever the database says the log changed, for backends that can; returns
+    /// at once for the others.
+    #[cfg_attr(not(feature = "postgres"), allow(unused_variables))]
+    async fn listen(&self, node: &str, wake: impl Fn()) {
+        match *self {
+            #[cfg(feature = "sqlite")]
+            Self::Sqlite(_) => {}
+            #[cfg(feature = "postgres")]
+            Self::Postgres(ref log) => log.listen(node, wake).await,
         }
     }
 }
@@ -118,7 +167,7 @@ impl Backend {
 #[non_exhaustive]
 pub enum ChangeLogError {
     /// The database refused or could not be reached.
-    #[cfg(feature = "sqlite")]
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
 }

@@ -15,7 +15,7 @@
 use sqlx::sqlite::SqlitePool;
 use sqlx::{Row as _, SqliteConnection};
 
-use super::tail::{Batch, Row};
+use super::tail::{Batch, Position, Row};
 use super::{ChangeLogError, Watch};
 
 /// The log's tables; installing them is idempotent. Times are Unix milliseconds computed with
@@ -66,7 +66,7 @@ impl SqliteLog {
     }
 
     /// The last sequence number the log has handed out (0 for none).
-    pub(crate) async fn head(&self) -> Result<u64, ChangeLogError> {
+    pub(crate) async fn head(&self) -> Result<Position, ChangeLogError> {
         let mut conn = self.pool.acquire().await?;
         for statement in SCHEMA {
             sqlx::query(*statement).execute(&mut *conn).await?;
@@ -76,13 +76,13 @@ impl SqliteLog {
         )
         .fetch_one(&mut *conn)
         .await?;
-        Ok(head.unsigned_abs())
+        Ok(Position::in_commit_order(head.unsigned_abs()))
     }
 
     /// Up to `limit` rows after `cursor`, with the prune watermark, from one snapshot.
-    pub(crate) async fn read(&self, cursor: u64, limit: u32) -> Result<Batch, ChangeLogError> {
+    pub(crate) async fn read(&self, after: Position, limit: u32) -> Result<Batch, ChangeLogError> {
         let mut tx = self.pool.begin().await?;
-        let batch = read_in(&mut tx, cursor, limit).await?;
+        let batch = read_in(&mut tx, after.seq, limit).await?;
         tx.commit().await?;
         Ok(batch)
     }
@@ -121,7 +121,7 @@ async fn read_in(
         .iter()
         .map(|row| {
             Ok(Row {
-                seq: row.try_get::<i64, _>(0)?.unsigned_abs(),
+                at: Position::in_commit_order(row.try_get::<i64, _>(0)?.unsigned_abs()),
                 cache: row.try_get(1)?,
                 key: row.try_get(2)?,
             })
@@ -130,7 +130,8 @@ async fn read_in(
     Ok(Batch {
         complete: rows.len() < limit as usize,
         rows,
-        pruned_through: pruned.unsigned_abs(),
+        pruned_through: Position::in_commit_order(pruned.unsigned_abs()),
+        horizon: u64::MAX,
     })
 }
 

@@ -8,7 +8,7 @@
 //! Connections come from a [`Network`]: [`Tcp`] (tokio's sockets) unless the application gives
 //! another, such as a simulated network in deterministic tests.
 
-mod backoff;
+pub(crate) mod backoff;
 
 use std::future::Future;
 use std::io;
