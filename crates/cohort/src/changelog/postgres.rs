@@ -33,7 +33,7 @@
 use std::time::Duration;
 
 use sqlx::postgres::{PgListener, PgPool};
-use sqlx::{Executor as _, Row as _};
+use sqlx::{Executor as _, Postgres, Row as _, Transaction};
 
 use super::tail::{Batch, Position, Row};
 use super::{ChangeLogError, Watch};
@@ -96,26 +96,26 @@ impl PostgresLog {
     /// Creates the log's tables if missing and (re)creates the trigger of `watch`, in one
     /// transaction, so a concurrent writer either is logged or committed before.
     pub(crate) async fn install(&self, watch: &Watch) -> Result<(), ChangeLogError> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(INSTALL_LOCK)
-            .execute(&mut *tx)
-            .await?;
-        tx.execute(SCHEMA).await?;
+        let mut tx = self.schema().await?;
         tx.execute(sqlx::AssertSqlSafe(trigger_sql(watch))).await?;
         tx.commit().await?;
         Ok(())
     }
 
-    /// A position no row committed from now on can precede: the oldest running transaction.
-    pub(crate) async fn head(&self) -> Result<Position, ChangeLogError> {
+    /// A transaction that holds the install lock and has created the log's tables if missing.
+    async fn schema(&self) -> Result<Transaction<'static, Postgres>, ChangeLogError> {
         let mut tx = self.pool.begin().await?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(INSTALL_LOCK)
             .execute(&mut *tx)
             .await?;
         tx.execute(SCHEMA).await?;
-        tx.commit().await?;
+        Ok(tx)
+    }
+
+    /// A position no row committed from now on can precede: the oldest running transaction.
+    pub(crate) async fn head(&self) -> Result<Position, ChangeLogError> {
+        self.schema().await?.commit().await?;
         let horizon: i64 =
             sqlx::query_scalar("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
                 .fetch_one(&self.pool)

@@ -1,0 +1,328 @@
+//! The change log on a real Postgres server, started by each test (`initdb` and `pg_ctl` from the
+//! machine; a test that cannot start it fails): outside writers seen by every node within the
+//! bound, the commit-order race the horizon exists for, and a lost `LISTEN` connection.
+//!
+//! The nodes have no mesh between them: changes reach them through the log alone.
+
+use std::time::Duration;
+
+use cohort::{Cache, ChangeLog, Cluster, ClusterEvent, Source};
+use cohort_servers::Postgres;
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+use tokio::sync::broadcast;
+use tokio::time::Instant;
+
+const BOUND: Duration = Duration::from_millis(400);
+
+type User = (String, i64);
+
+/// A Postgres server with a users table of ids 1..=10.
+async fn database() -> (Postgres, PgPool) {
+    let server = tokio::task::spawn_blocking(Postgres::start)
+        .await
+        .unwrap()
+        .expect("a throwaway Postgres server (initdb and pg_ctl from the postgresql package)");
+    let pool = pool(&server).await;
+    sqlx::query(
+        "CREATE TABLE users (id bigint PRIMARY KEY, name text NOT NULL, version bigint NOT NULL)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query("INSERT INTO users SELECT i, 'user ' || i, 1 FROM generate_series(1, 10) i")
+        .execute(&pool)
+        .await
+        .unwrap();
+    (server, pool)
+}
+
+async fn pool(server: &Postgres) -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(4)
+        .connect(&server.url())
+        .await
+        .unwrap()
+}
+
+/// One application server: a node tailing the log, its users cache and its own pool.
+struct Node {
+    cluster: Cluster,
+    users: Cache<u64, User>,
+    db: PgPool,
+}
+
+impl Node {
+    async fn start(server: &Postgres) -> Self {
+        Self::with_bound(server, BOUND).await
+    }
+
+    async fn with_bound(server: &Postgres, bound: Duration) -> Self {
+        let db = pool(server).await;
+        let cluster = Cluster::builder()
+            .max_staleness(bound)
+            .change_log(ChangeLog::postgres(db.clone()))
+            .start()
+            .await
+            .unwrap();
+        let users = cluster
+            .cache::<u64, User>("users")
+            .watch_table("users", "id")
+            .build()
+            .unwrap();
+        let node = Self { cluster, users, db };
+        node.poll_after(&mut node.cluster.subscribe(), Instant::now())
+            .await;
+        assert!(
+            node.users.is_serving(),
+            "serving once its trigger is in and a poll ran"
+        );
+        node
+    }
+
+    async fn read(&self, id: u64) -> (User, Source) {
+        let db = self.db.clone();
+        let fetched = self
+            .users
+            .fetch(&id, |id| async move {
+                sqlx::query_as::<_, User>("SELECT name, version FROM users WHERE id = $1")
+                    .bind(id as i64)
+                    .fetch_one(&db)
+                    .await
+            })
+            .await
+            .unwrap();
+        (fetched.value, fetched.source)
+    }
+
+    /// Caches user `id` and checks the next read is a hit.
+    async fn warm(&self, id: u64) -> User {
+        let (user, _) = self.read(id).await;
+        assert_eq!(self.read(id).await.1, Source::Cache);
+        user
+    }
+
+    /// Waits for a complete poll that started after `after`: every change committed before it
+    /// is then applied.
+    async fn poll_after(&self, events: &mut broadcast::Receiver<ClusterEvent>, after: Instant) {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                if let Ok(ClusterEvent::LogPolled { started, .. }) = events.recv().await
+                    && started > after
+                {
+                    return;
+                }
+            }
+        })
+        .await
+        .expect("the node polled the change log");
+    }
+}
+
+async fn rename(db: &PgPool, id: i64, name: &str) {
+    sqlx::query("UPDATE users SET name = $1, version = version + 1 WHERE id = $2")
+        .bind(name)
+        .bind(id)
+        .execute(db)
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_sql_update_reaches_every_node_within_the_bound() {
+    let (server, outsider) = database().await;
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        let node = Node::start(&server).await;
+        node.warm(1).await;
+        nodes.push(node);
+    }
+    let mut events: Vec<_> = nodes.iter().map(|n| n.cluster.subscribe()).collect();
+
+    rename(&outsider, 1, "renamed by hand").await;
+    let committed = Instant::now();
+
+    for (node, events) in nodes.iter().zip(&mut events) {
+        node.poll_after(events, committed).await;
+        let seen = committed.elapsed();
+        assert!(seen < BOUND, "seen after {seen:?}, bound {BOUND:?}");
+        assert_eq!(node.users.get(&1), None, "the log invalidated the copy");
+        assert_eq!(node.read(1).await.0, ("renamed by hand".to_owned(), 2));
+        let status = node.cluster.change_log_status().expect("a change log");
+        assert_eq!(status.errors, 0, "{:?}", status.last_error);
+    }
+}
+
+/// Commit to invalidation through the log: a `NOTIFY` wakes the tailers, so this takes a few
+/// milliseconds rather than the Δ/4 poll interval. With a bound of 20 s (polls 5 s apart), every
+/// one of 100 plain-SQL updates must arrive within 2.5 s: without wake-ups, all but the first
+/// would wait for the next poll. Prints p50/p99.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notifications_carry_a_change_through_the_log_faster_than_the_poll_interval() {
+    let bound = Duration::from_secs(20);
+    let (server, outsider) = database().await;
+    let node = Node::with_bound(&server, bound).await;
+    let mut events = node.cluster.subscribe();
+    let mut delays = Vec::new();
+    for round in 0..100 {
+        node.warm(2).await;
+        rename(&outsider, 2, &format!("round {round}")).await;
+        let committed = Instant::now();
+        tokio::time::timeout(bound / 8, async {
+            while node.users.get(&2).is_some() {
+                match events.recv().await {
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => panic!("node stopped"),
+                }
+            }
+        })
+        .await
+        .expect("a wake-up brought the change before the next poll");
+        delays.push(committed.elapsed());
+    }
+    delays.sort();
+    let (p50, p99) = (delays[49], delays[98]);
+    eprintln!("log path with NOTIFY: commit -> invalidated p50 {p50:?} p99 {p99:?}");
+}
+
+/// Transaction A updates user 1 and stays open; transaction B updates user 2 and commits, so
+/// B's log row has the higher sequence number but commits first. A node reading the log in
+/// sequence order would move past A's row before it is visible and never see it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_committed_after_a_later_one_is_not_lost() {
+    let (server, outsider) = database().await;
+    let node = Node::start(&server).await;
+    let mut events = node.cluster.subscribe();
+
+    let mut a = outsider.begin().await.unwrap();
+    sqlx::query("UPDATE users SET name = 'by A', version = version + 1 WHERE id = 1")
+        .execute(&mut *a)
+        .await
+        .unwrap();
+    rename(&outsider, 2, "by B").await;
+    let b_committed = Instant::now();
+    node.poll_after(&mut events, b_committed).await;
+    assert_eq!(node.read(2).await.0, ("by B".to_owned(), 2));
+
+    // A is still open: the node caches user 1 as it was, and several polls pass.
+    assert_eq!(node.warm(1).await, ("user 1".to_owned(), 1));
+    for _ in 0..3 {
+        node.poll_after(&mut events, Instant::now()).await;
+    }
+    assert_eq!(node.read(1).await.1, Source::Cache);
+
+    a.commit().await.unwrap();
+    let a_committed = Instant::now();
+    node.poll_after(&mut events, a_committed).await;
+    assert!(a_committed.elapsed() < BOUND);
+    assert_eq!(node.users.get(&1), None, "A's change reached the node");
+    assert_eq!(node.read(1).await.0, ("by A".to_owned(), 2));
+}
+
+/// The backend of the node's `LISTEN` connection is terminated. Polling keeps the bound while the
+/// listener reconnects (with backoff), and it does reconnect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terminated_listen_connection_loses_nothing_and_comes_back() {
+    let (server, outsider) = database().await;
+    let node = Node::start(&server).await;
+    let mut events = node.cluster.subscribe();
+    let listener_pid = listening_backend(&outsider, None).await;
+    node.warm(3).await;
+
+    let terminated: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+        .bind(listener_pid)
+        .fetch_one(&outsider)
+        .await
+        .unwrap();
+    assert!(terminated);
+    rename(&outsider, 3, "while deaf").await;
+    let committed = Instant::now();
+    node.poll_after(&mut events, committed).await;
+    assert!(
+        committed.elapsed() < BOUND,
+        "seen after {:?}",
+        committed.elapsed()
+    );
+    assert_eq!(node.users.get(&3), None);
+    assert_eq!(node.read(3).await.0, ("while deaf".to_owned(), 2));
+
+    let again = listening_backend(&outsider, Some(listener_pid)).await;
+    assert_ne!(again, listener_pid);
+    assert!(node.users.is_serving());
+}
+
+/// The backend that is listening on the log's channel (other than `not`), waited for.
+async fn listening_backend(db: &PgPool, not: Option<i32>) -> i32 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let pid: Option<i32> = sqlx::query_scalar(
+            "SELECT pid FROM pg_stat_activity WHERE query ILIKE 'LISTEN%cohort_changes%' \
+             AND pid <> $1 LIMIT 1",
+        )
+        .bind(not.unwrap_or(0))
+        .fetch_optional(db)
+        .await
+        .unwrap();
+        if let Some(pid) = pid {
+            return pid;
+        }
+        assert!(Instant::now() < deadline, "no connection is listening");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Rows older than the retention are deleted and the watermark moves over them; a node that had
+/// read them does not flush.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_rows_are_pruned_behind_a_watermark() {
+    let (server, outsider) = database().await;
+    let db = pool(&server).await;
+    let cluster = Cluster::builder()
+        .max_staleness(Duration::from_millis(100))
+        .log_retention(Duration::from_millis(400))
+        .change_log(ChangeLog::postgres(db))
+        .start()
+        .await
+        .unwrap();
+    let _users = cluster
+        .cache::<u64, User>("users")
+        .watch_table("users", "id")
+        .build()
+        .unwrap();
+    let mut events = cluster.subscribe();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !matches!(events.recv().await, Ok(ClusterEvent::LogPolled { .. })) {}
+    })
+    .await
+    .unwrap();
+    for id in 1..=5 {
+        rename(&outsider, id, "to be pruned").await;
+    }
+    let logged: i64 = sqlx::query_scalar("SELECT count(*) FROM cohort_changes")
+        .fetch_one(&outsider)
+        .await
+        .unwrap();
+    assert_eq!(logged, 5);
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let pruned_seq = loop {
+        let (left, pruned_seq): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM cohort_changes), pruned_seq FROM cohort_log_meta",
+        )
+        .fetch_one(&outsider)
+        .await
+        .unwrap();
+        if left == 0 {
+            break pruned_seq;
+        }
+        assert!(Instant::now() < deadline, "{left} rows never pruned");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(pruned_seq, 5, "the watermark is the last row deleted");
+    let status = cluster.change_log_status().unwrap();
+    assert_eq!(
+        status.pruned_flushes, 0,
+        "the node had read every pruned row"
+    );
+    assert_eq!(status.errors, 0, "{:?}", status.last_error);
+}

@@ -1,0 +1,14 @@
+//! Throwaway database servers for cohort's tests, benchmarks and checks: real servers from the
+//! machine's own binaries, in temporary directories, on free loopback ports, stopped when
+//! dropped. A server that cannot start is an error that says why (missing binaries, a failed
+//! `initdb`), never a silent skip.
+//!
+//! ```no_run
+//! let postgres = cohort_servers::Postgres::start()?;
+//! println!("connect to {}", postgres.url());
+//! # Ok::<(), std::io::Error>(())
+//! ```
+
+mod postgres;
+
+pub use postgres::Postgres;
