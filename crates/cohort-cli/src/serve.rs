@@ -7,22 +7,21 @@
 //! are seen within the bound too.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use cohort::{Cache, ChangeLog, Cluster, Source};
+use cohort::{Cache, Cluster, Source};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use sqlx::SqlitePool;
 
-use crate::users_db;
+use crate::users_db::{UserRow, UsersDb};
 
 /// Options of `cohort serve`.
 #[derive(clap::Args, Debug)]
@@ -42,7 +41,8 @@ pub(crate) struct Args {
     /// Peers to join through, comma-separated `host:port`.
     #[arg(long, value_delimiter = ',')]
     seeds: Vec<String>,
-    /// The database: `sqlite://path` (created and seeded if missing).
+    /// The database: `sqlite://path` (created if missing) or `postgres://…`; the users table is
+    /// created and seeded if missing.
     #[arg(long, default_value = "sqlite://cohort-demo.db")]
     db: String,
     /// The staleness bound, e.g. `500ms` or `2s`.
@@ -98,8 +98,6 @@ struct User {
     version: u64,
 }
 
-type UserRow = (i64, String, i64);
-
 fn user((id, name, version): UserRow) -> Arc<User> {
     Arc::new(User {
         id: id.unsigned_abs(),
@@ -112,21 +110,20 @@ fn user((id, name, version): UserRow) -> Arc<User> {
 struct App {
     cluster: Cluster,
     users: Cache<u64, Arc<User>>,
-    db: SqlitePool,
+    db: UsersDb,
 }
 
 /// Runs the service until SIGTERM or ctrl-c.
 pub(crate) async fn run(args: Args) -> anyhow::Result<bool> {
-    let path = sqlite_path(&args.db)?;
-    let db = users_db::open(&path, 8).await?;
-    users_db::ensure_users(&db, args.users).await?;
+    let db = UsersDb::connect(&args.db, 8).await?;
+    db.ensure_users(args.users).await?;
     let mut builder = Cluster::builder();
     builder
         .listen(args.listen)
         .seeds(args.seeds.iter().filter(|s| !s.is_empty()).cloned())
         .max_staleness(args.max_staleness)
         .log_retention(args.log_retention)
-        .change_log(ChangeLog::sqlite(db.clone()))
+        .change_log(db.change_log())
         .unsafe_ignore_leases(args.unsafe_ignore_leases);
     if let Some(name) = &args.name {
         builder.node_name(name);
@@ -147,6 +144,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<bool> {
     let http = tokio::net::TcpListener::bind(args.http)
         .await
         .with_context(|| format!("cannot serve HTTP on {}", args.http))?;
+    let app_db = db.display();
     let app = App {
         cluster: cluster.clone(),
         users,
@@ -164,7 +162,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<bool> {
         http.local_addr()?,
         cluster.bound_addr(),
         cluster.local_addr(),
-        path.display()
+        app_db
     );
     axum::serve(http, router)
         .with_graceful_shutdown(shutdown_signal())
@@ -172,22 +170,6 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<bool> {
         .context("the HTTP server failed")?;
     cluster.shutdown().await;
     Ok(true)
-}
-
-pub(crate) fn sqlite_path(url: &str) -> anyhow::Result<PathBuf> {
-    if let Some(path) = url
-        .strip_prefix("sqlite://")
-        .or_else(|| url.strip_prefix("sqlite:"))
-    {
-        if path.is_empty() {
-            bail!("--db {url:?} names no file");
-        }
-        return Ok(PathBuf::from(path));
-    }
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        bail!("--db {url:?}: Postgres is not supported yet; use sqlite://path");
-    }
-    bail!("--db {url:?}: expected sqlite://path")
 }
 
 async fn shutdown_signal() {
@@ -246,13 +228,7 @@ async fn read_user(State(app): State<App>, Path(id): Path<String>) -> Result<Res
     let db = app.db.clone();
     let fetched = app
         .users
-        .fetch(&id, |id| async move {
-            sqlx::query_as::<_, UserRow>("SELECT id, name, version FROM users WHERE id = ?")
-                .bind(id as i64)
-                .fetch_one(&db)
-                .await
-                .map(user)
-        })
+        .fetch(&id, |id| async move { db.user(id as i64).await.map(user) })
         .await?;
     let source = if fetched.source == Source::Cache {
         "cache"
@@ -285,14 +261,7 @@ async fn write_user(
     let receipt = app
         .users
         .update(&id, |id| async move {
-            sqlx::query_as::<_, UserRow>(
-                "UPDATE users SET name = ?, version = version + 1 WHERE id = ? RETURNING id, name, version",
-            )
-            .bind(name)
-            .bind(id as i64)
-            .fetch_one(&db)
-            .await
-            .map(user)
+            db.rename(id as i64, &name).await.map(user)
         })
         .await
         .map_err(|e| match e {
@@ -378,17 +347,5 @@ mod tests {
         assert!(parse_duration("10").is_err());
         assert!(parse_duration("fast").is_err());
         assert!(parse_duration("5h").is_err());
-    }
-
-    #[test]
-    fn database_urls() {
-        assert_eq!(
-            sqlite_path("sqlite://a/b.db").unwrap(),
-            PathBuf::from("a/b.db")
-        );
-        assert_eq!(sqlite_path("sqlite:x.db").unwrap(), PathBuf::from("x.db"));
-        assert!(sqlite_path("sqlite://").is_err());
-        assert!(sqlite_path("postgres://localhost/db").is_err());
-        assert!(sqlite_path("mysql://x").is_err());
     }
 }

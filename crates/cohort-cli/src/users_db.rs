@@ -1,11 +1,13 @@
-//! The users database of the demo and the example service: a SQLite file several nodes (and
-//! processes) share.
+//! The users database of the demo, `cohort serve` and `cohort check`: a SQLite file several
+//! nodes (and processes) share, or a Postgres database.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
+use cohort::ChangeLog;
 use sqlx::SqlitePool;
+use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
 /// Opens the file, creating it if missing, in WAL mode with a busy timeout so that several
@@ -44,4 +46,214 @@ pub(crate) async fn ensure_users(db: &SqlitePool, count: u64) -> anyhow::Result<
     .await
     .context("cannot seed the users table")?;
     Ok(())
+}
+
+/// A user as stored: id, name, version.
+pub(crate) type UserRow = (i64, String, i64);
+
+/// The users database of `cohort serve` and `cohort check`: a SQLite file or a Postgres
+/// database, named by a `--db` URL.
+#[derive(Clone, Debug)]
+pub(crate) enum UsersDb {
+    Sqlite { pool: SqlitePool, path: PathBuf },
+    Postgres { pool: PgPool, url: String },
+}
+
+/// Runs the same sqlx expression on whichever pool the database has; SQLite accepts Postgres's
+/// `$1` placeholders, so one SQL text serves both where the dialects agree.
+macro_rules! on_pool {
+    ($db:expr, |$pool:ident| $body:expr) => {
+        match $db {
+            UsersDb::Sqlite { pool: $pool, .. } => $body,
+            UsersDb::Postgres { pool: $pool, .. } => $body,
+        }
+    };
+}
+
+impl UsersDb {
+    /// Connects to `url`: `sqlite://path` (created if missing) or `postgres://…`.
+    pub(crate) async fn connect(url: &str, max_connections: u32) -> anyhow::Result<Self> {
+        match parse_url(url)? {
+            Url::Sqlite(path) => Ok(Self::Sqlite {
+                pool: open(&path, max_connections).await?,
+                path,
+            }),
+            Url::Postgres => {
+                let pool = PgPoolOptions::new()
+                    .max_connections(max_connections)
+                    .acquire_timeout(Duration::from_secs(5))
+                    .connect(url)
+                    .await
+                    .with_context(|| format!("cannot connect to {}", redact(url)))?;
+                Ok(Self::Postgres {
+                    pool,
+                    url: url.to_owned(),
+                })
+            }
+        }
+    }
+
+    /// The URL to hand to another process.
+    pub(crate) fn url(&self) -> String {
+        match self {
+            Self::Sqlite { path, .. } => format!("sqlite://{}", path.display()),
+            Self::Postgres { url, .. } => url.clone(),
+        }
+    }
+
+    /// The URL without its password, for printing.
+    pub(crate) fn display(&self) -> String {
+        redact(&self.url())
+    }
+
+    pub(crate) fn change_log(&self) -> ChangeLog {
+        match self {
+            Self::Sqlite { pool, .. } => ChangeLog::sqlite(pool.clone()),
+            Self::Postgres { pool, .. } => ChangeLog::postgres(pool.clone()),
+        }
+    }
+
+    /// Creates the users table if missing and users 1..=`count` that do not exist yet, named
+    /// `user-<id>` at version 1.
+    pub(crate) async fn ensure_users(&self, count: u64) -> anyhow::Result<()> {
+        let count = i64::try_from(count)?;
+        match self {
+            Self::Sqlite { pool, .. } => ensure_users(pool, count.unsigned_abs()).await,
+            Self::Postgres { pool, .. } => {
+                sqlx::query(
+                    "CREATE TABLE IF NOT EXISTS users \
+                     (id bigint PRIMARY KEY, name text NOT NULL, version bigint NOT NULL)",
+                )
+                .execute(pool)
+                .await
+                .context("cannot create the users table")?;
+                sqlx::query(
+                    "INSERT INTO users (id, name, version) \
+                     SELECT x, 'user-' || x, 1 FROM generate_series(1, $1) x \
+                     ON CONFLICT (id) DO NOTHING",
+                )
+                .bind(count)
+                .execute(pool)
+                .await
+                .context("cannot seed the users table")?;
+                Ok(())
+            }
+        }
+    }
+
+    pub(crate) async fn user(&self, id: i64) -> Result<UserRow, sqlx::Error> {
+        on_pool!(self, |pool| sqlx::query_as(
+            "SELECT id, name, version FROM users WHERE id = $1"
+        )
+        .bind(id)
+        .fetch_one(pool)
+        .await)
+    }
+
+    /// Renames user `id` and bumps its version.
+    pub(crate) async fn rename(&self, id: i64, name: &str) -> Result<UserRow, sqlx::Error> {
+        on_pool!(self, |pool| sqlx::query_as(
+            "UPDATE users SET name = $1, version = version + 1 WHERE id = $2 \
+             RETURNING id, name, version"
+        )
+        .bind(name)
+        .bind(id)
+        .fetch_one(pool)
+        .await)
+    }
+
+    /// Bumps the version of every user after `id`, in one statement.
+    pub(crate) async fn bump_after(&self, id: i64) -> Result<(), sqlx::Error> {
+        on_pool!(self, |pool| sqlx::query(
+            "UPDATE users SET version = version + 1 WHERE id > $1"
+        )
+        .bind(id)
+        .execute(pool)
+        .await
+        .map(drop))
+    }
+
+    /// Renames every user up to `id`, in one statement; returns their ids and new versions.
+    pub(crate) async fn rename_through(
+        &self,
+        id: i64,
+        name: &str,
+    ) -> Result<Vec<(i64, i64)>, sqlx::Error> {
+        on_pool!(self, |pool| sqlx::query_as(
+            "UPDATE users SET name = $1, version = version + 1 WHERE id <= $2 \
+             RETURNING id, version"
+        )
+        .bind(name)
+        .bind(id)
+        .fetch_all(pool)
+        .await)
+    }
+}
+
+enum Url {
+    Sqlite(PathBuf),
+    Postgres,
+}
+
+fn parse_url(url: &str) -> anyhow::Result<Url> {
+    if let Some(path) = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+    {
+        anyhow::ensure!(!path.is_empty(), "--db {url:?} names no file");
+        return Ok(Url::Sqlite(PathBuf::from(path)));
+    }
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Ok(Url::Postgres);
+    }
+    bail!("--db {url:?}: expected sqlite://path or postgres://…")
+}
+
+/// `url` with the password, if any, replaced by `***`.
+fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    match rest.split_once('@') {
+        Some((userinfo, host)) if userinfo.contains(':') => {
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}:***@{host}")
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_urls() {
+        assert!(
+            matches!(parse_url("sqlite://a/b.db").unwrap(), Url::Sqlite(p) if p == Path::new("a/b.db"))
+        );
+        assert!(
+            matches!(parse_url("sqlite:x.db").unwrap(), Url::Sqlite(p) if p == Path::new("x.db"))
+        );
+        assert!(parse_url("sqlite://").is_err());
+        assert!(matches!(
+            parse_url("postgres://localhost/db").unwrap(),
+            Url::Postgres
+        ));
+        assert!(matches!(
+            parse_url("postgresql://u@h/db").unwrap(),
+            Url::Postgres
+        ));
+        assert!(parse_url("mysql://x").is_err());
+    }
+
+    #[test]
+    fn passwords_are_not_printed() {
+        assert_eq!(
+            redact("postgres://app:secret@db:5432/app"),
+            "postgres://app:***@db:5432/app"
+        );
+        assert_eq!(redact("postgres://app@db/app"), "postgres://app@db/app");
+        assert_eq!(redact("sqlite://x.db"), "sqlite://x.db");
+    }
 }

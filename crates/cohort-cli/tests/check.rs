@@ -94,3 +94,27 @@ fn bad_arguments_are_refused_with_a_clear_error() {
     let stderr = String::from_utf8(output.stderr).unwrap();
     assert!(stderr.contains("meteor"), "{stderr}");
 }
+
+/// The same check on a Postgres server started for the test: every fault kind, the change log
+/// tailed below the horizon and woken by `NOTIFY`.
+#[test]
+fn on_postgres_every_fault_kind_and_nothing_stale_beyond_the_bound() {
+    let postgres = cohort_servers::Postgres::start()
+        .expect("a throwaway Postgres server (initdb and pg_ctl from the postgresql package)");
+    let url = postgres.url();
+    let (passed, last) = check(&[
+        "--db",
+        &url,
+        "--duration",
+        "12s",
+        "--faults",
+        "kill,pause,partition,drop,slow,external",
+        "--seed",
+        "7",
+    ]);
+    assert!(last.ends_with("result=PASS"), "{last}");
+    assert!(passed);
+    assert!(field(&last, "ops") > 1_000);
+    assert!(field(&last, "faults") >= 6);
+    assert_eq!(field(&last, "stale_beyond_bound"), 0);
+}

@@ -24,11 +24,13 @@ use parking_lot::Mutex;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use serde_json::json;
-use sqlx::SqlitePool;
 
 use crate::history::{self, Read, Update};
 use crate::serve::{Consistency, parse_duration};
-use crate::users_db;
+use crate::users_db::UsersDb;
+
+/// The name plain-SQL writers give users.
+const PLAIN_SQL_NAME: &str = "set by plain SQL";
 use faults::{Action, FaultKind, Planned};
 use nodes::{Node, NodeSpec};
 use proxy::Proxy;
@@ -67,7 +69,8 @@ pub(crate) struct Args {
     /// Concurrent clients.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
     clients: u16,
-    /// The database: `sqlite://path` [default: a new file in a temporary directory].
+    /// The database: `sqlite://path` or `postgres://…` [default: a new SQLite file in a
+    /// temporary directory]. The users table is created and seeded if missing.
     #[arg(long)]
     db: Option<String>,
     /// Where to write the history, one JSON line per operation.
@@ -126,18 +129,18 @@ type Cluster = Arc<Mutex<Vec<Option<Node>>>>;
 /// Runs a check; `Ok(true)` when it passed.
 pub(crate) async fn run(args: Args) -> anyhow::Result<bool> {
     let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
-    let db_path = match &args.db {
-        None => dir.path().join("check.db"),
-        Some(url) => crate::serve::sqlite_path(url)?,
+    let url = match &args.db {
+        None => format!("sqlite://{}", dir.path().join("check.db").display()),
+        Some(url) => url.clone(),
     };
-    let db = users_db::open(&db_path, 4).await?;
-    users_db::ensure_users(&db, args.keys + BACKLOG_ROWS).await?;
+    let db = UsersDb::connect(&url, 4).await?;
+    db.ensure_users(args.keys + BACKLOG_ROWS).await?;
 
     let n = usize::from(args.nodes);
     let names: Vec<String> = (0..n).map(|i| format!("n{i}")).collect();
     let proxy = Proxy::start(names, args.seed).await?;
     let spec = NodeSpec {
-        db: db_path.clone(),
+        db: db.url(),
         max_staleness: args.max_staleness,
         users: args.keys,
         advertised: (0..n).map(|i| proxy.addr(i)).collect(),
@@ -326,7 +329,7 @@ struct FaultRun<'a> {
     proxy: &'a Proxy,
     cluster: &'a Cluster,
     recorded: &'a Mutex<Recorded>,
-    db: &'a SqlitePool,
+    db: &'a UsersDb,
     origin: Instant,
     seed: u64,
     progress: &'a ProgressBar,
@@ -398,14 +401,11 @@ async fn run_faults(run: FaultRun<'_>) -> anyhow::Result<()> {
                     let keys = run.spec.users;
                     let key = rng.random_range(1..=keys);
                     let started = Instant::now();
-                    let version: i64 = sqlx::query_scalar(
-                        "UPDATE users SET name = 'set by plain SQL', version = version + 1 \
-                         WHERE id = ? RETURNING version",
-                    )
-                    .bind(i64::try_from(key)?)
-                    .fetch_one(run.db)
-                    .await
-                    .context("an outside write failed")?;
+                    let (_, _, version) = run
+                        .db
+                        .rename(i64::try_from(key)?, PLAIN_SQL_NAME)
+                        .await
+                        .context("an outside write failed")?;
                     run.recorded.lock().updates.push(Op {
                         actor: Actor::Sql,
                         key,
@@ -422,26 +422,16 @@ async fn run_faults(run: FaultRun<'_>) -> anyhow::Result<()> {
 }
 
 /// Changes every backlog row, then every key the clients use, with plain SQL; records the latter.
-async fn write_backlog(
-    db: &SqlitePool,
-    keys: u64,
-    recorded: &Mutex<Recorded>,
-) -> anyhow::Result<()> {
+async fn write_backlog(db: &UsersDb, keys: u64, recorded: &Mutex<Recorded>) -> anyhow::Result<()> {
     let keys = i64::try_from(keys)?;
-    sqlx::query("UPDATE users SET version = version + 1 WHERE id > ?")
-        .bind(keys)
-        .execute(db)
+    db.bump_after(keys)
         .await
         .context("an outside write failed")?;
     let started = Instant::now();
-    let rows: Vec<(i64, i64)> = sqlx::query_as(
-        "UPDATE users SET name = 'set by plain SQL', version = version + 1 \
-         WHERE id <= ? RETURNING id, version",
-    )
-    .bind(keys)
-    .fetch_all(db)
-    .await
-    .context("an outside write failed")?;
+    let rows = db
+        .rename_through(keys, PLAIN_SQL_NAME)
+        .await
+        .context("an outside write failed")?;
     let ended = Instant::now();
     recorded
         .lock()

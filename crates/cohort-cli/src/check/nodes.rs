@@ -2,7 +2,6 @@
 //! resumed and restarted on command.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -15,7 +14,8 @@ use tokio::process::{Child, ChildStdout, Command};
 /// How to start every node.
 #[derive(Clone, Debug)]
 pub(crate) struct NodeSpec {
-    pub(crate) db: PathBuf,
+    /// The database's URL.
+    pub(crate) db: String,
     pub(crate) max_staleness: Duration,
     pub(crate) users: u64,
     /// Every node's advertised (proxy) address, by index.
@@ -48,8 +48,7 @@ impl Node {
             .args(["--http", "127.0.0.1:0", "--listen", "127.0.0.1:0"])
             .args(["--advertise", &spec.advertised[index].to_string()])
             .args(["--seeds", &seeds.join(",")])
-            .arg("--db")
-            .arg(format!("sqlite://{}", spec.db.display()))
+            .args(["--db", &spec.db])
             .args([
                 "--max-staleness",
                 &format!("{}ms", spec.max_staleness.as_millis()),
