@@ -95,8 +95,8 @@ fn bad_arguments_are_refused_with_a_clear_error() {
     assert!(stderr.contains("meteor"), "{stderr}");
 }
 
-/// The same check on a Postgres server started for the test: every fault kind, the change log
-/// tailed below the horizon and woken by `NOTIFY`.
+/// The same check on a Postgres server started for the test: every fault kind, including the
+/// database frozen for the nodes while plain SQL changes every key.
 #[test]
 fn on_postgres_every_fault_kind_and_nothing_stale_beyond_the_bound() {
     let postgres = cohort_servers::Postgres::start()
@@ -106,15 +106,21 @@ fn on_postgres_every_fault_kind_and_nothing_stale_beyond_the_bound() {
         "--db",
         &url,
         "--duration",
-        "12s",
+        "16s",
         "--faults",
-        "kill,pause,partition,drop,slow,external",
+        "kill,pause,partition,drop,slow,external,dbpause",
         "--seed",
         "7",
     ]);
     assert!(last.ends_with("result=PASS"), "{last}");
     assert!(passed);
     assert!(field(&last, "ops") > 1_000);
-    assert!(field(&last, "faults") >= 6);
+    assert!(field(&last, "faults") >= 7);
     assert_eq!(field(&last, "stale_beyond_bound"), 0);
+}
+
+#[test]
+fn dbpause_needs_postgres() {
+    let (passed, _) = check(&["--duration", "2s", "--faults", "dbpause"]);
+    assert!(!passed);
 }

@@ -27,6 +27,10 @@ pub(crate) enum FaultKind {
     Slow,
     /// Update rows with plain SQL, through no node.
     External,
+    /// Freeze the database for the nodes (Postgres only): every byte between them and the server
+    /// held, connections left open, for longer than the bound, while plain SQL renames every key.
+    #[value(name = "dbpause")]
+    DbPause,
 }
 
 impl FaultKind {
@@ -38,6 +42,7 @@ impl FaultKind {
             Self::Drop => "drop",
             Self::Slow => "slow",
             Self::External => "external",
+            Self::DbPause => "dbpause",
         }
     }
 }
@@ -51,6 +56,7 @@ pub(crate) enum Action {
     Drop { share: f64 },
     Slow { delay: Duration },
     External { writes: u32 },
+    DbPause,
 }
 
 /// A fault, when it starts (from the start of the workload) and how long it lasts.
@@ -132,6 +138,7 @@ pub(crate) fn plan(
                     },
                     Duration::ZERO,
                 ),
+                FaultKind::DbPause => (Action::DbPause, ms(&mut rng, bound + bound / 5, bound * 4)),
             };
             if at + lasts > end {
                 break 'rounds;
@@ -153,13 +160,14 @@ mod tests {
     use super::*;
 
     const BOUND: Duration = Duration::from_millis(500);
-    const ALL: [FaultKind; 6] = [
+    const ALL: [FaultKind; 7] = [
         FaultKind::Kill,
         FaultKind::Pause,
         FaultKind::Partition,
         FaultKind::Drop,
         FaultKind::Slow,
         FaultKind::External,
+        FaultKind::DbPause,
     ];
 
     #[test]
@@ -206,7 +214,7 @@ mod tests {
         for fault in plan(&ALL, 3, Duration::from_secs(60), BOUND, 3) {
             if matches!(
                 fault.action,
-                Action::Pause { .. } | Action::Partition { .. }
+                Action::Pause { .. } | Action::Partition { .. } | Action::DbPause
             ) {
                 assert!(fault.lasts > BOUND);
             }

@@ -7,6 +7,7 @@
 //! checked: it must show a version at least as new as every update that returned more than the
 //! bound before the read started (bounded mode), or before it started at all (strong mode).
 
+mod dbproxy;
 mod faults;
 mod http;
 mod nodes;
@@ -31,6 +32,7 @@ use crate::users_db::UsersDb;
 
 /// The name plain-SQL writers give users.
 const PLAIN_SQL_NAME: &str = "set by plain SQL";
+use dbproxy::DbProxy;
 use faults::{Action, FaultKind, Planned};
 use nodes::{Node, NodeSpec};
 use proxy::Proxy;
@@ -135,12 +137,23 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<bool> {
     };
     let db = UsersDb::connect(&url, 4).await?;
     db.ensure_users(args.keys + BACKLOG_ROWS).await?;
+    let (db_proxy, nodes_db) = if args.faults.contains(&FaultKind::DbPause) {
+        let UsersDb::Postgres { url, .. } = &db else {
+            anyhow::bail!("the dbpause fault needs --db postgres://…");
+        };
+        let (target, _) = dbproxy::route_through(url, ([127, 0, 0, 1], 0).into())?;
+        let db_proxy = DbProxy::start(dbproxy::resolve(&target).await?).await?;
+        let (_, routed) = dbproxy::route_through(url, db_proxy.addr())?;
+        (Some(db_proxy), routed)
+    } else {
+        (None, db.url())
+    };
 
     let n = usize::from(args.nodes);
     let names: Vec<String> = (0..n).map(|i| format!("n{i}")).collect();
     let proxy = Proxy::start(names, args.seed).await?;
     let spec = NodeSpec {
-        db: db.url(),
+        db: nodes_db,
         max_staleness: args.max_staleness,
         users: args.keys,
         advertised: (0..n).map(|i| proxy.addr(i)).collect(),
@@ -192,6 +205,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<bool> {
         cluster: &cluster,
         recorded: &recorded,
         db: &db,
+        db_proxy: db_proxy.as_ref(),
         origin,
         seed: args.seed,
         progress: &progress,
@@ -330,6 +344,8 @@ struct FaultRun<'a> {
     cluster: &'a Cluster,
     recorded: &'a Mutex<Recorded>,
     db: &'a UsersDb,
+    /// Between the nodes and a Postgres server, for `dbpause`.
+    db_proxy: Option<&'a DbProxy>,
     origin: Instant,
     seed: u64,
     progress: &'a ProgressBar,
@@ -381,6 +397,15 @@ async fn run_faults(run: FaultRun<'_>) -> anyhow::Result<()> {
                 written?;
                 run.proxy.heal();
             }
+            Action::DbPause => {
+                let db_proxy = run.db_proxy.context("dbpause needs the database proxy")?;
+                db_proxy.pause();
+                // The data changes while the nodes cannot see the database.
+                let written = rename_every_key(run.db, run.spec.users, run.recorded).await;
+                tokio::time::sleep_until((run.origin + fault.at + fault.lasts).into()).await;
+                db_proxy.resume();
+                written?;
+            }
             Action::Partition { side } => {
                 run.proxy.partition(side);
                 tokio::time::sleep(fault.lasts).await;
@@ -423,10 +448,19 @@ async fn run_faults(run: FaultRun<'_>) -> anyhow::Result<()> {
 
 /// Changes every backlog row, then every key the clients use, with plain SQL; records the latter.
 async fn write_backlog(db: &UsersDb, keys: u64, recorded: &Mutex<Recorded>) -> anyhow::Result<()> {
-    let keys = i64::try_from(keys)?;
-    db.bump_after(keys)
+    db.bump_after(i64::try_from(keys)?)
         .await
         .context("an outside write failed")?;
+    rename_every_key(db, keys, recorded).await
+}
+
+/// Renames every key the clients use with plain SQL, in one statement; records the updates.
+async fn rename_every_key(
+    db: &UsersDb,
+    keys: u64,
+    recorded: &Mutex<Recorded>,
+) -> anyhow::Result<()> {
+    let keys = i64::try_from(keys)?;
     let started = Instant::now();
     let rows = db
         .rename_through(keys, PLAIN_SQL_NAME)
