@@ -476,7 +476,15 @@ impl<K: Key, V: Value> Cache<K, V> {
         }
         inner.counters.misses.incr();
         match inner.store.load_slot(key).await {
-            Lookup::Hit(value) => fetched(value, Source::Cache),
+            // Waiting for a concurrent load of the key can outlast the lease (a stalled
+            // database): a value found after the wait is served only under a lease that holds
+            // now, and otherwise read afresh.
+            Lookup::Hit(value) if inner.serving() => fetched(value, Source::Cache),
+            Lookup::Hit(_) => {
+                inner.counters.bypasses.incr();
+                inner.counters.loads.incr();
+                fetched(load(key.clone()).await?, Source::Bypassed)
+            }
             Lookup::Miss(slot) => {
                 inner.counters.loads.incr();
                 let value = load(key.clone()).await?;
