@@ -466,9 +466,7 @@ impl<K: Key, V: Value> Cache<K, V> {
         let fetched = |value, source| Ok(Fetched { value, source });
         if !inner.serving() {
             inner.counters.misses.incr();
-            inner.counters.bypasses.incr();
-            inner.counters.loads.incr();
-            return fetched(load(key.clone()).await?, Source::Bypassed);
+            return fetched(inner.bypass(key, load).await?, Source::Bypassed);
         }
         if let Some(value) = inner.store.get(key) {
             inner.counters.hits.incr();
@@ -480,11 +478,7 @@ impl<K: Key, V: Value> Cache<K, V> {
             // database): a value found after the wait is served only under a lease that holds
             // now, and otherwise read afresh.
             Lookup::Hit(value) if inner.serving() => fetched(value, Source::Cache),
-            Lookup::Hit(_) => {
-                inner.counters.bypasses.incr();
-                inner.counters.loads.incr();
-                fetched(load(key.clone()).await?, Source::Bypassed)
-            }
+            Lookup::Hit(_) => fetched(inner.bypass(key, load).await?, Source::Bypassed),
             Lookup::Miss(slot) => {
                 inner.counters.loads.incr();
                 let value = load(key.clone()).await?;
@@ -602,6 +596,17 @@ impl<K: Key, V: Value> Inner<K, V> {
                 .strong
                 .as_ref()
                 .is_none_or(|strong| strong.peer_lease.is_valid(clock))
+    }
+
+    /// Loads `key` for a caller that may not use the cache now; stores nothing.
+    async fn bypass<F, Fut, E>(&self, key: &K, load: F) -> Result<V, E>
+    where
+        F: FnOnce(K) -> Fut,
+        Fut: Future<Output = Result<V, E>>,
+    {
+        self.counters.bypasses.incr();
+        self.counters.loads.incr();
+        load(key.clone()).await
     }
 
     /// Holds back fills of `key` until a matching [`release`](Self::release), or for four

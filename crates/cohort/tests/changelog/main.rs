@@ -408,3 +408,69 @@ async fn watching_needs_a_change_log_and_plain_identifiers() {
             .is_err()
     );
 }
+
+/// A read that waits for another read's load of the same key can wait past the lease (the
+/// database stalls, the node is frozen): what it finds after the wait is not served unless the
+/// lease holds then. Here the first load's value fills the cache while the frozen node cannot
+/// tell whether it changed since (nothing voids the fill); the waiting read must load afresh
+/// rather than return it.
+#[test]
+fn a_read_that_waited_past_the_lease_for_a_concurrent_load_does_not_serve_its_value() {
+    let outside = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = outside.block_on(database(dir.path()));
+    let node_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let server = Arc::new(node_runtime.block_on(Server::start(&path, Duration::from_secs(600))));
+    let users = server.users.clone();
+
+    let misses = users.stats().misses;
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    let first = outside.spawn({
+        let users = users.clone();
+        async move {
+            users
+                .fetch(&2, |_| async move {
+                    released.await.unwrap();
+                    Ok::<_, ()>(("read before the change".to_owned(), 1))
+                })
+                .await
+        }
+    });
+    spin_until("the first read is loading", || users.stats().loads > 0);
+    let waiter = outside.spawn({
+        let users = users.clone();
+        async move {
+            users
+                .fetch(&2, |_| async { Ok::<_, ()>(("read afresh".to_owned(), 2)) })
+                .await
+        }
+    });
+    spin_until("the second read missed too", || {
+        users.stats().misses == misses + 2
+    });
+
+    let frozen = Frozen::new(&node_runtime);
+    // Let the lease run out while the node is frozen.
+    std::thread::sleep(BOUND + Duration::from_millis(20));
+    assert!(!users.is_serving());
+    release.send(()).unwrap();
+    let first = outside.block_on(first).unwrap().unwrap();
+    assert_eq!(first.source, Source::Loaded);
+    let waited = outside.block_on(waiter).unwrap().unwrap();
+    assert_eq!(waited.value, ("read afresh".to_owned(), 2));
+    assert_eq!(waited.source, Source::Bypassed);
+    frozen.thaw();
+}
+
+/// Waits, without yielding to any runtime, until `done` holds; fails after 10 s.
+fn spin_until(what: &str, done: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+        std::thread::yield_now();
+    }
+}
