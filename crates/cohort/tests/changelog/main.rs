@@ -4,6 +4,9 @@
 //! Waits are on events (a poll completing, a change applied). Where a test is about time passing
 //! (a pause outliving the lease or the retention), it lets that time pass on purpose.
 
+#[path = "../common/log_polls.rs"]
+mod log_polls;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -113,23 +116,8 @@ impl Server {
             .value
     }
 
-    /// Waits for a complete poll that started after `after`.
-    async fn poll_after(&self, events: &mut broadcast::Receiver<ClusterEvent>, after: Instant) {
-        tokio::time::timeout(Duration::from_secs(10), async {
-            loop {
-                if let Ok(ClusterEvent::LogPolled { started, .. }) = events.recv().await
-                    && started > after
-                {
-                    return;
-                }
-            }
-        })
-        .await
-        .expect("the node polled the change log");
-    }
-
     async fn next_poll(&self, events: &mut broadcast::Receiver<ClusterEvent>) {
-        self.poll_after(events, Instant::now()).await;
+        log_polls::poll_after(events, Instant::now()).await;
     }
 }
 
@@ -154,7 +142,7 @@ async fn with_no_mesh_an_update_reaches_the_other_node_through_the_log_within_th
     let mut b_events = b.cluster.subscribe();
     let written = a.rename(1, "grace").await;
     let returned = Instant::now();
-    b.poll_after(&mut b_events, returned).await;
+    log_polls::poll_after(&mut b_events, returned).await;
     let seen = returned.elapsed();
 
     assert_eq!(b.users.get(&1), None, "the log invalidated b's copy");
@@ -183,7 +171,7 @@ async fn a_plain_sql_update_reaches_every_node_within_the_bound() {
     let committed = Instant::now();
 
     for (server, events) in servers.iter().zip(&mut events) {
-        server.poll_after(events, committed).await;
+        log_polls::poll_after(events, committed).await;
         let seen = committed.elapsed();
         assert!(seen < BOUND, "seen after {seen:?}");
         assert_eq!(server.read(1).await.0, ("renamed by hand".to_owned(), 2));
@@ -258,7 +246,7 @@ fn a_paused_node_bypasses_its_cache_until_it_has_caught_up() {
 
     // Once the node runs again it polls, applies the change and serves again.
     let thawed = frozen.thaw();
-    node_runtime.block_on(server.poll_after(&mut events, thawed));
+    node_runtime.block_on(log_polls::poll_after(&mut events, thawed));
     let (user, _) = node_runtime.block_on(server.read(1));
     assert_eq!(user.0, "changed during the pause");
     assert!(server.users.is_serving());
@@ -302,7 +290,7 @@ fn a_node_held_back_past_the_retention_flushes() {
     });
 
     let thawed = frozen.thaw();
-    node_runtime.block_on(held.poll_after(&mut events, thawed));
+    node_runtime.block_on(log_polls::poll_after(&mut events, thawed));
     let status = held.cluster.change_log_status().unwrap();
     assert_eq!(status.pruned_flushes, 1, "{status:?}");
     assert_eq!(held.users.get(&1), None, "flushed");
@@ -324,7 +312,7 @@ async fn a_log_row_whose_key_does_not_parse_flushes_the_cache() {
         .await
         .unwrap();
     let inserted = Instant::now();
-    server.poll_after(&mut events, inserted).await;
+    log_polls::poll_after(&mut events, inserted).await;
     let stats = server.users.stats();
     assert_eq!((stats.logged_unparsable, stats.flushes), (1, 1));
     assert_eq!(server.users.get(&1), None);

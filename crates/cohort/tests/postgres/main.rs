@@ -4,6 +4,9 @@
 //!
 //! The nodes have no mesh between them: changes reach them through the log alone.
 
+#[path = "../common/log_polls.rs"]
+mod log_polls;
+
 use std::time::Duration;
 
 use cohort::{Cache, ChangeLog, Cluster, ClusterEvent, Source};
@@ -71,8 +74,7 @@ impl Node {
             .build()
             .unwrap();
         let node = Self { cluster, users, db };
-        node.poll_after(&mut node.cluster.subscribe(), Instant::now())
-            .await;
+        log_polls::poll_after(&mut node.cluster.subscribe(), Instant::now()).await;
         assert!(
             node.users.is_serving(),
             "serving once its trigger is in and a poll ran"
@@ -101,22 +103,6 @@ impl Node {
         assert_eq!(self.read(id).await.1, Source::Cache);
         user
     }
-
-    /// Waits for a complete poll that started after `after`: every change committed before it
-    /// is then applied.
-    async fn poll_after(&self, events: &mut broadcast::Receiver<ClusterEvent>, after: Instant) {
-        tokio::time::timeout(Duration::from_secs(10), async {
-            loop {
-                if let Ok(ClusterEvent::LogPolled { started, .. }) = events.recv().await
-                    && started > after
-                {
-                    return;
-                }
-            }
-        })
-        .await
-        .expect("the node polled the change log");
-    }
 }
 
 async fn rename(db: &PgPool, id: i64, name: &str) {
@@ -143,7 +129,7 @@ async fn a_plain_sql_update_reaches_every_node_within_the_bound() {
     let committed = Instant::now();
 
     for (node, events) in nodes.iter().zip(&mut events) {
-        node.poll_after(events, committed).await;
+        log_polls::poll_after(events, committed).await;
         let seen = committed.elapsed();
         assert!(seen < BOUND, "seen after {seen:?}, bound {BOUND:?}");
         assert_eq!(node.users.get(&1), None, "the log invalidated the copy");
@@ -201,19 +187,19 @@ async fn a_change_committed_after_a_later_one_is_not_lost() {
         .unwrap();
     rename(&outsider, 2, "by B").await;
     let b_committed = Instant::now();
-    node.poll_after(&mut events, b_committed).await;
+    log_polls::poll_after(&mut events, b_committed).await;
     assert_eq!(node.read(2).await.0, ("by B".to_owned(), 2));
 
     // A is still open: the node caches user 1 as it was, and several polls pass.
     assert_eq!(node.warm(1).await, ("user 1".to_owned(), 1));
     for _ in 0..3 {
-        node.poll_after(&mut events, Instant::now()).await;
+        log_polls::poll_after(&mut events, Instant::now()).await;
     }
     assert_eq!(node.read(1).await.1, Source::Cache);
 
     a.commit().await.unwrap();
     let a_committed = Instant::now();
-    node.poll_after(&mut events, a_committed).await;
+    log_polls::poll_after(&mut events, a_committed).await;
     assert!(a_committed.elapsed() < BOUND);
     assert_eq!(node.users.get(&1), None, "A's change reached the node");
     assert_eq!(node.read(1).await.0, ("by A".to_owned(), 2));
@@ -237,7 +223,7 @@ async fn a_terminated_listen_connection_loses_nothing_and_comes_back() {
     assert!(terminated);
     rename(&outsider, 3, "while deaf").await;
     let committed = Instant::now();
-    node.poll_after(&mut events, committed).await;
+    log_polls::poll_after(&mut events, committed).await;
     assert!(
         committed.elapsed() < BOUND,
         "seen after {:?}",
