@@ -49,4 +49,15 @@ fn the_quick_bench_reports_every_figure_as_json() {
             .unwrap()
             > 0.0
     );
+    // The servers are installed (`.ci/run`) and started by the bench: these rows are measured.
+    for name in ["redis_get", "redis_pubsub_p50", "postgres_select"] {
+        assert!(
+            named(name)["value"].as_f64().unwrap() > 0.0,
+            "{name} skipped"
+        );
+    }
+    assert_eq!(
+        named("propagation_redis_bus_p50")["vs"],
+        "propagation_2_nodes_p50"
+    );
 }

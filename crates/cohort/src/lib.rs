@@ -64,4 +64,6 @@ pub use cluster::{
     StartError,
 };
 pub use metrics::{CacheStats, ClusterStats};
+#[cfg(feature = "redis")]
+pub use transport::RedisBus;
 pub use transport::{BoxConnection, BoxFuture, Connection, Listener, Network, Tcp};

@@ -12,8 +12,11 @@ use tokio::sync::broadcast;
 
 use super::{Figure, median};
 
-/// Starts `n` nodes seeded with the first, each with a peer-only cache, all linked.
-async fn cluster(n: usize) -> anyhow::Result<Vec<(Cluster, Cache<u64, u64>)>> {
+/// Nodes of a benchmark, each with a peer-only cache.
+pub(super) type Nodes = Vec<(Cluster, Cache<u64, u64>)>;
+
+/// Starts `n` nodes over TCP, seeded with the first, all linked.
+async fn cluster(n: usize) -> anyhow::Result<Nodes> {
     let first = Cluster::builder().node_name("b0").start().await?;
     let seed = first.local_addr().to_string();
     let mut nodes = vec![first];
@@ -26,6 +29,27 @@ async fn cluster(n: usize) -> anyhow::Result<Vec<(Cluster, Cache<u64, u64>)>> {
                 .await?,
         );
     }
+    linked(nodes).await
+}
+
+/// Starts `n` nodes linked over Redis pub/sub through the server at `url`.
+pub(super) async fn cluster_on_redis(n: usize, url: &str) -> anyhow::Result<Nodes> {
+    let mut nodes = Vec::new();
+    for i in 0..n {
+        nodes.push(
+            Cluster::builder()
+                .node_name(format!("r{i}"))
+                .network(cohort::RedisBus::new(url)?.namespace("bench"))
+                .seeds(["redis"])
+                .start()
+                .await?,
+        );
+    }
+    linked(nodes).await
+}
+
+async fn linked(nodes: Vec<Cluster>) -> anyhow::Result<Nodes> {
+    let n = nodes.len();
     let mut out = Vec::new();
     for node in nodes {
         tokio::time::timeout(Duration::from_secs(10), node.wait_for_peers(n - 1))
@@ -42,19 +66,7 @@ pub(super) async fn measure(quick: bool) -> anyhow::Result<Vec<Figure>> {
     let mut figures = Vec::new();
     for n in [2, 5] {
         let nodes = cluster(n).await?;
-        let mut receivers: Vec<broadcast::Receiver<ClusterEvent>> =
-            nodes[1..].iter().map(|(c, _)| c.subscribe()).collect();
-        let mut micros = Vec::with_capacity(samples * (n - 1));
-        for key in 0..samples as u64 {
-            let event = nodes[0].1.invalidate(&key).await?;
-            let returned = tokio::time::Instant::now();
-            for receiver in &mut receivers {
-                let at = applied_at(receiver, &event).await?;
-                micros.push(at.saturating_duration_since(returned).as_secs_f64() * 1e6);
-            }
-            // One event in flight at a time: latency, not queueing.
-            tokio::task::yield_now().await;
-        }
+        let mut micros = latencies(&nodes, samples).await?;
         let p50 = median(&mut micros);
         let p99 = micros[micros.len() * 99 / 100];
         let max = micros.last().copied().unwrap_or(0.0);
@@ -79,6 +91,26 @@ pub(super) async fn measure(quick: bool) -> anyhow::Result<Vec<Figure>> {
     }
     figures.push(throughput(if quick { 2 } else { 5 }).await?);
     Ok(figures)
+}
+
+/// Microseconds from `invalidate` returning on the first node to the event applied on each of
+/// the others, one event in flight at a time, sorted.
+pub(super) async fn latencies(nodes: &Nodes, samples: usize) -> anyhow::Result<Vec<f64>> {
+    let mut receivers: Vec<broadcast::Receiver<ClusterEvent>> =
+        nodes[1..].iter().map(|(c, _)| c.subscribe()).collect();
+    let mut micros = Vec::with_capacity(samples * receivers.len());
+    for key in 0..samples as u64 {
+        let event = nodes[0].1.invalidate(&key).await?;
+        let returned = tokio::time::Instant::now();
+        for receiver in &mut receivers {
+            let at = applied_at(receiver, &event).await?;
+            micros.push(at.saturating_duration_since(returned).as_secs_f64() * 1e6);
+        }
+        // Latency, not queueing.
+        tokio::task::yield_now().await;
+    }
+    micros.sort_by(f64::total_cmp);
+    Ok(micros)
 }
 
 async fn applied_at(

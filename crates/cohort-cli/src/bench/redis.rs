@@ -1,54 +1,18 @@
 //! Redis, as a user would run it instead: a `redis-server` started on a free loopback port for
-//! the run, a GET of a 1 KiB value, and the same message relayed by pub/sub.
+//! the run, a GET of a 1 KiB value, the same message relayed by pub/sub, and cohort's own
+//! propagation with its nodes linked over that server (`RedisBus`) instead of TCP.
 //!
 //! The client speaks RESP directly (one command, one reply, over one connection), so the
 //! figures are Redis's round trip and not a client library's overhead.
 
 use std::net::SocketAddr;
-use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context, bail};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
-use tokio::process::{Child, Command};
 
-use super::{Figure, median};
-
-/// A running `redis-server`, stopped when dropped.
-struct Server {
-    addr: SocketAddr,
-    _child: Child,
-}
-
-impl Server {
-    async fn start() -> anyhow::Result<Self> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .context("cannot start redis-server")?;
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(mut conn) = Conn::open(addr).await
-                && conn.call(&[b"PING"]).await.is_ok()
-            {
-                return Ok(Self {
-                    addr,
-                    _child: child,
-                });
-            }
-            anyhow::ensure!(Instant::now() < deadline, "redis-server did not answer");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
+use super::{Figure, median, propagation};
 
 /// One RESP connection.
 struct Conn(BufReader<TcpStream>);
@@ -123,13 +87,14 @@ pub(super) async fn measure(quick: bool, cohort_hit: &Figure, cohort_p50: &Figur
         Err(e) => vec![
             Figure::skipped("redis_get", format!("{e:#}")),
             Figure::skipped("redis_pubsub_p50", format!("{e:#}")),
+            Figure::skipped("propagation_redis_bus_p50", format!("{e:#}")),
         ],
     }
 }
 
 async fn run(quick: bool, cohort_hit: &Figure, cohort_p50: &Figure) -> anyhow::Result<Vec<Figure>> {
-    let server = Server::start().await?;
-    let mut conn = Conn::open(server.addr).await?;
+    let server = tokio::task::spawn_blocking(cohort_servers::Redis::start).await??;
+    let mut conn = Conn::open(server.addr()).await?;
     let value = vec![7_u8; 1024];
     for key in 0..1_000 {
         conn.call(&[b"SET", format!("k{key}").as_bytes(), &value])
@@ -149,7 +114,7 @@ async fn run(quick: bool, cohort_hit: &Figure, cohort_p50: &Figure) -> anyhow::R
     let get_ns = start.elapsed().as_nanos() as f64 / gets as f64;
     let get = Figure::plain("redis_get", get_ns, "ns/op").against(cohort_hit);
 
-    let mut subscriber = Conn::open(server.addr).await?;
+    let mut subscriber = Conn::open(server.addr()).await?;
     subscriber.call(&[b"SUBSCRIBE", b"bench"]).await?;
     let messages = if quick { 2_000 } else { 20_000 };
     let mut micros = Vec::with_capacity(messages);
@@ -172,7 +137,18 @@ async fn run(quick: bool, cohort_hit: &Figure, cohort_p50: &Figure) -> anyhow::R
     let p50 = median(&mut micros);
     let p99 = micros[micros.len() * 99 / 100];
     let relay = Figure::plain("redis_pubsub_p50", p50, "us");
+
+    let nodes = propagation::cluster_on_redis(2, &server.url()).await?;
+    let bus = propagation::latencies(&nodes, messages).await?;
+    for (node, _) in &nodes {
+        node.shutdown().await;
+    }
+    let bus_p50 = Figure::plain("propagation_redis_bus_p50", median(&mut bus.clone()), "us")
+        .against(cohort_p50);
+    let bus_p99 = Figure::plain("propagation_redis_bus_p99", bus[bus.len() * 99 / 100], "us");
     Ok(vec![
+        bus_p50,
+        bus_p99,
         get,
         relay.clone(),
         Figure::plain("redis_pubsub_p99", p99, "us"),

@@ -9,6 +9,8 @@
 //! another, such as a simulated network in deterministic tests.
 
 pub(crate) mod backoff;
+#[cfg(feature = "redis")]
+mod redis_bus;
 
 use std::future::Future;
 use std::io;
@@ -22,6 +24,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, Wr
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 
 pub(crate) use backoff::Backoff;
+#[cfg(feature = "redis")]
+pub use redis_bus::RedisBus;
 
 use crate::wire::{self, PREAMBLE_LEN, WireError};
 

@@ -1,0 +1,422 @@
+//! Links over Redis pub/sub, for nodes that cannot open ports to each other (feature `redis`).
+//!
+//! [`RedisBus`] is a [`Network`]: every node subscribes to a channel of its own, named after a
+//! virtual address, and a link between two nodes is a virtual connection whose bytes travel as
+//! messages published to the other node's channel. Everything above the byte stream is the TCP
+//! mesh's, unchanged: the preamble and hello, per-node sequence numbers, gap detection and
+//! replay from the sender's ring, SWIM, confirmations and leases.
+//!
+//! Redis pub/sub delivers the messages one connection publishes in order, and drops them when a
+//! subscriber's connection breaks. So a node publishes through one connection, and when its
+//! subscription breaks it resets every virtual connection (as a TCP reset would): the links
+//! reconnect, the hello says where each stream resumes, and the sender replays what was lost, or
+//! the receiver counts a gap and flushes. A publish that reaches no subscriber (the peer is gone)
+//! resets the connection too.
+//!
+//! Discovery: a node adds its virtual address to a Redis set when it binds, and any seed resolves
+//! to the members of that set, so `seeds(["redis"])` finds the others. Addresses of nodes that
+//! died stay in the set; dialing them is refused at once (no subscriber), and SWIM never holds
+//! them up.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use parking_lot::Mutex;
+use redis::aio::MultiplexedConnection;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::{BoxConnection, BoxFuture, Listener, Network};
+use crate::transport::backoff::Backoff;
+
+/// Bytes a virtual connection buffers in each direction before the writer waits.
+const PIPE_BYTES: usize = 256 * 1024;
+
+/// Reads from the application's side of a link are published in chunks of at most this much.
+const CHUNK_BYTES: usize = 64 * 1024;
+
+/// Links over Redis pub/sub instead of TCP; give each node its own with
+/// [`ClusterBuilder::network`](crate::ClusterBuilder::network).
+///
+/// ```no_run
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let cluster = cohort::Cluster::builder()
+///     .network(cohort::RedisBus::new("redis://127.0.0.1:6379")?)
+///     .seeds(["redis"])
+///     .start()
+///     .await?;
+/// # Ok(()) }
+/// ```
+pub struct RedisBus {
+    client: redis::Client,
+    namespace: Arc<str>,
+    hub: Arc<Mutex<Option<Arc<Hub>>>>,
+}
+
+impl RedisBus {
+    /// A bus on the Redis server at `url` (`redis://host:port`), in the namespace `cohort`.
+    pub fn new(url: &str) -> Result<Self, redis::RedisError> {
+        Ok(Self {
+            client: redis::Client::open(url)?,
+            namespace: Arc::from("cohort"),
+            hub: Arc::default(),
+        })
+    }
+
+    /// Puts the bus's channels and member set under `namespace`, so that several clusters can
+    /// share one Redis server.
+    #[must_use]
+    pub fn namespace(mut self, namespace: &str) -> Self {
+        self.namespace = Arc::from(namespace);
+        self
+    }
+
+    fn members_key(&self) -> String {
+        format!("{}:members", self.namespace)
+    }
+}
+
+impl Network for RedisBus {
+    fn bind(&self, addr: SocketAddr) -> BoxFuture<'_, io::Result<Box<dyn Listener>>> {
+        Box::pin(async move {
+            let mut publisher = self
+                .client
+                .get_multiplexed_async_connection()
+                .await
+                .map_err(redis_error)?;
+            let me = claim_address(&mut publisher, &self.members_key(), addr).await?;
+            let (accepted_tx, accepted) = mpsc::unbounded_channel();
+            let hub = Arc::new(Hub {
+                me,
+                namespace: Arc::clone(&self.namespace),
+                publisher,
+                links: Mutex::default(),
+                accepted: accepted_tx,
+            });
+            let subscription = subscribe(&self.client, &hub.channel(me)).await?;
+            let reader = tokio::spawn(read_messages(
+                self.client.clone(),
+                Arc::clone(&hub),
+                subscription,
+            ));
+            *self.hub.lock() = Some(Arc::clone(&hub));
+            Ok(Box::new(BusListener {
+                me,
+                accepted: tokio::sync::Mutex::new(accepted),
+                reader,
+            }) as Box<dyn Listener>)
+        })
+    }
+
+    fn connect(&self, addr: SocketAddr) -> BoxFuture<'_, io::Result<BoxConnection>> {
+        Box::pin(async move {
+            let hub = self.hub.lock().clone().ok_or_else(|| {
+                io::Error::new(io::ErrorKind::NotConnected, "the bus is not bound yet")
+            })?;
+            let link = LinkId {
+                peer: addr,
+                id: rand::random(),
+                dialed_by_peer: false,
+            };
+            let connection = hub.open_pipe(link);
+            let reached = hub
+                .publish(
+                    addr,
+                    &Message::Open {
+                        from: hub.me,
+                        link: link.id,
+                    },
+                )
+                .await?;
+            if reached == 0 {
+                hub.forget(&link);
+                return Err(io::Error::new(
+                    io::ErrorKind::ConnectionRefused,
+                    format!("no node listens on {addr} on the bus"),
+                ));
+            }
+            Ok(connection)
+        })
+    }
+
+    fn resolve<'a>(&'a self, _seed: &'a str) -> BoxFuture<'a, io::Result<Vec<SocketAddr>>> {
+        Box::pin(async move {
+            let mut connection = self
+                .client
+                .get_multiplexed_async_connection()
+                .await
+                .map_err(redis_error)?;
+            let members: Vec<String> = redis::cmd("SMEMBERS")
+                .arg(self.members_key())
+                .query_async(&mut connection)
+                .await
+                .map_err(redis_error)?;
+            Ok(members.iter().filter_map(|m| m.parse().ok()).collect())
+        })
+    }
+}
+
+/// A message on a node's channel.
+#[derive(Serialize, Deserialize)]
+enum Message<'a> {
+    /// `from` dials the receiver over a new link.
+    Open { from: SocketAddr, link: u64 },
+    /// Bytes of a link; `to_dialed` says whether they travel from the dialer to the dialed.
+    Data {
+        from: SocketAddr,
+        link: u64,
+        to_dialed: bool,
+        #[serde(borrow)]
+        bytes: &'a [u8],
+    },
+    /// The sender closed its side of a link.
+    Close {
+        from: SocketAddr,
+        link: u64,
+        to_dialed: bool,
+    },
+}
+
+/// One end's name for a link: the other end, the dialer's random id, and which end dialed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct LinkId {
+    peer: SocketAddr,
+    id: u64,
+    dialed_by_peer: bool,
+}
+
+/// A node's end of the bus: its channel, its publishing connection and its open links.
+struct Hub {
+    me: SocketAddr,
+    namespace: Arc<str>,
+    publisher: MultiplexedConnection,
+    /// Where bytes that arrive for each open link go.
+    links: Mutex<HashMap<LinkId, mpsc::UnboundedSender<Bytes>>>,
+    accepted: mpsc::UnboundedSender<(BoxConnection, SocketAddr)>,
+}
+
+impl Hub {
+    fn channel(&self, node: SocketAddr) -> String {
+        format!("{}:node:{node}", self.namespace)
+    }
+
+    /// Publishes `message` to `to`'s channel; returns how many subscribers received it.
+    async fn publish(&self, to: SocketAddr, message: &Message<'_>) -> io::Result<u64> {
+        let payload = postcard::to_allocvec(message).map_err(io::Error::other)?;
+        redis::cmd("PUBLISH")
+            .arg(self.channel(to))
+            .arg(payload)
+            .query_async(&mut self.publisher.clone())
+            .await
+            .map_err(redis_error)
+    }
+
+    /// Registers `link` and returns the application's end of it; a task moves the bytes.
+    fn open_pipe(self: &Arc<Self>, link: LinkId) -> BoxConnection {
+        let (application, ours) = tokio::io::duplex(PIPE_BYTES);
+        let (arrivals_tx, arrivals) = mpsc::unbounded_channel();
+        self.links.lock().insert(link, arrivals_tx);
+        tokio::spawn(Arc::clone(self).pump(link, ours, arrivals));
+        Box::new(application)
+    }
+
+    fn forget(&self, link: &LinkId) {
+        self.links.lock().remove(link);
+    }
+
+    /// Moves one link's bytes both ways until either side closes or the bus loses it.
+    async fn pump(
+        self: Arc<Self>,
+        link: LinkId,
+        ours: DuplexStream,
+        mut arrivals: mpsc::UnboundedReceiver<Bytes>,
+    ) {
+        let (mut from_application, mut to_application) = tokio::io::split(ours);
+        let to_dialed = !link.dialed_by_peer;
+        let outgoing = async {
+            let mut buf = vec![0; CHUNK_BYTES];
+            loop {
+                let n = match from_application.read(&mut buf).await {
+                    Ok(0) | Err(_) => {
+                        let close = Message::Close {
+                            from: self.me,
+                            link: link.id,
+                            to_dialed,
+                        };
+                        // The peer notices a lost close by its own timeouts.
+                        let _ = self.publish(link.peer, &close).await;
+                        return;
+                    }
+                    Ok(n) => n,
+                };
+                let data = Message::Data {
+                    from: self.me,
+                    link: link.id,
+                    to_dialed,
+                    bytes: &buf[..n],
+                };
+                // Nobody received it: the peer is gone or resubscribed, so the stream has a hole.
+                if !matches!(self.publish(link.peer, &data).await, Ok(reached) if reached > 0) {
+                    return;
+                }
+            }
+        };
+        let incoming = async {
+            while let Some(bytes) = arrivals.recv().await {
+                if to_application.write_all(&bytes).await.is_err() {
+                    return;
+                }
+            }
+        };
+        tokio::select! {
+            () = outgoing => {}
+            () = incoming => {}
+        }
+        self.forget(&link);
+    }
+
+    /// Handles one message from this node's channel.
+    fn receive(self: &Arc<Self>, payload: &[u8]) {
+        let Ok(message) = postcard::from_bytes::<Message<'_>>(payload) else {
+            tracing::debug!(node = %self.me, "ignoring a malformed bus message");
+            return;
+        };
+        match message {
+            Message::Open { from, link } => {
+                let connection = self.open_pipe(LinkId {
+                    peer: from,
+                    id: link,
+                    dialed_by_peer: true,
+                });
+                // The listener is gone: the link closes with the dropped connection.
+                let _ = self.accepted.send((connection, from));
+            }
+            Message::Data {
+                from,
+                link,
+                to_dialed,
+                bytes,
+            } => {
+                let id = LinkId {
+                    peer: from,
+                    id: link,
+                    dialed_by_peer: to_dialed,
+                };
+                let mut links = self.links.lock();
+                if let Some(arrivals) = links.get(&id)
+                    && arrivals.send(Bytes::copy_from_slice(bytes)).is_err()
+                {
+                    links.remove(&id);
+                }
+            }
+            Message::Close {
+                from,
+                link,
+                to_dialed,
+            } => {
+                self.forget(&LinkId {
+                    peer: from,
+                    id: link,
+                    dialed_by_peer: to_dialed,
+                });
+            }
+        }
+    }
+}
+
+/// Reads this node's channel; when the subscription breaks, resets every link (messages were
+/// lost) and subscribes again, with backoff.
+async fn read_messages(client: redis::Client, hub: Arc<Hub>, first: redis::aio::PubSub) {
+    let mut backoff = Backoff::new(Duration::from_millis(20), Duration::from_secs(2));
+    let mut subscription = Some(first);
+    loop {
+        if let Some(current) = subscription.take() {
+            backoff.reset();
+            let mut messages = current.into_on_message();
+            while let Some(message) = messages.next().await {
+                hub.receive(message.get_payload_bytes());
+            }
+            tracing::warn!(node = %hub.me, "lost the bus subscription; resetting every link");
+        }
+        hub.links.lock().clear();
+        let delay = backoff.next_delay(&mut rand::rng());
+        tokio::time::sleep(delay).await;
+        subscription = subscribe(&client, &hub.channel(hub.me)).await.ok();
+    }
+}
+
+async fn subscribe(client: &redis::Client, channel: &str) -> io::Result<redis::aio::PubSub> {
+    let mut subscription = client.get_async_pubsub().await.map_err(redis_error)?;
+    subscription.subscribe(channel).await.map_err(redis_error)?;
+    Ok(subscription)
+}
+
+/// `requested`, or for port 0 a free virtual port on its address, added to the member set.
+async fn claim_address(
+    publisher: &mut MultiplexedConnection,
+    members: &str,
+    requested: SocketAddr,
+) -> io::Result<SocketAddr> {
+    let ip = match requested.ip() {
+        ip if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        ip => ip,
+    };
+    loop {
+        let port = match requested.port() {
+            0 => rand::random_range(1024..=u16::MAX),
+            port => port,
+        };
+        let addr = SocketAddr::new(ip, port);
+        let added: u64 = redis::cmd("SADD")
+            .arg(members)
+            .arg(addr.to_string())
+            .query_async(publisher)
+            .await
+            .map_err(redis_error)?;
+        // A fixed address is the caller's to reuse (a restart); a random one must be new.
+        if added == 1 || requested.port() != 0 {
+            return Ok(addr);
+        }
+    }
+}
+
+struct BusListener {
+    me: SocketAddr,
+    accepted: tokio::sync::Mutex<mpsc::UnboundedReceiver<(BoxConnection, SocketAddr)>>,
+    reader: JoinHandle<()>,
+}
+
+impl Listener for BusListener {
+    fn accept(&self) -> BoxFuture<'_, io::Result<(BoxConnection, SocketAddr)>> {
+        Box::pin(async move {
+            self.accepted
+                .lock()
+                .await
+                .recv()
+                .await
+                .ok_or_else(|| io::Error::new(io::ErrorKind::ConnectionAborted, "the bus stopped"))
+        })
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        Ok(self.me)
+    }
+}
+
+impl Drop for BusListener {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+fn redis_error(error: redis::RedisError) -> io::Error {
+    io::Error::other(error)
+}
