@@ -42,6 +42,10 @@ const PIPE_BYTES: usize = 256 * 1024;
 /// Reads from the application's side of a link are published in chunks of at most this much.
 const CHUNK_BYTES: usize = 64 * 1024;
 
+/// Messages that may wait for a link's reader; past this the link is reset, as an overflowing
+/// TCP link is, rather than buffer without bound.
+const ARRIVALS_QUEUED: usize = 4096;
+
 /// Links over Redis pub/sub instead of TCP; give each node its own with
 /// [`ClusterBuilder::network`](crate::ClusterBuilder::network).
 ///
@@ -199,7 +203,7 @@ struct Hub {
     namespace: Arc<str>,
     publisher: MultiplexedConnection,
     /// Where bytes that arrive for each open link go.
-    links: Mutex<HashMap<LinkId, mpsc::UnboundedSender<Bytes>>>,
+    links: Mutex<HashMap<LinkId, mpsc::Sender<Bytes>>>,
     accepted: mpsc::UnboundedSender<(BoxConnection, SocketAddr)>,
 }
 
@@ -222,7 +226,7 @@ impl Hub {
     /// Registers `link` and returns the application's end of it; a task moves the bytes.
     fn open_pipe(self: &Arc<Self>, link: LinkId) -> BoxConnection {
         let (application, ours) = tokio::io::duplex(PIPE_BYTES);
-        let (arrivals_tx, arrivals) = mpsc::unbounded_channel();
+        let (arrivals_tx, arrivals) = mpsc::channel(ARRIVALS_QUEUED);
         self.links.lock().insert(link, arrivals_tx);
         tokio::spawn(Arc::clone(self).pump(link, ours, arrivals));
         Box::new(application)
@@ -237,7 +241,7 @@ impl Hub {
         self: Arc<Self>,
         link: LinkId,
         ours: DuplexStream,
-        mut arrivals: mpsc::UnboundedReceiver<Bytes>,
+        mut arrivals: mpsc::Receiver<Bytes>,
     ) {
         let (mut from_application, mut to_application) = tokio::io::split(ours);
         let to_dialed = !link.dialed_by_peer;
@@ -312,8 +316,9 @@ impl Hub {
                 };
                 let mut links = self.links.lock();
                 if let Some(arrivals) = links.get(&id)
-                    && arrivals.send(Bytes::copy_from_slice(bytes)).is_err()
+                    && arrivals.try_send(Bytes::copy_from_slice(bytes)).is_err()
                 {
+                    // Closed, or the reader fell too far behind: the link is reset.
                     links.remove(&id);
                 }
             }

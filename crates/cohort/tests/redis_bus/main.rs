@@ -193,3 +193,35 @@ async fn a_lost_subscription_loses_no_event() {
         stats.events_replayed
     );
 }
+
+/// Anything else published on a node's channel (garbage, an unknown link's bytes) is ignored, and
+/// the node's links carry on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_messages_on_a_node_channel_are_ignored() {
+    let redis = redis().await;
+    let nodes = bus(&redis, 2).await;
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut intruder = client.get_multiplexed_async_connection().await.unwrap();
+    let channel = format!("cohort:node:{}", nodes[0].local_addr());
+    for payload in [
+        &b"not a message"[..],
+        &[0_u8; 3],
+        &[1, 0, 0, 0, 255, 255, 255],
+    ] {
+        let reached: u64 = redis::cmd("PUBLISH")
+            .arg(&channel)
+            .arg(payload)
+            .query_async(&mut intruder)
+            .await
+            .unwrap();
+        assert_eq!(reached, 1, "the node listens on {channel}");
+    }
+    let (a, b) = (users(&nodes[0]), users(&nodes[1]));
+    let db = Db::default();
+    db.load(&a, 1).await;
+    let mut a_events = nodes[0].subscribe();
+    let event = db.rename(&b, 1, "after the noise").await;
+    applied(&mut a_events, &event).await;
+    assert_eq!(a.get(&1), None);
+    assert_eq!(nodes[0].stats().gaps, 0);
+}
