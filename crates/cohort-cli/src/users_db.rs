@@ -172,22 +172,6 @@ impl UsersDb {
         .await
         .map(drop))
     }
-
-    /// Renames every user up to `id`, in one statement; returns their ids and new versions.
-    pub(crate) async fn rename_through(
-        &self,
-        id: i64,
-        name: &str,
-    ) -> Result<Vec<(i64, i64)>, sqlx::Error> {
-        on_pool!(self, |pool| sqlx::query_as(
-            "UPDATE users SET name = $1, version = version + 1 WHERE id <= $2 \
-             RETURNING id, version"
-        )
-        .bind(name)
-        .bind(id)
-        .fetch_all(pool)
-        .await)
-    }
 }
 
 enum Url {

@@ -400,10 +400,16 @@ async fn run_faults(run: FaultRun<'_>) -> anyhow::Result<()> {
             Action::DbPause => {
                 let db_proxy = run.db_proxy.context("dbpause needs the database proxy")?;
                 db_proxy.pause();
-                // The data changes while the nodes cannot see the database.
-                let written = rename_every_key(run.db, run.spec.users, run.recorded).await;
-                tokio::time::sleep_until((run.origin + fault.at + fault.lasts).into()).await;
-                db_proxy.resume();
+                let resume = async {
+                    tokio::time::sleep_until((run.origin + fault.at + fault.lasts).into()).await;
+                    db_proxy.resume();
+                };
+                // The data changes while the nodes cannot see the database. Concurrently: a
+                // node's transaction caught by the pause may hold row locks until it resumes.
+                let (written, ()) = tokio::join!(
+                    rename_every_key(run.db, run.spec.users, run.recorded),
+                    resume
+                );
                 written?;
             }
             Action::Partition { side } => {
@@ -423,22 +429,8 @@ async fn run_faults(run: FaultRun<'_>) -> anyhow::Result<()> {
             }
             Action::External { writes } => {
                 for _ in 0..*writes {
-                    let keys = run.spec.users;
-                    let key = rng.random_range(1..=keys);
-                    let started = Instant::now();
-                    let (_, _, version) = run
-                        .db
-                        .rename(i64::try_from(key)?, PLAIN_SQL_NAME)
-                        .await
-                        .context("an outside write failed")?;
-                    run.recorded.lock().updates.push(Op {
-                        actor: Actor::Sql,
-                        key,
-                        version: version.unsigned_abs(),
-                        from_cache: None,
-                        started,
-                        ended: Instant::now(),
-                    });
+                    let key = rng.random_range(1..=run.spec.users);
+                    rename_by_sql(run.db, key, run.recorded).await?;
                 }
             }
         }
@@ -454,30 +446,34 @@ async fn write_backlog(db: &UsersDb, keys: u64, recorded: &Mutex<Recorded>) -> a
     rename_every_key(db, keys, recorded).await
 }
 
-/// Renames every key the clients use with plain SQL, in one statement; records the updates.
+/// Renames every key the clients use with plain SQL, one statement each (a statement that
+/// locked many rows could deadlock with the nodes' writes); records the updates.
 async fn rename_every_key(
     db: &UsersDb,
     keys: u64,
     recorded: &Mutex<Recorded>,
 ) -> anyhow::Result<()> {
-    let keys = i64::try_from(keys)?;
+    for key in 1..=keys {
+        rename_by_sql(db, key, recorded).await?;
+    }
+    Ok(())
+}
+
+/// Renames `key` with plain SQL, through no node; records the update.
+async fn rename_by_sql(db: &UsersDb, key: u64, recorded: &Mutex<Recorded>) -> anyhow::Result<()> {
     let started = Instant::now();
-    let rows = db
-        .rename_through(keys, PLAIN_SQL_NAME)
+    let (_, _, version) = db
+        .rename(i64::try_from(key)?, PLAIN_SQL_NAME)
         .await
         .context("an outside write failed")?;
-    let ended = Instant::now();
-    recorded
-        .lock()
-        .updates
-        .extend(rows.into_iter().map(|(key, version)| Op {
-            actor: Actor::Sql,
-            key: key.unsigned_abs(),
-            version: version.unsigned_abs(),
-            from_cache: None,
-            started,
-            ended,
-        }));
+    recorded.lock().updates.push(Op {
+        actor: Actor::Sql,
+        key,
+        version: version.unsigned_abs(),
+        from_cache: None,
+        started,
+        ended: Instant::now(),
+    });
     Ok(())
 }
 
