@@ -179,6 +179,15 @@ async fn a_plain_sql_update_reaches_every_node_within_the_bound() {
     assert!(servers.iter().all(|s| s.users.stats().logged_applied >= 1));
 }
 
+/// A runtime for one node with a single worker, so that one blocked task ([`Frozen`]) freezes it.
+fn node_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 /// A runtime whose single worker is blocked, as SIGSTOP freezes a process: none of its tasks run
 /// until [`Frozen::thaw`].
 struct Frozen {
@@ -215,12 +224,7 @@ fn a_paused_node_bypasses_its_cache_until_it_has_caught_up() {
     let outside = tokio::runtime::Runtime::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = outside.block_on(database(dir.path()));
-    // The node gets a runtime of its own with a single worker, so one blocked task freezes it.
-    let node_runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
+    let node_runtime = node_runtime();
     let server = Arc::new(node_runtime.block_on(Server::start(&path, Duration::from_secs(600))));
     node_runtime.block_on(warm(&server));
     let mut events = server.cluster.subscribe();
@@ -262,11 +266,7 @@ fn a_node_held_back_past_the_retention_flushes() {
     let retention = BOUND * 4;
     let writer = outside.block_on(Server::start(&path, retention));
 
-    let node_runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
+    let node_runtime = node_runtime();
     let held = node_runtime.block_on(Server::start(&path, retention));
     node_runtime.block_on(warm(&held));
     let mut events = held.cluster.subscribe();
@@ -407,11 +407,7 @@ fn a_read_that_waited_past_the_lease_for_a_concurrent_load_does_not_serve_its_va
     let outside = tokio::runtime::Runtime::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = outside.block_on(database(dir.path()));
-    let node_runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
+    let node_runtime = node_runtime();
     let server = Arc::new(node_runtime.block_on(Server::start(&path, Duration::from_secs(600))));
     let users = server.users.clone();
 
