@@ -58,11 +58,12 @@ pub use cache::{
 pub use changelog::{ChangeLog, ChangeLogError, DEFAULT_LOG_RETENTION, LogStatus};
 pub use clock::TimeSource;
 pub use cluster::{
-    Cluster, ClusterBuilder, ClusterEvent, ConfigError, DEFAULT_HANDSHAKE_TIMEOUT,
-    DEFAULT_LINK_QUEUE, DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_STALENESS, DEFAULT_RECONNECT_MAX,
-    DEFAULT_RECONNECT_MIN, DEFAULT_REPLAY_BUFFER, DEFAULT_SEED_REFRESH, EventId, Member, NodeId,
-    StartError,
+    Cluster, ClusterBuilder, ClusterEvent, ConfigError, DEFAULT_FORGET_AFTER,
+    DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_LINK_QUEUE, DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_MEMBERS,
+    DEFAULT_MAX_STALENESS, DEFAULT_RECONNECT_MAX, DEFAULT_RECONNECT_MIN, DEFAULT_REPLAY_BUFFER,
+    DEFAULT_SEED_REFRESH, EventId, Member, NodeId, StartError,
 };
+pub use membership::SwimState;
 pub use metrics::{CacheStats, ClusterStats};
 #[cfg(feature = "redis")]
 pub use transport::RedisBus;

@@ -181,6 +181,8 @@ pub(crate) struct ClusterCounters {
     pub(crate) frames_rejected: Counter,
     pub(crate) links_overflowed: Counter,
     pub(crate) connects: Counter,
+    pub(crate) members_refused: Counter,
+    pub(crate) members_forgotten: Counter,
 }
 
 impl ClusterCounters {
@@ -194,6 +196,8 @@ impl ClusterCounters {
             frames_rejected: self.frames_rejected.get(),
             links_overflowed: self.links_overflowed.get(),
             connects: self.connects.get(),
+            members_refused: self.members_refused.get(),
+            members_forgotten: self.members_forgotten.get(),
         }
     }
 }
@@ -226,6 +230,12 @@ pub struct ClusterStats {
     pub links_overflowed: u64,
     /// Outgoing links established (first connects and reconnects).
     pub connects: u64,
+    /// Members not admitted to the member table: full, a name too long, an older process of a
+    /// known member, or this node's own name in another process.
+    pub members_refused: u64,
+    /// Members dropped from the member table: never reached, or held down, for longer than
+    /// [`forget_after`](crate::ClusterBuilder::forget_after).
+    pub members_forgotten: u64,
 }
 
 /// A per-cache counter: its name, its help text and how to read it from a snapshot.
@@ -372,6 +382,18 @@ pub(crate) fn render_prometheus(report: &NodeReport<'_>) -> String {
         "counter",
         "Outgoing links established.",
         &plain(c.connects),
+    );
+    metric(
+        "members_refused_total",
+        "counter",
+        "Members not admitted to the member table.",
+        &plain(c.members_refused),
+    );
+    metric(
+        "members_forgotten_total",
+        "counter",
+        "Members forgotten after being unreached or down for the grace period.",
+        &plain(c.members_forgotten),
     );
 
     if let Some(log) = &report.log {

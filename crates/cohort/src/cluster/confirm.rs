@@ -85,8 +85,9 @@ impl<N: Hash + Eq + Clone> Confirmations<N> {
         }
     }
 
-    /// This node knows of `peers` other nodes, whether it has reached them yet or not: a node
-    /// given seeds is never a cluster of one, even before (or without) contact.
+    /// The member table counts `peers` other nodes (members and unresolved seeds), whether this
+    /// node has reached them yet or not: a node given seeds is never a cluster of one, even
+    /// before (or without) contact.
     pub(crate) fn set_known_peers(&mut self, peers: usize) {
         self.known_peers = peers;
     }
@@ -119,7 +120,7 @@ impl<N: Hash + Eq + Clone> Confirmations<N> {
         })
     }
 
-    /// `member` left the cluster for good: it no longer counts, live or known.
+    /// `member` left the cluster, or was forgotten: it no longer counts, live or known.
     pub(crate) fn leave(&mut self, member: &N) {
         self.members.remove(member);
     }
@@ -180,13 +181,19 @@ impl<N: Hash + Eq + Clone> Confirmations<N> {
         dead
     }
 
+    /// Whether this node and its live members are a strict majority of every member it counts
+    /// (itself included).
+    pub(crate) fn has_majority(&self) -> bool {
+        let known = self.members.len().max(self.known_peers) + 1;
+        let live = self.live().count() + 1;
+        live * 2 > known
+    }
+
     /// Since when every live member is confirmed: the oldest of their confirmations. `None` while
     /// some live member is unconfirmed or the live members and this node are no majority of all
     /// known; `Some(Millis::MAX)` for a node that has never known another (nothing to confirm).
     pub(crate) fn confirmed_since(&self) -> Option<Millis> {
-        let known = self.members.len().max(self.known_peers) + 1;
-        let live = self.live().count() + 1;
-        if live * 2 <= known {
+        if !self.has_majority() {
             return None;
         }
         self.members

@@ -19,7 +19,7 @@ use crate::membership::{Identity, Timer};
 use crate::transport::{
     self, Backoff, BoxConnection, FrameReader, FrameWriter, LinkError, Listener,
 };
-use crate::wire::{self, Frame, Hello, WireError};
+use crate::wire::{self, Frame, Hello, PeerInfo, WireError};
 
 /// Accepts links until the node stops.
 pub(super) fn spawn_listener(node: &Arc<Node>, listener: Box<dyn Listener>) {
@@ -82,9 +82,11 @@ async fn serve_inbound(node: &Arc<Node>, stream: BoxConnection) -> Result<(), Li
         seq: hello.seq,
         replay_from: hello.replay_from,
     };
+    node.meet(&origin, incarnation, hello.listen, None)
+        .map_err(|refusal| LinkError::Refused(refusal.into()))?;
     // Judged before answering: the answer tells the dialer where to resume, and the events it
     // replays must find the tracker already expecting them.
-    let resume = node.peer_hello(&origin, incarnation, start);
+    let resume = node.peer_hello(&origin, incarnation, start)?;
     transport::send_frame(
         &mut writer,
         our_hello(
@@ -98,7 +100,7 @@ async fn serve_inbound(node: &Arc<Node>, stream: BoxConnection) -> Result<(), Li
     .await?;
     let origin_addr = hello.listen;
     node.contact(&origin);
-    node.learn(std::iter::once(hello.listen).chain(hello.peers.iter().copied()));
+    node.hear_of(&hello.peers);
     drop(body);
 
     // A live peer pings every quarter of the bound; a link silent for twice the bound is stuck (a
@@ -118,7 +120,7 @@ async fn serve_inbound(node: &Arc<Node>, stream: BoxConnection) -> Result<(), Li
                 }
                 node.receive(&origin, origin_addr, &event);
             }
-            Frame::Peers(addrs) => node.learn(addrs),
+            Frame::Peers(members) => node.hear_of(&members),
             Frame::Ping { nonce } => {
                 node.contact(&origin);
                 node.pong(origin_addr, nonce);
@@ -153,13 +155,21 @@ const NO_LINK: LinkStart = LinkStart {
 /// Our introduction: where the link's event stream starts (from a dialer), or where the dialer
 /// should resume (from an acceptor).
 fn our_hello(node: &Node, start: LinkStart) -> Bytes {
+    let gossip = node.gossip();
     Frame::Hello(Hello {
         node: node.id.as_str(),
         incarnation: node.incarnation,
         listen: node.addr,
         seq: start.seq,
         replay_from: start.replay_from,
-        peers: node.known_peers(),
+        peers: gossip
+            .iter()
+            .map(|(node, incarnation, addr)| PeerInfo {
+                node: node.as_str(),
+                incarnation: *incarnation,
+                addr: *addr,
+            })
+            .collect(),
     })
     .encode()
 }
@@ -260,7 +270,7 @@ pub(super) fn spawn_seed_refresh(node: &Arc<Node>, seeds: Vec<String>, every: st
             }
             for seed in &seeds {
                 match node.network.resolve(seed).await {
-                    Ok(addrs) => node.learn(addrs),
+                    Ok(addrs) => node.add_seeds(&addrs, false),
                     Err(error) => {
                         tracing::warn!(node = %node.id, %seed, %error, "cannot resolve a seed")
                     }
@@ -287,7 +297,7 @@ pub(super) fn spawn_dialer(node: &Arc<Node>, addr: SocketAddr) {
             match outcome {
                 Ok(Outbound::Closed) => backoff.reset(),
                 Ok(Outbound::Myself) => {
-                    node.forget(addr);
+                    node.myself_at(addr);
                     return;
                 }
                 Err(error) => {
@@ -393,8 +403,13 @@ async fn handshake(node: &Arc<Node>, addr: SocketAddr) -> Result<Option<Link>, L
         }
         return Err(WireError::Unexpected("another node uses this node's name").into());
     }
+    if hello.seq > start.seq {
+        return Err(WireError::Unexpected("a peer claims events this node never sent").into());
+    }
     let peer = NodeId::from(hello.node);
-    node.learn(hello.peers.iter().copied());
+    node.meet(&peer, hello.incarnation, hello.listen, Some(addr))
+        .map_err(|refusal| LinkError::Refused(refusal.into()))?;
+    node.hear_of(&hello.peers);
     let replay = node.replay(hello.seq, start.seq);
     Ok(Some(Link {
         reader,

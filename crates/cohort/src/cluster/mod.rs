@@ -37,10 +37,13 @@ use crate::cache::{CacheBuilder, Key, Value};
 use crate::changelog::{self, ChangeLog, DEFAULT_LOG_RETENTION, LogRuntime, LogStatus};
 use crate::clock::{Clock, TimeSource, millis};
 use crate::lease::Lease;
-use crate::membership::{self, Identity, Membership, Timer};
+use crate::membership::{
+    self, Admission, Identity, MAX_NAME_BYTES, Membership, Refusal, Roster, RosterConfig,
+    SwimState, Timer,
+};
 use crate::metrics::{CacheStats, ClusterCounters, ClusterStats, NodeReport, render_prometheus};
 use crate::transport::{Network, Tcp};
-use crate::wire::{Change, Event, Frame};
+use crate::wire::{Change, Event, Frame, PeerInfo, WireError};
 use confirm::{Confirmations, PongVerdict};
 use replay::ReplayRing;
 use sequence::{Delivery, SequenceTracker};
@@ -61,6 +64,10 @@ pub const DEFAULT_SEED_REFRESH: Duration = Duration::from_secs(30);
 pub const DEFAULT_REPLAY_BUFFER: usize = 16 << 20;
 /// Default for [`ClusterBuilder::handshake_timeout`].
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default for [`ClusterBuilder::max_members`].
+pub const DEFAULT_MAX_MEMBERS: usize = 1024;
+/// Default for [`ClusterBuilder::forget_after`].
+pub const DEFAULT_FORGET_AFTER: Duration = Duration::from_secs(30);
 
 /// A node's name, unique within its cluster. Cheap to clone.
 ///
@@ -166,6 +173,24 @@ pub enum ClusterEvent {
         /// Its listen address.
         addr: SocketAddr,
     },
+    /// A member was forgotten: never reached, or down, for
+    /// [`forget_after`](ClusterBuilder::forget_after). It is no longer dialed, gossiped or
+    /// counted.
+    MemberForgotten {
+        /// The node.
+        node: NodeId,
+        /// Where it accepted links.
+        addr: SocketAddr,
+    },
+    /// A known node came back as a new process, or at a new address: it replaced its old entry.
+    MemberReplaced {
+        /// The node.
+        node: NodeId,
+        /// Where it accepted links before.
+        old_addr: SocketAddr,
+        /// Where it accepts links now.
+        addr: SocketAddr,
+    },
     /// A peer's event was applied to this node's cache.
     Applied {
         /// The event.
@@ -196,13 +221,22 @@ pub enum ClusterEvent {
 }
 
 /// A peer as this node knows it; from [`Cluster::members`].
+///
+/// A member is a node's name; a seed address no member has been found at yet is listed too,
+/// with no name.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Member {
     /// Where the peer accepts links.
     pub addr: SocketAddr,
-    /// Its name, once a link has told it.
+    /// Its name, once a link or a peer has told it.
     pub node: Option<NodeId>,
+    /// Its process epoch, once known.
+    pub incarnation: Option<u64>,
+    /// What SWIM holds of this process; `None` before SWIM has heard of it.
+    pub swim: Option<SwimState>,
+    /// How long ago it last showed signs of life (or was learned of, never reached).
+    pub last_heard: Option<Duration>,
     /// Whether this node's link to it is up.
     pub connected: bool,
     /// Whether this node's peer-only caches wait for its confirmation: it has been heard from
@@ -274,6 +308,8 @@ pub struct ClusterBuilder {
     change_log: Option<ChangeLog>,
     log_retention: Duration,
     seed_refresh: Duration,
+    max_members: usize,
+    forget_after: Duration,
     unsafe_ignore_leases: bool,
 }
 
@@ -307,13 +343,18 @@ impl Default for ClusterBuilder {
             change_log: None,
             log_retention: DEFAULT_LOG_RETENTION,
             seed_refresh: DEFAULT_SEED_REFRESH,
+            max_members: DEFAULT_MAX_MEMBERS,
+            forget_after: DEFAULT_FORGET_AFTER,
             unsafe_ignore_leases: false,
         }
     }
 }
 
 impl ClusterBuilder {
-    /// This node's name, unique in the cluster.
+    /// This node's name, unique in the cluster, at most 128 bytes. It is the node's identity:
+    /// a process started again under the same name (at any address) replaces the old one in
+    /// every peer's member table, so give a node that restarts elsewhere (a Kubernetes pod) the
+    /// same name, e.g. a StatefulSet pod's.
     ///
     /// Defaults to: `node-` followed by the listen port once bound.
     pub fn node_name(&mut self, name: impl Into<String>) -> &mut Self {
@@ -350,6 +391,29 @@ impl ClusterBuilder {
         S: Into<String>,
     {
         self.seeds = seeds.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// The most members a node keeps in its member table, itself not included. A name new to a
+    /// full table is refused (counted in `members_refused`), unless it was met directly and some
+    /// member was never reached: the longest unheard of those makes room.
+    ///
+    /// Defaults to: [`DEFAULT_MAX_MEMBERS`] (1024).
+    pub fn max_members(&mut self, members: usize) -> &mut Self {
+        self.max_members = members;
+        self
+    }
+
+    /// How long a member may stay unreached, or silent and declared down by SWIM, before this
+    /// node forgets it: stops dialing it, gossiping it and counting it toward the majority. A
+    /// member this node once reached is forgotten only while this node and its live members are
+    /// a strict majority of every member it counts, that one included, so a node cut off from
+    /// the others never forgets them. A new process of a known name replaces the old one at
+    /// once, without waiting for this.
+    ///
+    /// Defaults to: [`DEFAULT_FORGET_AFTER`] (30 s); at least 4 × `max_staleness`.
+    pub fn forget_after(&mut self, grace: Duration) -> &mut Self {
+        self.forget_after = grace;
         self
     }
 
@@ -478,6 +542,15 @@ impl ClusterBuilder {
         if self.name.as_deref() == Some("") {
             return invalid("node_name", "must not be empty");
         }
+        if self.name.as_ref().is_some_and(|n| n.len() > MAX_NAME_BYTES) {
+            return invalid("node_name", "must be at most 128 bytes");
+        }
+        if self.max_members == 0 {
+            return invalid("max_members", "must be positive");
+        }
+        if self.forget_after < self.max_staleness.saturating_mul(4) {
+            return invalid("forget_after", "must be at least 4 × max_staleness");
+        }
         if self.max_staleness.is_zero() {
             return invalid("max_staleness", "must be positive");
         }
@@ -514,7 +587,7 @@ impl ClusterBuilder {
     /// ```
     pub async fn start(&self) -> Result<Cluster, StartError> {
         self.validate()?;
-        let mut seeds = Vec::new();
+        let (mut fixed, mut by_name) = (Vec::new(), Vec::new());
         for seed in &self.seeds {
             let resolved = self
                 .network
@@ -524,7 +597,11 @@ impl ClusterBuilder {
                     seed: seed.clone(),
                     source,
                 })?;
-            seeds.extend(resolved);
+            if seed.parse::<SocketAddr>().is_ok() {
+                fixed.extend(resolved);
+            } else {
+                by_name.extend(resolved);
+            }
         }
         let listener = self
             .network
@@ -562,7 +639,8 @@ impl ClusterBuilder {
         if let Some(log) = &node.log {
             changelog::driver::spawn(&node, Arc::clone(log));
         }
-        node.learn(seeds);
+        node.add_seeds(&fixed, true);
+        node.add_seeds(&by_name, false);
         Ok(Cluster {
             node: Arc::clone(&node),
             _running: Arc::new(Running(node)),
@@ -645,17 +723,10 @@ impl Cluster {
         self.node.config.max_staleness
     }
 
-    /// The peers this node knows of, by address.
+    /// The members this node knows, by name, and the seed addresses no member has been found
+    /// at yet.
     pub fn members(&self) -> Vec<Member> {
-        let live = self.node.live_members();
-        let membership = self.node.membership.lock();
-        let mut members: Vec<_> = self.node.peers.lock().values().cloned().collect();
-        for member in &mut members {
-            member.live = member.node.as_ref().is_some_and(|n| live.contains(n));
-            member.up = member.node.as_ref().is_some_and(|n| membership.is_up(n));
-        }
-        members.sort_by_key(|m| m.addr);
-        members
+        self.node.members()
     }
 
     /// Waits until this node's links to at least `peers` peers are up, so that its events reach
@@ -673,14 +744,7 @@ impl Cluster {
     pub async fn wait_for_peers(&self, peers: usize) {
         let mut events = self.subscribe();
         let linked = || {
-            self.node
-                .peers
-                .lock()
-                .values()
-                .filter(|m| m.connected)
-                .count()
-                >= peers
-                && self.node.peer_lease.is_valid(&self.node.clock)
+            self.node.connected_peers() >= peers && self.node.peer_lease.is_valid(&self.node.clock)
         };
         // Every change of a link is an event; re-check after each (or after missing some).
         while !linked() {
@@ -732,7 +796,7 @@ impl Cluster {
     pub fn prometheus(&self) -> String {
         render_prometheus(&NodeReport {
             node: self.node.id.as_str(),
-            peers_connected: self.members().iter().filter(|m| m.connected).count(),
+            peers_connected: self.node.connected_peers(),
             cluster: self.stats(),
             caches: self.cache_stats(),
             log: self.change_log_status(),
@@ -812,12 +876,13 @@ pub(crate) struct Node {
     outbox: Mutex<Outbox>,
     tracker: Mutex<SequenceTracker<NodeId>>,
     caches: RwLock<HashMap<Arc<str>, Arc<dyn Sink>>>,
-    pub(crate) peers: Mutex<HashMap<SocketAddr, Member>>,
     pub(crate) events: broadcast::Sender<ClusterEvent>,
     pub(crate) counters: ClusterCounters,
     pub(crate) shutdown: watch::Sender<bool>,
     pub(crate) tasks: TaskTracker,
     pub(crate) log: Option<Arc<LogRuntime>>,
+    /// Who is in the cluster: members by name, seeds not yet resolved.
+    roster: Mutex<Roster>,
     confirmations: Mutex<Confirmations<NodeId>>,
     /// Strong updates awaiting acknowledgements: intent sequence → who has yet to answer.
     intents: Mutex<HashMap<u64, PendingIntent>>,
@@ -853,7 +918,17 @@ impl Node {
         let membership = Membership::new(
             Identity::new(id.clone(), addr, incarnation),
             builder.max_staleness,
+            builder.forget_after,
             rng_seed,
+        );
+        let roster = Roster::new(
+            id.clone(),
+            addr,
+            RosterConfig {
+                max_members: builder.max_members,
+                forget_after: millis(builder.forget_after),
+                seed_ttl: millis(builder.forget_after.max(builder.seed_refresh * 2)),
+            },
         );
         let node = Self {
             id,
@@ -875,7 +950,7 @@ impl Node {
             }),
             tracker: Mutex::new(SequenceTracker::default()),
             caches: RwLock::new(HashMap::new()),
-            peers: Mutex::new(HashMap::new()),
+            roster: Mutex::new(roster),
             events: broadcast::channel(64 * 1024).0,
             counters: ClusterCounters::default(),
             shutdown: watch::channel(false).0,
@@ -925,20 +1000,21 @@ impl Node {
 
     /// The node listening at `addr`, `origin`, said it is leaving: forget it at once rather than
     /// wait for its silence.
-    pub(crate) fn on_leave(&self, origin: &NodeId, addr: SocketAddr) {
+    pub(crate) fn on_leave(self: &Arc<Self>, origin: &NodeId, addr: SocketAddr) {
+        self.roster.lock().leave(origin, self.clock.now());
         self.confirmations.lock().leave(origin);
         self.outbox.lock().links.retain(|link| link.addr != addr);
-        self.peers.lock().remove(&addr);
-        self.count_known_peers();
+        self.count_members();
         tracing::info!(node = %self.id, peer = %origin, "a peer left");
         self.notify(ClusterEvent::PeerLeft {
             node: origin.clone(),
         });
     }
 
-    /// Whether a dialer should keep trying `addr`.
+    /// Whether the dialer of `addr` should keep trying it: a member accepts links there, or a
+    /// seed no member was found at. A dialer told no must end.
     pub(crate) fn wants(&self, addr: SocketAddr) -> bool {
-        !self.is_stopped() && self.peers.lock().contains_key(&addr)
+        !self.is_stopped() && self.roster.lock().keep_dialing(addr)
     }
 
     /// Names of the members whose confirmations this node's peer-only caches wait for.
@@ -1032,8 +1108,86 @@ impl Node {
             link.peer = Some(peer.clone());
         }
         self.contact(peer);
+        self.broadcast(
+            Frame::Peers(vec![PeerInfo {
+                node: peer.as_str(),
+                incarnation,
+                addr,
+            }])
+            .encode(),
+        );
         let identity = Identity::new(peer.clone(), addr, incarnation);
         self.swim(|membership| membership.announce(identity));
+    }
+
+    /// A link handshake with `peer`, process `incarnation` accepting links at `addr`, completed:
+    /// on a link this node dialed to `dialed`, or accepted (`None`). Admits it to the member
+    /// table, or says why not (the link must then close).
+    pub(crate) fn meet(
+        self: &Arc<Self>,
+        peer: &NodeId,
+        incarnation: u64,
+        addr: SocketAddr,
+        dialed: Option<SocketAddr>,
+    ) -> Result<(), Refusal> {
+        let now = self.clock.now();
+        let admission = self
+            .roster
+            .lock()
+            .meet(peer, incarnation, addr, dialed, now);
+        let result = match admission {
+            Ok(admission) => {
+                self.admitted(peer, addr, &admission);
+                Ok(())
+            }
+            Err(Refusal::Myself) => Err(Refusal::Myself),
+            Err(refusal) => {
+                self.counters.members_refused.incr();
+                tracing::warn!(node = %self.id, %peer, %addr, %refusal, "refused a peer");
+                Err(refusal)
+            }
+        };
+        self.count_members();
+        result
+    }
+
+    /// Peers told of members (in a hello, in a peers frame): admits those it can.
+    pub(crate) fn hear_of(self: &Arc<Self>, members: &[PeerInfo<'_>]) {
+        let now = self.clock.now();
+        let mut admitted = Vec::new();
+        {
+            let mut roster = self.roster.lock();
+            for member in members {
+                let node = NodeId::from(member.node);
+                match roster.hear_of(&node, member.incarnation, member.addr, now) {
+                    Ok(admission) => admitted.push((node, member.addr, admission)),
+                    Err(Refusal::Full | Refusal::BadName) => self.counters.members_refused.incr(),
+                    Err(Refusal::Myself | Refusal::Stale | Refusal::Forgotten) => {}
+                }
+            }
+        }
+        for (node, addr, admission) in &admitted {
+            self.admitted(node, *addr, admission);
+        }
+        self.count_members();
+    }
+
+    /// Acts on a member's admission: a replaced entry's links to its old address close.
+    fn admitted(&self, node: &NodeId, addr: SocketAddr, admission: &Admission) {
+        if let &Admission::Replaced { old_addr, .. } = admission {
+            if old_addr != addr {
+                self.outbox
+                    .lock()
+                    .links
+                    .retain(|link| link.addr != old_addr);
+            }
+            tracing::info!(node = %self.id, peer = %node, %old_addr, %addr, "a member came back");
+            self.notify(ClusterEvent::MemberReplaced {
+                node: node.clone(),
+                old_addr,
+                addr,
+            });
+        }
     }
 
     /// Runs one step of the SWIM state machine, then does what it asked: sends its packets,
@@ -1045,7 +1199,7 @@ impl Node {
             let up: HashSet<NodeId> = membership.up().map(|id| id.node.clone()).collect();
             (membership.drain(), up)
         };
-        let mut found = Vec::new();
+        let now = self.clock.now();
         for output in outputs {
             match output {
                 membership::Output::Send(to, packet) => self.send_swim(&to, &packet),
@@ -1053,21 +1207,38 @@ impl Node {
                     let _ = self.swim_timers.send((after, timer));
                 }
                 membership::Output::Up(id) => {
-                    found.push(id.addr);
+                    let admission =
+                        self.roster
+                            .lock()
+                            .swim_up(&id.node, id.incarnation, id.addr, now);
+                    match admission {
+                        Ok(admission) => self.admitted(&id.node, id.addr, &admission),
+                        Err(Refusal::Full | Refusal::BadName) => {
+                            self.counters.members_refused.incr()
+                        }
+                        Err(_) => {}
+                    }
                     self.notify(ClusterEvent::MemberUp {
                         node: id.node,
                         addr: id.addr,
                     });
                 }
-                membership::Output::Down(id) => self.notify(ClusterEvent::MemberDown {
-                    node: id.node,
-                    addr: id.addr,
-                }),
+                membership::Output::Down(id) => {
+                    self.roster.lock().swim_down(&id.node, id.incarnation);
+                    self.notify(ClusterEvent::MemberDown {
+                        node: id.node,
+                        addr: id.addr,
+                    })
+                }
             }
         }
-        self.confirmations.lock().swim_up(&up, self.clock.now());
-        self.refresh_peer_lease();
-        self.learn(found);
+        // SWIM may hold up names the member table refused (full): those are not waited for.
+        let up: HashSet<NodeId> = {
+            let roster = self.roster.lock();
+            up.into_iter().filter(|n| roster.get(n).is_some()).collect()
+        };
+        self.confirmations.lock().swim_up(&up, now);
+        self.count_members();
     }
 
     /// Queues a SWIM packet on the link to `to`; without one, it is lost, as a datagram would be.
@@ -1145,7 +1316,7 @@ impl Node {
 
     /// One heartbeat: pings every linked peer, retires the silent ones and closes their links (a
     /// stuck connection then gets replaced), and refreshes the peer lease.
-    pub(crate) fn heartbeat(&self) {
+    pub(crate) fn heartbeat(self: &Arc<Self>) {
         let now = self.clock.now();
         let dead = {
             let mut outbox = self.outbox.lock();
@@ -1173,16 +1344,58 @@ impl Node {
         for node in dead {
             self.notify(ClusterEvent::PeerSilent { node });
         }
+        self.forget_due(now);
     }
 
-    /// `origin` showed signs of life (a hello, a ping).
+    /// Forgets the members the member table says are due (see `membership::roster`), and the
+    /// state kept for each. Those this node reached go only if it is in a majority now, counting
+    /// them.
+    fn forget_due(self: &Arc<Self>, now: crate::clock::Millis) {
+        let majority = self.confirmations.lock().has_majority();
+        let forgotten = self.roster.lock().expire(now, majority);
+        if forgotten.is_empty() {
+            return;
+        }
+        {
+            let mut confirmations = self.confirmations.lock();
+            let mut tracker = self.tracker.lock();
+            for (node, _) in &forgotten {
+                confirmations.leave(node);
+                tracker.forget(node);
+            }
+        }
+        self.outbox
+            .lock()
+            .links
+            .retain(|link| !forgotten.iter().any(|(_, e)| e.addr == link.addr));
+        self.count_members();
+        for (node, entry) in forgotten {
+            self.counters.members_forgotten.incr();
+            tracing::info!(node = %self.id, peer = %node, addr = %entry.addr, "forgot a member");
+            self.notify(ClusterEvent::MemberForgotten {
+                node,
+                addr: entry.addr,
+            });
+        }
+    }
+
+    /// `origin`, a member, showed signs of life (a hello, a ping).
     pub(crate) fn contact(&self, origin: &NodeId) {
-        self.confirmations.lock().contact(origin, self.clock.now());
-        self.refresh_peer_lease();
+        let now = self.clock.now();
+        let member = {
+            let mut roster = self.roster.lock();
+            roster.heard(origin, now);
+            roster.get(origin).is_some()
+        };
+        if member {
+            self.confirmations.lock().contact(origin, now);
+            self.refresh_peer_lease();
+        }
     }
 
     /// A pong from `origin` arrived on its link.
     pub(crate) fn on_pong(&self, origin: &NodeId, nonce: u64, incarnation: u64, seq: u64) {
+        self.roster.lock().heard(origin, self.clock.now());
         let applied = self
             .tracker
             .lock()
@@ -1206,63 +1419,99 @@ impl Node {
             .set(&self.clock, since, self.config.max_staleness);
     }
 
-    /// Addresses this node knows of other than its own.
-    pub(crate) fn known_peers(&self) -> Vec<SocketAddr> {
-        self.peers.lock().keys().copied().collect()
+    /// The members this node reached, as many as fit in half a frame: what its hello tells.
+    pub(crate) fn gossip(&self) -> Vec<(NodeId, u64, SocketAddr)> {
+        // A gossiped member costs its name plus at most 30 bytes (varints, an IPv6 address).
+        let mut budget = self.config.max_frame_bytes / 2;
+        let roster = self.roster.lock();
+        roster
+            .reached()
+            .into_iter()
+            .take_while(|(node, _)| {
+                let cost = node.as_str().len() + 30;
+                let fits = cost <= budget;
+                budget = budget.saturating_sub(cost);
+                fits
+            })
+            .map(|(node, entry)| (node.clone(), entry.incarnation, entry.addr))
+            .collect()
     }
 
-    /// Learns of peer addresses: dials the new ones and tells the other peers about them.
-    pub(crate) fn learn(self: &Arc<Self>, addrs: impl IntoIterator<Item = SocketAddr>) {
-        let fresh: Vec<SocketAddr> = {
-            let mut peers = self.peers.lock();
-            addrs
-                .into_iter()
-                .filter(|&addr| addr != self.addr)
-                .filter(|&addr| {
-                    let new = !peers.contains_key(&addr);
-                    if new {
-                        peers.insert(
-                            addr,
-                            Member {
-                                addr,
-                                node: None,
-                                connected: false,
-                                live: false,
-                                up: false,
-                            },
-                        );
-                    }
-                    new
-                })
-                .collect()
+    /// Seeds resolved to `addrs`: given as addresses (`fixed`) or found by resolving names.
+    pub(crate) fn add_seeds(self: &Arc<Self>, addrs: &[SocketAddr], fixed: bool) {
+        self.roster.lock().add_seeds(addrs, fixed, self.clock.now());
+        self.count_members();
+    }
+
+    /// `addr` turned out to be this node itself (a seed list that includes it): not dialed again.
+    pub(crate) fn myself_at(self: &Arc<Self>, addr: SocketAddr) {
+        let _ = self
+            .roster
+            .lock()
+            .meet(&self.id, self.incarnation, self.addr, Some(addr), 0);
+        self.count_members();
+    }
+
+    /// After the member table changed: tells the majority rule what it counts, and dials the
+    /// addresses that have no dialer yet.
+    fn count_members(self: &Arc<Self>) {
+        let (counted, dials) = {
+            let mut roster = self.roster.lock();
+            (roster.counted(), roster.dials())
         };
-        if fresh.is_empty() || self.is_stopped() {
-            return;
-        }
-        self.count_known_peers();
-        self.broadcast(Frame::Peers(fresh.clone()).encode());
-        for addr in fresh {
-            driver::spawn_dialer(self, addr);
-        }
-    }
-
-    /// An address turned out to be this node itself (a seed list that includes it): forget it.
-    pub(crate) fn forget(&self, addr: SocketAddr) {
-        self.peers.lock().remove(&addr);
-        self.count_known_peers();
-    }
-
-    fn count_known_peers(&self) {
-        let known = self.peers.lock().len();
-        self.confirmations.lock().set_known_peers(known);
+        self.confirmations.lock().set_known_peers(counted);
         self.refresh_peer_lease();
+        if !self.is_stopped() {
+            for addr in dials {
+                driver::spawn_dialer(self, addr);
+            }
+        }
+    }
+
+    /// How many members this node's links reach now.
+    pub(crate) fn connected_peers(&self) -> usize {
+        self.roster
+            .lock()
+            .members()
+            .filter(|(_, e)| e.connected)
+            .count()
+    }
+
+    /// The members, as [`Cluster::members`] shows them.
+    fn members(&self) -> Vec<Member> {
+        let now = self.clock.now();
+        let live: HashSet<NodeId> = self.live_members().into_iter().collect();
+        let membership = self.membership.lock();
+        let roster = self.roster.lock();
+        let mut members: Vec<Member> = roster
+            .members()
+            .map(|(node, entry)| Member {
+                addr: entry.addr,
+                node: Some(node.clone()),
+                incarnation: Some(entry.incarnation),
+                swim: membership.state(node, entry.incarnation),
+                last_heard: Some(Duration::from_millis(now.saturating_sub(entry.last_heard))),
+                connected: entry.connected,
+                live: live.contains(node),
+                up: entry.swim_up,
+            })
+            .chain(roster.unresolved_seeds().map(|addr| Member {
+                addr,
+                node: None,
+                incarnation: None,
+                swim: None,
+                last_heard: None,
+                connected: false,
+                live: false,
+                up: false,
+            }))
+            .collect();
+        members.sort_by(|a, b| (&a.node, a.addr).cmp(&(&b.node, b.addr)));
+        members
     }
 
     pub(crate) fn set_connected(&self, addr: SocketAddr, node: &NodeId, connected: bool) {
-        if let Some(member) = self.peers.lock().get_mut(&addr) {
-            member.node = Some(node.clone());
-            member.connected = connected;
-        }
+        self.roster.lock().set_connected(node, addr, connected);
         let event = if connected {
             ClusterEvent::PeerUp {
                 node: node.clone(),
@@ -1285,18 +1534,37 @@ impl Node {
 
     /// A link from `origin` opened at `start`. Returns the event after which `origin` should
     /// resume: it replays the rest from its ring, so that only what fell out of it is missed.
-    pub(crate) fn peer_hello(&self, origin: &NodeId, incarnation: u64, start: LinkStart) -> u64 {
+    ///
+    /// A hello claiming what its sender cannot have (a replay ring starting past its next event,
+    /// fewer events than this node already applied of that process) is refused: accepted, it
+    /// would make the sender's real events look like duplicates.
+    pub(crate) fn peer_hello(
+        &self,
+        origin: &NodeId,
+        incarnation: u64,
+        start: LinkStart,
+    ) -> Result<u64, WireError> {
+        if start.seq == u64::MAX || start.replay_from > start.seq + 1 {
+            return Err(WireError::Unexpected(
+                "a hello whose replay ring starts past its next event",
+            ));
+        }
         let (resume, delivery) = {
             let mut tracker = self.tracker.lock();
             let applied = match tracker.applied(origin) {
                 Some((known, applied)) if known == incarnation => applied,
                 _ => 0,
             };
+            if start.seq < applied {
+                return Err(WireError::Unexpected(
+                    "a hello claiming fewer events than were applied of its process",
+                ));
+            }
             let resume = replay::resume_point(applied, start.seq, start.replay_from);
             (resume, tracker.hello(origin, incarnation, resume))
         };
         self.judge(origin, delivery);
-        resume
+        Ok(resume)
     }
 
     /// Applies one event that arrived on a link from `origin`.

@@ -68,6 +68,12 @@ impl<N: std::hash::Hash + Eq + Clone> SequenceTracker<N> {
         self.deliver(origin, incarnation, seq, false)
     }
 
+    /// Drops what is known of `origin` (it was forgotten): its next link counts as a first
+    /// contact.
+    pub(crate) fn forget(&mut self, origin: &N) {
+        self.origins.remove(origin);
+    }
+
     /// The incarnation of `origin` last met and the highest sequence applied from it.
     pub(crate) fn applied(&self, origin: &N) -> Option<(u64, u64)> {
         self.origins.get(origin).map(|t| (t.incarnation, t.applied))
@@ -76,7 +82,7 @@ impl<N: std::hash::Hash + Eq + Clone> SequenceTracker<N> {
     fn deliver(&mut self, origin: &N, incarnation: u64, seq: u64, is_hello: bool) -> Delivery {
         // A hello names the last event already sent, an event names itself; either way the
         // events before `first_new` are the ones that should have arrived already.
-        let first_new = if is_hello { seq + 1 } else { seq };
+        let first_new = if is_hello { seq.saturating_add(1) } else { seq };
         let track = match self.origins.entry(origin.clone()) {
             Entry::Vacant(vacant) => {
                 vacant.insert(Track {
@@ -104,7 +110,7 @@ impl<N: std::hash::Hash + Eq + Clone> SequenceTracker<N> {
                 Delivery::Duplicate
             };
         }
-        let expected = track.applied + 1;
+        let expected = track.applied.saturating_add(1);
         track.applied = seq;
         missed(expected, first_new)
     }

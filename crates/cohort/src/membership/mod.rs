@@ -28,6 +28,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::cluster::NodeId;
 
+mod roster;
+
+pub(crate) use roster::{Admission, MAX_NAME_BYTES, Refusal, Roster, RosterConfig};
+
 pub(crate) use foca::Timer;
 
 /// A member as SWIM knows it: a node's name and address, the process (incarnation), and a bump
@@ -58,8 +62,10 @@ impl fmt::Debug for Identity {
     }
 }
 
+/// SWIM knows a member by its name: a newer process of the same name, wherever it listens,
+/// replaces the older one in its table, which stays as small as the set of names.
 impl foca::Identity for Identity {
-    type Addr = SocketAddr;
+    type Addr = NodeId;
 
     fn renew(&self) -> Option<Self> {
         Some(Self {
@@ -68,12 +74,37 @@ impl foca::Identity for Identity {
         })
     }
 
-    fn addr(&self) -> SocketAddr {
-        self.addr
+    fn addr(&self) -> NodeId {
+        self.node.clone()
     }
 
     fn win_addr_conflict(&self, adversary: &Self) -> bool {
         (self.incarnation, self.bump) > (adversary.incarnation, adversary.bump)
+    }
+}
+
+/// What SWIM holds of a member.
+///
+/// ```
+/// assert_eq!(cohort::SwimState::Suspect.to_string(), "suspect");
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SwimState {
+    /// Answering probes.
+    Alive,
+    /// Some member could not reach it; it has time to refute before being declared down.
+    Suspect,
+    /// Declared down: neither this node nor the members it asked could reach it.
+    Down,
+}
+
+impl fmt::Display for SwimState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Alive => "alive",
+            Self::Suspect => "suspect",
+            Self::Down => "down",
+        })
     }
 }
 
@@ -107,11 +138,17 @@ impl fmt::Debug for Membership {
 
 impl Membership {
     /// SWIM for the node `me`, timed from the staleness bound; `seed` drives its random choices.
-    pub(crate) fn new(me: Identity, max_staleness: Duration, seed: u64) -> Self {
+    /// A member declared down is forgotten after `forget_after`.
+    pub(crate) fn new(
+        me: Identity,
+        max_staleness: Duration,
+        forget_after: Duration,
+        seed: u64,
+    ) -> Self {
         Self {
             foca: Foca::new(
                 me,
-                config(max_staleness),
+                config(max_staleness, forget_after),
                 StdRng::seed_from_u64(seed),
                 foca::PostcardCodec,
             ),
@@ -145,9 +182,17 @@ impl Membership {
         }
     }
 
-    /// Whether SWIM holds the node `name` up (alive or suspected, not declared down).
-    pub(crate) fn is_up(&self, name: &NodeId) -> bool {
-        self.foca.iter_members().any(|m| &m.id().node == name)
+    /// What SWIM holds of process `incarnation` of the node `name`; `None` if it knows nothing
+    /// of that process.
+    pub(crate) fn state(&self, name: &NodeId, incarnation: u64) -> Option<SwimState> {
+        self.foca
+            .iter_membership_state()
+            .find(|m| &m.id().node == name && m.id().incarnation == incarnation)
+            .map(|m| match m.state() {
+                foca::State::Alive => SwimState::Alive,
+                foca::State::Suspect => SwimState::Suspect,
+                foca::State::Down => SwimState::Down,
+            })
     }
 
     /// The members SWIM holds up.
@@ -179,7 +224,7 @@ impl Membership {
     }
 }
 
-fn config(max_staleness: Duration) -> foca::Config {
+fn config(max_staleness: Duration, forget_after: Duration) -> foca::Config {
     let one = NonZeroUsize::MIN;
     foca::Config {
         probe_period: max_staleness / 2,
@@ -187,7 +232,7 @@ fn config(max_staleness: Duration) -> foca::Config {
         num_indirect_probes: NonZeroUsize::new(3).unwrap_or(one),
         max_transmissions: NonZeroU8::new(10).unwrap_or(NonZeroU8::MIN),
         suspect_to_down_after: max_staleness,
-        remove_down_after: Some(Duration::from_secs(3600)),
+        remove_down_after: Some(forget_after),
         max_packet_size: NonZeroUsize::new(1400).unwrap_or(one),
         notify_down_members: true,
         periodic_announce: Some(PeriodicParams {
@@ -237,7 +282,7 @@ mod tests {
             let nodes = ids
                 .iter()
                 .enumerate()
-                .map(|(i, id)| Membership::new(id.clone(), BOUND, i as u64))
+                .map(|(i, id)| Membership::new(id.clone(), BOUND, BOUND * 60, i as u64))
                 .collect();
             let mut net = Self {
                 nodes,
@@ -301,7 +346,7 @@ mod tests {
         }
 
         fn holds_up(&self, a: usize, b: usize) -> bool {
-            self.nodes[a].is_up(&self.ids[b].node)
+            self.nodes[a].up().any(|id| id.node == self.ids[b].node)
         }
     }
 

@@ -129,6 +129,9 @@ pub(crate) enum LinkError {
     /// The other end closed the link during the handshake.
     #[error("closed during the handshake")]
     Closed,
+    /// The other end is not admitted as a member (see the member table's rules).
+    #[error("not admitted: {0}")]
+    Refused(Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// Exchanges preambles over a fresh connection and splits it into framed halves.

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::codec::LengthDelimitedCodec;
 
 /// The protocol version this build speaks. A peer with another version is refused.
-pub(crate) const PROTOCOL_VERSION: u16 = 1;
+pub(crate) const PROTOCOL_VERSION: u16 = 2;
 
 /// Magic bytes that open every link.
 const MAGIC: [u8; 4] = *b"COHO";
@@ -59,8 +59,9 @@ pub(crate) enum Frame<'a> {
     /// The first frame each side sends: who it is and whom it knows.
     #[serde(borrow)]
     Hello(Hello<'a>),
-    /// Addresses of nodes the sender has learned of since its hello.
-    Peers(Vec<SocketAddr>),
+    /// Members the sender has met (or that changed address) since its hello.
+    #[serde(borrow)]
+    Peers(Vec<PeerInfo<'a>>),
     /// A change to one cache, originated by the sender.
     #[serde(borrow)]
     Event(Event<'a>),
@@ -98,8 +99,20 @@ pub(crate) struct Hello<'a> {
     pub(crate) seq: u64,
     /// From the dialer: the oldest event its replay ring still holds. Zero from the acceptor.
     pub(crate) replay_from: u64,
-    /// Every other node it knows of.
-    pub(crate) peers: Vec<SocketAddr>,
+    /// Other members it has reached, as many as fit in half a frame.
+    #[serde(borrow)]
+    pub(crate) peers: Vec<PeerInfo<'a>>,
+}
+
+/// A member as gossiped: its identity (name and process) and where it accepts links.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct PeerInfo<'a> {
+    /// The member's name.
+    pub(crate) node: &'a str,
+    /// The member's process epoch.
+    pub(crate) incarnation: u64,
+    /// Where it accepts links.
+    pub(crate) addr: SocketAddr,
 }
 
 /// One change, numbered in its origin's sequence.
@@ -223,7 +236,11 @@ mod tests {
             listen: "127.0.0.1:7001".parse().unwrap(),
             seq: 9,
             replay_from: 3,
-            peers: vec!["127.0.0.1:7002".parse().unwrap()],
+            peers: vec![PeerInfo {
+                node: "node-b",
+                incarnation: 4,
+                addr: "127.0.0.1:7002".parse().unwrap(),
+            }],
         });
         let pong = Frame::Pong {
             nonce: 7,
@@ -233,7 +250,11 @@ mod tests {
         for frame in [
             hello,
             event(),
-            Frame::Peers(vec!["[::1]:1".parse().unwrap()]),
+            Frame::Peers(vec![PeerInfo {
+                node: "c",
+                incarnation: 1,
+                addr: "[::1]:1".parse().unwrap(),
+            }]),
             Frame::Ping { nonce: 7 },
             pong,
             Frame::Swim(b"probe"),
@@ -286,8 +307,8 @@ mod tests {
         assert!(matches!(
             check_preamble(future),
             Err(WireError::UnsupportedVersion {
-                version: 2,
-                supported: 1
+                version: 3,
+                supported: 2
             })
         ));
     }

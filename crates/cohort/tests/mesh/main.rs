@@ -377,6 +377,9 @@ async fn raw_exchange(node: &Cluster, bytes: &[u8]) -> Vec<u8> {
     reply
 }
 
+/// The protocol version this build speaks.
+const PROTOCOL: u16 = 2;
+
 fn preamble(version: u16) -> Vec<u8> {
     let mut bytes = b"COHO".to_vec();
     bytes.extend(version.to_be_bytes());
@@ -394,9 +397,14 @@ async fn bad_input_closes_only_its_own_link() {
 
     let garbage = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec();
     let wrong_version = preamble(99);
-    let oversized = [preamble(1), u32::MAX.to_be_bytes().to_vec()].concat();
-    let malformed = [preamble(1), 8_u32.to_be_bytes().to_vec(), vec![0xff; 8]].concat();
-    let no_hello = [preamble(1), 1_u32.to_be_bytes().to_vec(), vec![1]].concat();
+    let oversized = [preamble(PROTOCOL), u32::MAX.to_be_bytes().to_vec()].concat();
+    let malformed = [
+        preamble(PROTOCOL),
+        8_u32.to_be_bytes().to_vec(),
+        vec![0xff; 8],
+    ]
+    .concat();
+    let no_hello = [preamble(PROTOCOL), 1_u32.to_be_bytes().to_vec(), vec![1]].concat();
     for (i, input) in [garbage, wrong_version, oversized, malformed, no_hello]
         .iter()
         .enumerate()
@@ -404,7 +412,7 @@ async fn bad_input_closes_only_its_own_link() {
         let reply = raw_exchange(&nodes[0], input).await;
         assert_eq!(
             reply,
-            preamble(1),
+            preamble(PROTOCOL),
             "input {i}: the node sent its preamble, then closed"
         );
         assert_eq!(
