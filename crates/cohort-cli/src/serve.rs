@@ -48,6 +48,10 @@ pub(crate) struct Args {
     /// The staleness bound, e.g. `500ms` or `2s`.
     #[arg(long, default_value = "500ms", value_parser = parse_duration)]
     max_staleness: Duration,
+    /// How long a member may stay unreached, or declared down, before this node forgets it,
+    /// e.g. `30s`. A node restarted under the same name replaces its old entry at once.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    forget_after: Duration,
     /// How long change-log rows are kept, e.g. `10m`.
     #[arg(long, default_value = "10m", value_parser = parse_duration)]
     log_retention: Duration,
@@ -123,6 +127,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<bool> {
         .seeds(args.seeds.iter().filter(|s| !s.is_empty()).cloned())
         .max_staleness(args.max_staleness)
         .log_retention(args.log_retention)
+        .forget_after(args.forget_after)
         .change_log(db.change_log())
         .unsafe_ignore_leases(args.unsafe_ignore_leases);
     if let Some(name) = &args.name {
@@ -296,9 +301,12 @@ async fn cluster_state(State(app): State<App>) -> Response {
         .into_iter()
         .map(|m| {
             json!({
-                "addr": m.addr.to_string(),
                 "node": m.node.map(|n| n.to_string()),
+                "incarnation": m.incarnation,
+                "addr": m.addr.to_string(),
+                "swim": m.swim.map(|s| s.to_string()),
                 "state": if m.connected { "connected" } else { "connecting" },
+                "last_heard_ms": millis(m.last_heard),
                 "live": m.live,
                 "up": m.up,
             })
@@ -330,6 +338,8 @@ async fn cluster_state(State(app): State<App>) -> Response {
             "applied": stats.events_applied,
             "gaps": stats.gaps,
             "frames_rejected": stats.frames_rejected,
+            "members_refused": stats.members_refused,
+            "members_forgotten": stats.members_forgotten,
         },
     }))
     .into_response()

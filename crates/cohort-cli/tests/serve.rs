@@ -20,6 +20,11 @@ struct Server {
 
 impl Server {
     fn start(name: &str, db: &Path, seeds: &[&Server]) -> Self {
+        Self::start_with(name, db, seeds, &[])
+    }
+
+    /// Starts `cohort serve` with `extra` flags; it listens on fresh ports.
+    fn start_with(name: &str, db: &Path, seeds: &[&Server], extra: &[&str]) -> Self {
         let seeds: Vec<String> = seeds.iter().map(|s| s.listen.to_string()).collect();
         let mut child = Command::new(env!("CARGO_BIN_EXE_cohort"))
             .args([
@@ -35,6 +40,7 @@ impl Server {
             .arg(format!("sqlite://{}", db.display()))
             .args(["--max-staleness", &format!("{}ms", BOUND.as_millis())])
             .args(["--seeds", &seeds.join(",")])
+            .args(extra)
             .stdout(Stdio::piped())
             .spawn()
             .expect("cohort serve starts");
@@ -100,6 +106,12 @@ impl Server {
             let members = cluster["members"].as_array().cloned().unwrap_or_default();
             members.iter().filter(|m| m["state"] == "connected").count() >= peers
         });
+    }
+
+    /// The members this node's `/cluster` lists.
+    fn members(&self) -> Vec<Value> {
+        let (_, cluster) = self.get("/cluster");
+        cluster["members"].as_array().cloned().unwrap_or_default()
     }
 
     fn signal(&self, signal: &str) {
@@ -326,4 +338,91 @@ fn bad_flags_and_an_unusable_database_fail_with_one_clear_line() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(stderr.contains("cannot serve HTTP"), "{stderr}");
+}
+
+/// What a Kubernetes pod does on every eviction: SIGKILLed, then started again under the same name
+/// at a new address. Each of three nodes in turn; afterwards every node lists exactly the three
+/// current processes (no dead address, live or not), and a repeated read on every node is a
+/// cache hit again, in strong mode (whose majority rule counted dead addresses before) and in
+/// bounded mode.
+fn rolling_crash_restart_at_new_addresses(mode: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("users.db");
+    let flags = ["--mode", mode];
+    let mut servers = vec![Server::start_with("a", &db, &[], &flags)];
+    for name in ["b", "c"] {
+        let seeds: Vec<&Server> = servers.iter().collect();
+        let server = Server::start_with(name, &db, &seeds, &flags);
+        servers.push(server);
+    }
+    for server in &servers {
+        server.wait_linked(2);
+    }
+    for i in 0..servers.len() {
+        servers[i].signal("-KILL");
+        let name = ["a", "b", "c"][i];
+        let others: Vec<&Server> = servers
+            .iter()
+            .enumerate()
+            .filter(|&(j, _)| j != i)
+            .map(|(_, s)| s)
+            .collect();
+        let restarted = Server::start_with(name, &db, &others, &flags);
+        servers[i] = restarted;
+    }
+    let rolled = Instant::now();
+    let current: Vec<String> = servers.iter().map(|s| s.listen.to_string()).collect();
+    let deadline = rolled + Duration::from_secs(20);
+    for (i, server) in servers.iter().enumerate() {
+        let id = 10 + i as u64;
+        loop {
+            server.user(id);
+            if server.user(id).1 == "cache" {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {i} never served from its cache again"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    eprintln!(
+        "{mode}: every node answered from its cache {:?} after the roll",
+        rolled.elapsed()
+    );
+    for server in &servers {
+        server.wait_until("listing exactly the current processes", |s| {
+            let members = s.members();
+            let mut addrs: Vec<String> = members
+                .iter()
+                .map(|m| m["addr"].as_str().unwrap_or_default().to_owned())
+                .collect();
+            addrs.sort();
+            let mut expected: Vec<String> = current
+                .iter()
+                .filter(|a| **a != s.listen.to_string())
+                .cloned()
+                .collect();
+            expected.sort();
+            addrs == expected && members.iter().all(|m| m["live"] == true)
+        });
+        for member in server.members() {
+            assert!(
+                current.contains(&member["addr"].as_str().unwrap().to_owned()),
+                "a dead address is listed: {member}"
+            );
+            assert_eq!(member["swim"], "alive", "{member}");
+        }
+    }
+}
+
+#[test]
+fn a_rolling_crash_restart_at_new_addresses_in_strong_mode() {
+    rolling_crash_restart_at_new_addresses("strong");
+}
+
+#[test]
+fn a_rolling_crash_restart_at_new_addresses_in_bounded_mode() {
+    rolling_crash_restart_at_new_addresses("bounded");
 }

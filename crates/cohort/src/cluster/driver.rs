@@ -82,6 +82,7 @@ async fn serve_inbound(node: &Arc<Node>, stream: BoxConnection) -> Result<(), Li
         seq: hello.seq,
         replay_from: hello.replay_from,
     };
+    start.check()?;
     node.meet(&origin, incarnation, hello.listen, None)
         .map_err(|refusal| LinkError::Refused(refusal.into()))?;
     // Judged before answering: the answer tells the dialer where to resume, and the events it

@@ -820,6 +820,19 @@ pub(crate) struct LinkStart {
     pub(crate) replay_from: u64,
 }
 
+impl LinkStart {
+    /// Refuses a start no sender can have: a replay ring beginning past its next event, or a
+    /// sequence space used up.
+    pub(crate) fn check(&self) -> Result<(), WireError> {
+        if self.seq == u64::MAX || self.replay_from > self.seq + 1 {
+            return Err(WireError::Unexpected(
+                "a hello whose replay ring starts past its next event",
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Settings a running node reads.
 #[derive(Clone, Debug)]
 pub(crate) struct NodeConfig {
@@ -1544,11 +1557,7 @@ impl Node {
         incarnation: u64,
         start: LinkStart,
     ) -> Result<u64, WireError> {
-        if start.seq == u64::MAX || start.replay_from > start.seq + 1 {
-            return Err(WireError::Unexpected(
-                "a hello whose replay ring starts past its next event",
-            ));
-        }
+        start.check()?;
         let (resume, delivery) = {
             let mut tracker = self.tracker.lock();
             let applied = match tracker.applied(origin) {

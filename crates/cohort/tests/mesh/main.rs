@@ -14,6 +14,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, broadcast};
 
+mod members;
+
 /// A stand-in for the source of truth: rows of (name, version) by id, counting reads.
 #[derive(Clone, Default)]
 struct Db {
