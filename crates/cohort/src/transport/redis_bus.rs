@@ -13,10 +13,11 @@
 //! the receiver counts a gap and flushes. A publish that reaches no subscriber (the peer is gone)
 //! resets the connection too.
 //!
-//! Discovery: a node adds its virtual address to a Redis set when it binds, and any seed resolves
-//! to the members of that set, so `seeds(["redis"])` finds the others. Addresses of nodes that
-//! died stay in the set; dialing them is refused at once (no subscriber), and SWIM never holds
-//! them up.
+//! Discovery: a node registers its virtual address in a Redis sorted set when it binds, scored
+//! with the time, and renews it every [`REGISTRATION_RENEWAL`]; any seed resolves to the addresses
+//! renewed within [`REGISTRATION_TTL`], so `seeds(["redis"])` finds the others and stops naming a
+//! node that died (older entries are deleted as they are found). Times are the nodes' wall
+//! clocks, so a clock off by more than the TTL minus the renewal period hides its node.
 
 use std::collections::HashMap;
 use std::io;
@@ -34,6 +35,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::{BoxConnection, BoxFuture, Listener, Network};
+use crate::clock::millis;
 use crate::transport::backoff::Backoff;
 
 /// Bytes a virtual connection buffers in each direction before the writer waits.
@@ -45,6 +47,12 @@ const CHUNK_BYTES: usize = 64 * 1024;
 /// Messages that may wait for a link's reader; past this the link is reset, as an overflowing
 /// TCP link is, rather than buffer without bound.
 const ARRIVALS_QUEUED: usize = 4096;
+
+/// How often a node renews its registration.
+pub(crate) const REGISTRATION_RENEWAL: Duration = Duration::from_secs(10);
+
+/// How long a registration lasts unrenewed.
+pub(crate) const REGISTRATION_TTL: Duration = Duration::from_secs(60);
 
 /// Links over Redis pub/sub instead of TCP; give each node its own with
 /// [`ClusterBuilder::network`](crate::ClusterBuilder::network).
@@ -83,8 +91,8 @@ impl RedisBus {
         self
     }
 
-    fn members_key(&self) -> String {
-        format!("{}:members", self.namespace)
+    fn registry_key(&self) -> String {
+        format!("{}:registry", self.namespace)
     }
 }
 
@@ -96,7 +104,8 @@ impl Network for RedisBus {
                 .get_multiplexed_async_connection()
                 .await
                 .map_err(redis_error)?;
-            let me = claim_address(&mut publisher, &self.members_key(), addr).await?;
+            let registry = self.registry_key();
+            let me = claim_address(&mut publisher, &registry, addr).await?;
             let (accepted_tx, accepted) = mpsc::unbounded_channel();
             let hub = Arc::new(Hub {
                 me,
@@ -111,11 +120,12 @@ impl Network for RedisBus {
                 Arc::clone(&hub),
                 subscription,
             ));
+            let renewal = tokio::spawn(renew_registration(hub.publisher.clone(), registry, me));
             *self.hub.lock() = Some(Arc::clone(&hub));
             Ok(Box::new(BusListener {
                 me,
                 accepted: tokio::sync::Mutex::new(accepted),
-                reader,
+                tasks: [reader, renewal],
             }) as Box<dyn Listener>)
         })
     }
@@ -158,8 +168,17 @@ impl Network for RedisBus {
                 .get_multiplexed_async_connection()
                 .await
                 .map_err(redis_error)?;
-            let members: Vec<String> = redis::cmd("SMEMBERS")
-                .arg(self.members_key())
+            let oldest = unix_millis().saturating_sub(millis(REGISTRATION_TTL));
+            let (members,): (Vec<String>,) = redis::pipe()
+                .cmd("ZREMRANGEBYSCORE")
+                .arg(self.registry_key())
+                .arg("-inf")
+                .arg(format!("({oldest}"))
+                .ignore()
+                .cmd("ZRANGEBYSCORE")
+                .arg(self.registry_key())
+                .arg(oldest)
+                .arg("+inf")
                 .query_async(&mut connection)
                 .await
                 .map_err(redis_error)?;
@@ -364,7 +383,35 @@ async fn subscribe(client: &redis::Client, channel: &str) -> io::Result<redis::a
     Ok(subscription)
 }
 
-/// `requested`, or for port 0 a free virtual port on its address, added to the member set.
+/// Renews `me` in the registry every [`REGISTRATION_RENEWAL`] until aborted; a failed renewal is
+/// retried at the next one.
+async fn renew_registration(
+    mut publisher: MultiplexedConnection,
+    registry: String,
+    me: SocketAddr,
+) {
+    loop {
+        tokio::time::sleep(REGISTRATION_RENEWAL).await;
+        let renewed: Result<u64, _> = redis::cmd("ZADD")
+            .arg(&registry)
+            .arg(unix_millis())
+            .arg(me.to_string())
+            .query_async(&mut publisher)
+            .await;
+        if let Err(error) = renewed {
+            tracing::warn!(%me, %error, "cannot renew the bus registration");
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch by this machine's clock.
+fn unix_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// `requested`, or for port 0 a free virtual port on its address, added to the registry.
 async fn claim_address(
     publisher: &mut MultiplexedConnection,
     members: &str,
@@ -380,8 +427,13 @@ async fn claim_address(
             port => port,
         };
         let addr = SocketAddr::new(ip, port);
-        let added: u64 = redis::cmd("SADD")
-            .arg(members)
+        let mut add = redis::cmd("ZADD");
+        add.arg(members);
+        if requested.port() == 0 {
+            add.arg("NX");
+        }
+        let added: u64 = add
+            .arg(unix_millis())
             .arg(addr.to_string())
             .query_async(publisher)
             .await
@@ -396,7 +448,8 @@ async fn claim_address(
 struct BusListener {
     me: SocketAddr,
     accepted: tokio::sync::Mutex<mpsc::UnboundedReceiver<(BoxConnection, SocketAddr)>>,
-    reader: JoinHandle<()>,
+    /// The subscription's reader and the registration's renewal.
+    tasks: [JoinHandle<()>; 2],
 }
 
 impl Listener for BusListener {
@@ -418,7 +471,9 @@ impl Listener for BusListener {
 
 impl Drop for BusListener {
     fn drop(&mut self) {
-        self.reader.abort();
+        for task in &self.tasks {
+            task.abort();
+        }
     }
 }
 

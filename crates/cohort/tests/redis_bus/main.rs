@@ -225,3 +225,39 @@ async fn foreign_messages_on_a_node_channel_are_ignored() {
     assert_eq!(a.get(&1), None);
     assert_eq!(nodes[0].stats().gaps, 0);
 }
+
+/// A node that died stays in the bus's registry only until its registration lapses: a node
+/// starting later neither dials it nor counts it, and the stale entry is deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lapsed_registration_is_not_resolved() {
+    let redis = redis().await;
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let two_minutes_ago = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+        - 120_000;
+    let _: u64 = redis::cmd("ZADD")
+        .arg("cohort:registry")
+        .arg(two_minutes_ago)
+        .arg("127.0.0.1:9")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    let nodes = bus(&redis, 2).await;
+    for node in &nodes {
+        let members = node.members();
+        assert_eq!(members.len(), 1, "{members:?}");
+        assert!(members[0].node.is_some(), "{members:?}");
+    }
+    let registered: Vec<String> = redis::cmd("ZRANGE")
+        .arg("cohort:registry")
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    assert_eq!(registered.len(), 2, "{registered:?}");
+    assert!(!registered.contains(&"127.0.0.1:9".to_owned()));
+}
