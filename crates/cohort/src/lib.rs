@@ -67,4 +67,6 @@ pub use membership::SwimState;
 pub use metrics::{CacheStats, ClusterStats};
 #[cfg(feature = "redis")]
 pub use transport::RedisBus;
-pub use transport::{BoxConnection, BoxFuture, Connection, Listener, Network, Tcp};
+pub use transport::{
+    BoxConnection, BoxFuture, ClusterKey, Connection, KeyError, Listener, Network, Tcp,
+};

@@ -183,6 +183,7 @@ pub(crate) struct ClusterCounters {
     pub(crate) connects: Counter,
     pub(crate) members_refused: Counter,
     pub(crate) members_forgotten: Counter,
+    pub(crate) auth_failures: Counter,
 }
 
 impl ClusterCounters {
@@ -198,6 +199,7 @@ impl ClusterCounters {
             connects: self.connects.get(),
             members_refused: self.members_refused.get(),
             members_forgotten: self.members_forgotten.get(),
+            auth_failures: self.auth_failures.get(),
         }
     }
 }
@@ -236,6 +238,9 @@ pub struct ClusterStats {
     /// Members dropped from the member table: never reached, or held down, for longer than
     /// [`forget_after`](crate::ClusterBuilder::forget_after).
     pub members_forgotten: u64,
+    /// Link handshakes that failed to authenticate: the other end holds none of this node's
+    /// cluster keys (or this node none of its), or spoke no valid handshake.
+    pub auth_failures: u64,
 }
 
 /// A per-cache counter: its name, its help text and how to read it from a snapshot.
@@ -388,6 +393,12 @@ pub(crate) fn render_prometheus(report: &NodeReport<'_>) -> String {
         "counter",
         "Members not admitted to the member table.",
         &plain(c.members_refused),
+    );
+    metric(
+        "auth_failures_total",
+        "counter",
+        "Link handshakes that failed to authenticate.",
+        &plain(c.auth_failures),
     );
     metric(
         "members_forgotten_total",

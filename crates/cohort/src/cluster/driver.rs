@@ -17,7 +17,7 @@ use tokio::time::Instant;
 use super::{LinkStart, Node, NodeId, SwimTimers};
 use crate::membership::{Identity, Timer};
 use crate::transport::{
-    self, Backoff, BoxConnection, FrameReader, FrameWriter, LinkError, Listener,
+    self, Backoff, BoxConnection, FrameReader, FrameWriter, LinkError, Listener, Role,
 };
 use crate::wire::{self, Frame, Hello, PeerInfo, WireError};
 
@@ -56,17 +56,21 @@ async fn inbound(node: Arc<Node>, stream: BoxConnection, from: SocketAddr) {
         _ = shutdown.wait_for(|stop| *stop) => Ok(()),
     };
     if let Err(error) = result {
-        if matches!(error, LinkError::Wire(_)) {
-            node.counters.frames_rejected.incr();
-        }
+        node.count_link_error(&error);
         tracing::warn!(node = %node.id, %from, %error, "closed an inbound link");
     }
 }
 
 async fn serve_inbound(node: &Arc<Node>, stream: BoxConnection) -> Result<(), LinkError> {
     let timeout = node.config.handshake_timeout;
-    let (mut reader, mut writer) =
-        transport::open(stream, node.config.max_frame_bytes, timeout).await?;
+    let (mut reader, mut writer) = transport::open(
+        stream,
+        Role::Acceptor,
+        node.config.keyring.as_ref(),
+        node.config.max_frame_bytes,
+        timeout,
+    )
+    .await?;
     let body = transport::handshake_frame(&mut reader, timeout).await?;
     let Frame::Hello(hello) = wire::decode(&body)? else {
         return Err(WireError::Unexpected("a link must open with a hello").into());
@@ -103,6 +107,7 @@ async fn serve_inbound(node: &Arc<Node>, stream: BoxConnection) -> Result<(), Li
     node.contact(&origin);
     node.hear_of(&hello.peers);
     drop(body);
+    transport::accept_frames(&mut reader, node.config.max_frame_bytes);
 
     // A live peer pings every quarter of the bound; a link silent for twice the bound is stuck (a
     // partition that never closed it) and is dropped, so that a fresh one can replace it.
@@ -290,22 +295,31 @@ pub(super) fn spawn_dialer(node: &Arc<Node>, addr: SocketAddr) {
         let (min, max) = node.config.reconnect;
         let mut backoff = Backoff::new(min, max);
         let mut rng = StdRng::seed_from_u64(node.rng_seed ^ hash_addr(addr));
+        let mut attempt = 0;
         while node.wants(addr) {
-            let outcome = outbound(&node, addr, &mut shutdown).await;
+            let outcome = outbound(&node, addr, attempt, &mut shutdown).await;
             if !node.wants(addr) {
                 return;
             }
             match outcome {
-                Ok(Outbound::Closed) => backoff.reset(),
+                Ok(Outbound::Closed) => {
+                    backoff.reset();
+                    attempt = 0;
+                }
                 Ok(Outbound::Myself) => {
                     node.myself_at(addr);
                     return;
                 }
                 Err(error) => {
-                    if matches!(error, LinkError::Wire(_)) {
-                        node.counters.frames_rejected.incr();
+                    node.count_link_error(&error);
+                    if matches!(error, LinkError::Auth(_)) {
+                        // The peer may not have this key yet (a rotation under way): the next
+                        // attempt dials with the next key of the ring.
+                        attempt += 1;
+                        tracing::warn!(node = %node.id, %addr, %error, "link attempt failed");
+                    } else {
+                        tracing::debug!(node = %node.id, %addr, %error, "link attempt failed");
                     }
-                    tracing::debug!(node = %node.id, %addr, %error, "link attempt failed");
                 }
             }
             let delay = backoff.next_delay(&mut rng);
@@ -337,10 +351,11 @@ enum Outbound {
 async fn outbound(
     node: &Arc<Node>,
     addr: SocketAddr,
+    attempt: usize,
     shutdown: &mut tokio::sync::watch::Receiver<bool>,
 ) -> Result<Outbound, LinkError> {
     let link = tokio::select! {
-        link = handshake(node, addr) => link?,
+        link = handshake(node, addr, attempt) => link?,
         _ = shutdown.wait_for(|stop| *stop) => return Ok(Outbound::Closed),
     };
     let Some(Link {
@@ -383,14 +398,29 @@ struct Link {
     replay: Vec<Bytes>,
 }
 
-/// Connects and exchanges hellos; `None` when the address is this node's own.
-async fn handshake(node: &Arc<Node>, addr: SocketAddr) -> Result<Option<Link>, LinkError> {
+/// Connects and exchanges hellos, dialing with the key `attempt` picks; `None` when the address
+/// is this node's own.
+async fn handshake(
+    node: &Arc<Node>,
+    addr: SocketAddr,
+    attempt: usize,
+) -> Result<Option<Link>, LinkError> {
     let timeout = node.config.handshake_timeout;
     let stream = tokio::time::timeout(timeout, node.network.connect(addr))
         .await
         .map_err(|_| LinkError::Timeout)??;
-    let (mut reader, mut writer) =
-        transport::open(stream, node.config.max_frame_bytes, timeout).await?;
+    let role = Role::Dialer {
+        me: node.id.as_str(),
+        attempt,
+    };
+    let (mut reader, mut writer) = transport::open(
+        stream,
+        role,
+        node.config.keyring.as_ref(),
+        node.config.max_frame_bytes,
+        timeout,
+    )
+    .await?;
     // Attach before saying hello: every event after `start.seq` is then queued on this link.
     let (start, queue) = node.attach(addr);
     transport::send_frame(&mut writer, our_hello(node, start)).await?;

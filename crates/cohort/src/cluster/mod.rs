@@ -42,7 +42,7 @@ use crate::membership::{
     SwimState, Timer,
 };
 use crate::metrics::{CacheStats, ClusterCounters, ClusterStats, NodeReport, render_prometheus};
-use crate::transport::{Network, Tcp};
+use crate::transport::{self, ClusterKey, Keyring, LinkError, Network, Tcp};
 use crate::wire::{Change, Event, Frame, PeerInfo, WireError};
 use confirm::{Confirmations, PongVerdict};
 use replay::ReplayRing;
@@ -279,6 +279,16 @@ pub enum StartError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The node would listen where other machines can reach it, without cluster keys.
+    #[error(
+        "refusing to listen on {addr} without cluster keys: give every node the same key \
+         (`cohort keygen`, then --cluster-key-file or ClusterBuilder::cluster_keys), or, on a \
+         network where every process is trusted, --insecure (ClusterBuilder::insecure)"
+    )]
+    Insecure {
+        /// The address it would have listened on.
+        addr: SocketAddr,
+    },
     /// A seed did not resolve to any address.
     #[error("cannot resolve seed {seed:?}: {source}")]
     Seed {
@@ -310,6 +320,8 @@ pub struct ClusterBuilder {
     seed_refresh: Duration,
     max_members: usize,
     forget_after: Duration,
+    cluster_keys: Vec<ClusterKey>,
+    insecure: bool,
     unsafe_ignore_leases: bool,
 }
 
@@ -345,6 +357,8 @@ impl Default for ClusterBuilder {
             seed_refresh: DEFAULT_SEED_REFRESH,
             max_members: DEFAULT_MAX_MEMBERS,
             forget_after: DEFAULT_FORGET_AFTER,
+            cluster_keys: Vec::new(),
+            insecure: false,
             unsafe_ignore_leases: false,
         }
     }
@@ -414,6 +428,43 @@ impl ClusterBuilder {
     /// Defaults to: [`DEFAULT_FORGET_AFTER`] (30 s); at least 4 × `max_staleness`.
     pub fn forget_after(&mut self, grace: Duration) -> &mut Self {
         self.forget_after = grace;
+        self
+    }
+
+    /// The cluster keys: every link is then authenticated and encrypted (Noise, with the key as a
+    /// pre-shared secret). The first key is the primary, used to dial (a dial that fails tries the
+    /// next one on its next attempt); all are accepted. Every node of a cluster needs a key in
+    /// common with every other. See [`Cluster::set_cluster_keys`] for rotation.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let key = cohort::ClusterKey::generate();
+    /// let a = cohort::Cluster::builder().cluster_keys([key.clone()]).start().await?;
+    /// let b = cohort::Cluster::builder()
+    ///     .cluster_keys([key])
+    ///     .seeds([a.local_addr().to_string()])
+    ///     .start()
+    ///     .await?;
+    /// b.wait_for_peers(1).await;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// Defaults to: none. Links are then plaintext and unauthenticated, and a node refuses to
+    /// start where others could reach it unless [`insecure`](Self::insecure) says so.
+    pub fn cluster_keys(&mut self, keys: impl IntoIterator<Item = ClusterKey>) -> &mut Self {
+        self.cluster_keys = keys.into_iter().collect();
+        self
+    }
+
+    /// Lets a node without cluster keys listen where other machines can reach it (a non-loopback
+    /// address, or a [`Network`] that says so). Anything that reaches its peer port can then join
+    /// the cluster, read every change and inject its own: only for networks where every process
+    /// is trusted.
+    ///
+    /// Defaults to: `false`.
+    pub fn insecure(&mut self, insecure: bool) -> &mut Self {
+        self.insecure = insecure;
         self
     }
 
@@ -615,6 +666,9 @@ impl ClusterBuilder {
             addr: self.listen,
             source,
         })?;
+        if self.cluster_keys.is_empty() && !self.insecure && !self.network.is_private(bound) {
+            return Err(StartError::Insecure { addr: bound });
+        }
         let advertised = self.advertise.unwrap_or(bound);
         let name = self
             .name
@@ -803,6 +857,51 @@ impl Cluster {
         })
     }
 
+    /// Replaces this node's cluster keys, the first becoming the primary, and re-establishes its
+    /// outgoing links with it (each is down for one reconnect; peers catch up by replay). Rotate a
+    /// key by calling this on every node in turn, three times: with the new key added (old one
+    /// primary), with the new one primary, with the old one removed. No link breaks for longer
+    /// than a reconnect and no event is lost.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let (old, new) = (cohort::ClusterKey::generate(), cohort::ClusterKey::generate());
+    /// let node = cohort::Cluster::builder().cluster_keys([old.clone()]).start().await?;
+    /// node.set_cluster_keys([old.clone(), new.clone()])?;
+    /// node.set_cluster_keys([new.clone(), old])?;
+    /// node.set_cluster_keys([new])?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Invalid`] (nothing changed) if `keys` is empty or the node was started
+    /// without keys: a cluster moves to keys by a restart of every node, since keyed and plain
+    /// nodes cannot link.
+    pub fn set_cluster_keys(
+        &self,
+        keys: impl IntoIterator<Item = ClusterKey>,
+    ) -> Result<(), ConfigError> {
+        let keys: Vec<ClusterKey> = keys.into_iter().collect();
+        let invalid = |reason: &str| ConfigError::Invalid {
+            setting: "cluster_keys",
+            reason: reason.to_owned(),
+        };
+        let keyring = self
+            .node
+            .config
+            .keyring
+            .as_ref()
+            .ok_or_else(|| invalid("the node was started without keys"))?;
+        if keys.is_empty() {
+            return Err(invalid("at least one key is needed"));
+        }
+        keyring.replace(keys);
+        self.node.relink();
+        Ok(())
+    }
+
     /// Stops accepting and dialing and closes every link; waits until the node's tasks ended.
     /// Caches keep answering locally but no longer hear of peers' changes.
     pub async fn shutdown(&self) {
@@ -841,6 +940,8 @@ pub(crate) struct NodeConfig {
     pub(crate) link_queue: usize,
     pub(crate) reconnect: (Duration, Duration),
     pub(crate) handshake_timeout: Duration,
+    /// The cluster keys; `None` for plaintext links.
+    pub(crate) keyring: Option<Keyring>,
     pub(crate) unsafe_ignore_leases: bool,
 }
 
@@ -954,6 +1055,8 @@ impl Node {
                 link_queue: builder.link_queue,
                 reconnect: builder.reconnect,
                 handshake_timeout: builder.handshake_timeout,
+                keyring: (!builder.cluster_keys.is_empty())
+                    .then(|| Keyring::new(builder.cluster_keys.clone())),
                 unsafe_ignore_leases: builder.unsafe_ignore_leases,
             },
             outbox: Mutex::new(Outbox {
@@ -1047,6 +1150,12 @@ impl Node {
         }
         caches.insert(name, sink);
         Ok(())
+    }
+
+    /// Closes every outgoing link; each dialer opens a new one (with the current keys), and the
+    /// peer says where its stream resumes.
+    fn relink(&self) {
+        self.outbox.lock().links.clear();
     }
 
     /// Numbers a change to `cache` as this node's next event and queues it to every peer.
@@ -1392,6 +1501,15 @@ impl Node {
         }
     }
 
+    /// Counts why a link failed or was refused, where it was the other end's doing.
+    pub(crate) fn count_link_error(&self, error: &LinkError) {
+        match error {
+            LinkError::Wire(_) => self.counters.frames_rejected.incr(),
+            LinkError::Auth(_) => self.counters.auth_failures.incr(),
+            _ => {}
+        }
+    }
+
     /// `origin`, a member, showed signs of life (a hello, a ping).
     pub(crate) fn contact(&self, origin: &NodeId) {
         let now = self.clock.now();
@@ -1434,8 +1552,9 @@ impl Node {
 
     /// The members this node reached, as many as fit in half a frame: what its hello tells.
     pub(crate) fn gossip(&self) -> Vec<(NodeId, u64, SocketAddr)> {
-        // A gossiped member costs its name plus at most 30 bytes (varints, an IPv6 address).
-        let mut budget = self.config.max_frame_bytes / 2;
+        // A gossiped member costs its name plus at most 30 bytes (varints, an IPv6 address); the
+        // whole hello must fit what a node reads before it accepted the hello.
+        let mut budget = (self.config.max_frame_bytes / 2).min(transport::MAX_HELLO_BYTES / 2);
         let roster = self.roster.lock();
         roster
             .reached()

@@ -1,4 +1,5 @@
-//! TCP links between nodes: connecting, the preamble exchange, framed halves and reconnect delays.
+//! Links between nodes: connecting, the preamble exchange, the Noise handshake when the cluster has
+//! keys (`secure`), framed halves and reconnect delays.
 //!
 //! A link is one TCP connection over which one node (the dialer) sends its events to another (the
 //! acceptor). Every node dials every peer it knows, so each pair of nodes shares two links, one per
@@ -11,6 +12,7 @@
 pub(crate) mod backoff;
 #[cfg(feature = "redis")]
 mod redis_bus;
+mod secure;
 
 use std::future::Future;
 use std::io;
@@ -26,6 +28,8 @@ use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 pub(crate) use backoff::Backoff;
 #[cfg(feature = "redis")]
 pub use redis_bus::RedisBus;
+pub(crate) use secure::Keyring;
+pub use secure::{ClusterKey, KeyError};
 
 use crate::wire::{self, PREAMBLE_LEN, WireError};
 
@@ -66,6 +70,15 @@ pub trait Network: Send + Sync + 'static {
     /// Defaults to: the system resolver, through tokio.
     fn resolve<'a>(&'a self, seed: &'a str) -> BoxFuture<'a, io::Result<Vec<SocketAddr>>> {
         Box::pin(async move { Ok(tokio::net::lookup_host(seed).await?.collect()) })
+    }
+
+    /// Whether a node bound at `bound` on this network can be reached from this machine only. A
+    /// node that can be reached from elsewhere refuses to start without cluster keys unless told
+    /// it may ([`ClusterBuilder::insecure`](crate::ClusterBuilder::insecure)).
+    ///
+    /// Defaults to: whether `bound` is a loopback address.
+    fn is_private(&self, bound: SocketAddr) -> bool {
+        bound.ip().is_loopback()
     }
 }
 
@@ -132,28 +145,68 @@ pub(crate) enum LinkError {
     /// The other end is not admitted as a member (see the member table's rules).
     #[error("not admitted: {0}")]
     Refused(Box<dyn std::error::Error + Send + Sync>),
+    /// The other end failed to authenticate: it holds none of this node's cluster keys, or the
+    /// handshake was malformed.
+    #[error("authentication failed: {0}")]
+    Auth(String),
 }
 
-/// Exchanges preambles over a fresh connection and splits it into framed halves.
+/// Which end of a new link this node is.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Role<'a> {
+    /// It dialed, as the node named `me`; `attempt` picks the key (the primary first, the next
+    /// one after each failure).
+    Dialer { me: &'a str, attempt: usize },
+    /// It accepted.
+    Acceptor,
+}
+
+/// The largest frame read before a link's hello has been accepted.
+pub(crate) const MAX_HELLO_BYTES: usize = 64 << 10;
+
+/// Exchanges preambles over a fresh connection, runs the Noise handshake if this node has
+/// cluster keys, and splits the link into framed halves.
 ///
-/// Both ends call this; each sends its preamble first, so neither waits on the other.
+/// Both ends call this; each sends its preamble first, so neither waits on the other. Until the
+/// caller [accepts the peer's hello](accept_frames), frames are limited to [`MAX_HELLO_BYTES`]:
+/// what an unauthenticated peer can make a node read is small.
 pub(crate) async fn open(
     mut stream: BoxConnection,
+    role: Role<'_>,
+    keyring: Option<&Keyring>,
     max_frame_bytes: usize,
     timeout: Duration,
 ) -> Result<(FrameReader, FrameWriter), LinkError> {
-    stream.write_all(&wire::preamble()).await?;
+    let keyed = keyring.is_some();
+    tokio::time::timeout(timeout, stream.write_all(&wire::preamble(keyed)))
+        .await
+        .map_err(|_| LinkError::Timeout)??;
     let mut theirs = [0; PREAMBLE_LEN];
     tokio::time::timeout(timeout, stream.read_exact(&mut theirs))
         .await
         .map_err(|_| LinkError::Timeout)??;
-    wire::check_preamble(theirs)?;
+    wire::check_preamble(theirs, keyed)?;
+    if let Some(keyring) = keyring {
+        let keys = keyring.keys();
+        let session = match role {
+            Role::Dialer { me, attempt } => {
+                let key = &keys[attempt % keys.len()];
+                secure::dial(&mut stream, me, key, timeout).await?
+            }
+            Role::Acceptor => secure::accept(&mut stream, &keys, timeout).await?.0,
+        };
+        stream = Box::new(secure::NoiseStream::new(stream, session));
+    }
     let (read, write) = tokio::io::split(stream);
-    let codec = wire::codec(max_frame_bytes);
     Ok((
-        FramedRead::new(read, codec.clone()),
-        FramedWrite::new(write, codec),
+        FramedRead::new(read, wire::codec(MAX_HELLO_BYTES.min(max_frame_bytes))),
+        FramedWrite::new(write, wire::codec(max_frame_bytes)),
     ))
+}
+
+/// The peer's hello was accepted: frames up to `max_frame_bytes` are read from now on.
+pub(crate) fn accept_frames(reader: &mut FrameReader, max_frame_bytes: usize) {
+    reader.decoder_mut().set_max_frame_length(max_frame_bytes);
 }
 
 /// The next frame body from `reader`; `Ok(None)` when the other end closed cleanly.

@@ -161,6 +161,17 @@ impl Network for RedisBus {
         })
     }
 
+    /// Links go through the Redis server: private only if it is on this machine.
+    fn is_private(&self, _bound: SocketAddr) -> bool {
+        match self.client.get_connection_info().addr() {
+            redis::ConnectionAddr::Tcp(host, _) => {
+                host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+            }
+            redis::ConnectionAddr::Unix(_) => true,
+            _ => false,
+        }
+    }
+
     fn resolve<'a>(&'a self, _seed: &'a str) -> BoxFuture<'a, io::Result<Vec<SocketAddr>>> {
         Box::pin(async move {
             let mut connection = self

@@ -1,9 +1,10 @@
 //! The wire format between nodes: a preamble, then length-delimited postcard frames.
 //!
 //! A link starts with a fixed [`PREAMBLE_LEN`]-byte preamble from each side: the magic bytes
-//! `COHO` and the protocol version as a big-endian `u16`. It sits outside the framing so that a
-//! node can tell "not a cohort peer" and "a cohort peer speaking another version" apart before
-//! decoding anything. After it, every [`Frame`] travels as a 4-byte big-endian length followed by
+//! `COHO`, the protocol version as a big-endian `u16`, and whether the sender's links are keyed
+//! (1) or plain (0). It sits outside the framing so that a node can tell "not a cohort peer", "a
+//! cohort peer speaking another version" and "a peer with (or without) cluster keys" apart before
+//! decoding anything. A keyed link runs the Noise handshake next (`transport::secure`). After it, every [`Frame`] travels as a 4-byte big-endian length followed by
 //! that many bytes of postcard. The length is checked against the node's maximum frame size
 //! before anything is allocated for the frame.
 //!
@@ -23,25 +24,45 @@ pub(crate) const PROTOCOL_VERSION: u16 = 2;
 const MAGIC: [u8; 4] = *b"COHO";
 
 /// Length of the preamble each side sends first.
-pub(crate) const PREAMBLE_LEN: usize = 6;
+pub(crate) const PREAMBLE_LEN: usize = 7;
 
-/// The preamble this build sends.
-pub(crate) fn preamble() -> [u8; PREAMBLE_LEN] {
+/// The preamble this build sends, for a node with cluster keys (`keyed`) or without.
+pub(crate) fn preamble(keyed: bool) -> [u8; PREAMBLE_LEN] {
     let [hi, lo] = PROTOCOL_VERSION.to_be_bytes();
-    [MAGIC[0], MAGIC[1], MAGIC[2], MAGIC[3], hi, lo]
+    [
+        MAGIC[0],
+        MAGIC[1],
+        MAGIC[2],
+        MAGIC[3],
+        hi,
+        lo,
+        u8::from(keyed),
+    ]
 }
 
-/// Checks a peer's preamble.
-pub(crate) fn check_preamble(bytes: [u8; PREAMBLE_LEN]) -> Result<(), WireError> {
+/// Checks a peer's preamble against this node's (`keyed` or not).
+pub(crate) fn check_preamble(bytes: [u8; PREAMBLE_LEN], keyed: bool) -> Result<(), WireError> {
     if bytes[..4] != MAGIC {
         return Err(WireError::NotCohort);
     }
     match u16::from_be_bytes([bytes[4], bytes[5]]) {
-        PROTOCOL_VERSION => Ok(()),
-        version => Err(WireError::UnsupportedVersion {
-            version,
-            supported: PROTOCOL_VERSION,
-        }),
+        PROTOCOL_VERSION => {}
+        version => {
+            return Err(WireError::UnsupportedVersion {
+                version,
+                supported: PROTOCOL_VERSION,
+            });
+        }
+    }
+    match (bytes[6], keyed) {
+        (1, true) | (0, false) => Ok(()),
+        (0, true) => Err(WireError::Keys(
+            "the peer has no cluster keys and this node does",
+        )),
+        (1, false) => Err(WireError::Keys(
+            "the peer has cluster keys and this node has none",
+        )),
+        _ => Err(WireError::Keys("the peer's preamble names no key mode")),
     }
 }
 
@@ -205,6 +226,9 @@ pub(crate) enum WireError {
     /// A frame arrived where the protocol does not allow it.
     #[error("unexpected frame: {0}")]
     Unexpected(&'static str),
+    /// One end has cluster keys and the other has none.
+    #[error("{0}")]
+    Keys(&'static str),
 }
 
 #[cfg(test)]
@@ -296,16 +320,25 @@ mod tests {
     }
 
     #[test]
-    fn preamble_checks_magic_and_version() {
-        assert!(check_preamble(preamble()).is_ok());
+    fn preamble_checks_magic_version_and_keys() {
+        assert!(check_preamble(preamble(false), false).is_ok());
+        assert!(check_preamble(preamble(true), true).is_ok());
         assert!(matches!(
-            check_preamble(*b"GET / "),
+            check_preamble(preamble(true), false),
+            Err(WireError::Keys(_))
+        ));
+        assert!(matches!(
+            check_preamble(preamble(false), true),
+            Err(WireError::Keys(_))
+        ));
+        assert!(matches!(
+            check_preamble(*b"GET / H", false),
             Err(WireError::NotCohort)
         ));
-        let mut future = preamble();
+        let mut future = preamble(false);
         future[5] += 1;
         assert!(matches!(
-            check_preamble(future),
+            check_preamble(future, false),
             Err(WireError::UnsupportedVersion {
                 version: 3,
                 supported: 2

@@ -14,6 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, broadcast};
 
+mod keys;
 mod members;
 
 /// A stand-in for the source of truth: rows of (name, version) by id, counting reads.
@@ -382,9 +383,11 @@ async fn raw_exchange(node: &Cluster, bytes: &[u8]) -> Vec<u8> {
 /// The protocol version this build speaks.
 const PROTOCOL: u16 = 2;
 
+/// A plain (keyless) link's preamble.
 fn preamble(version: u16) -> Vec<u8> {
     let mut bytes = b"COHO".to_vec();
     bytes.extend(version.to_be_bytes());
+    bytes.push(0);
     bytes
 }
 

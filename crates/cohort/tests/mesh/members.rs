@@ -54,7 +54,7 @@ fn framed(frame: &Frame<'_>) -> Vec<u8> {
 async fn raw_link(node: &Cluster, frames: &[Frame<'_>]) -> TcpStream {
     let mut stream = TcpStream::connect(node.local_addr()).await.unwrap();
     stream.write_all(&preamble(PROTOCOL)).await.unwrap();
-    let mut theirs = [0; 6];
+    let mut theirs = [0; 7];
     stream.read_exact(&mut theirs).await.unwrap();
     for frame in frames {
         stream.write_all(&framed(frame)).await.unwrap();
@@ -106,7 +106,7 @@ async fn an_answer_claiming_unsent_events_is_refused() {
         .unwrap();
     let (mut stream, _) = fake.accept().await.unwrap();
     stream.write_all(&preamble(PROTOCOL)).await.unwrap();
-    let mut theirs = [0; 6];
+    let mut theirs = [0; 7];
     stream.read_exact(&mut theirs).await.unwrap();
     stream
         .write_all(&framed(&hello("b", fake_addr, 1_000, 0)))

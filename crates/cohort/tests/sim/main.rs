@@ -133,6 +133,11 @@ impl Network for SimNet {
             Ok(self.0.wrap(stream))
         })
     }
+
+    /// Nothing outside the simulation reaches it.
+    fn is_private(&self, _bound: SocketAddr) -> bool {
+        true
+    }
 }
 
 impl Listener for SimListener {
