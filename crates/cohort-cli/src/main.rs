@@ -4,6 +4,7 @@ mod bench;
 mod check;
 mod demo;
 mod history;
+mod keys;
 mod serve;
 mod users_db;
 mod workload;
@@ -31,6 +32,8 @@ enum Command {
     Check(check::Args),
     /// Measure cohort side by side with a bare local cache, and its mesh.
     Bench(bench::Args),
+    /// Print a new cluster key (64 hexadecimal digits) for `--cluster-key-file`.
+    Keygen,
 }
 
 fn main() -> ExitCode {
@@ -53,6 +56,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => runtime.block_on(serve::run(args)),
         Command::Check(args) => runtime.block_on(check::run(args)),
         Command::Bench(args) => runtime.block_on(bench::run(args)),
+        Command::Keygen => Ok(keys::keygen()),
     };
     match outcome {
         Ok(true) => ExitCode::SUCCESS,

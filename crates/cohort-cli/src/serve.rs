@@ -7,6 +7,7 @@
 //! are seen within the bound too.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +22,7 @@ use cohort::{Cache, Cluster, Source};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::keys;
 use crate::users_db::{UserRow, UsersDb};
 
 /// Options of `cohort serve`.
@@ -62,6 +64,14 @@ pub(crate) struct Args {
     /// linearizable with respect to completed updates).
     #[arg(long, value_enum, default_value_t = Consistency::Bounded)]
     mode: Consistency,
+    /// A file of cluster keys, one per line (`cohort keygen` makes one), the first used to dial:
+    /// peer links are then authenticated and encrypted. Read again on SIGHUP, for rotation.
+    #[arg(long, env = "COHORT_CLUSTER_KEY_FILE")]
+    cluster_key_file: Option<PathBuf>,
+    /// Listen for peers beyond loopback without cluster keys: anything that reaches the peer
+    /// port can then join, read every change and inject its own.
+    #[arg(long, env = "COHORT_INSECURE")]
+    insecure: bool,
     /// Serve cached values without checking that they are fresh: breaks the staleness bound on
     /// purpose, so that `cohort check` can show it catches it.
     #[arg(long, hide = true)]
@@ -128,6 +138,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<bool> {
         .max_staleness(args.max_staleness)
         .log_retention(args.log_retention)
         .forget_after(args.forget_after)
+        .insecure(args.insecure)
         .change_log(db.change_log())
         .unsafe_ignore_leases(args.unsafe_ignore_leases);
     if let Some(name) = &args.name {
@@ -136,7 +147,13 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<bool> {
     if let Some(addr) = args.advertise {
         builder.advertise(addr);
     }
+    if let Some(path) = &args.cluster_key_file {
+        builder.cluster_keys(keys::read_key_file(path)?);
+    }
     let cluster = builder.start().await?;
+    if let Some(path) = args.cluster_key_file.clone() {
+        tokio::spawn(reload_keys_on_hangup(cluster.clone(), path));
+    }
     let users = cluster
         .cache::<u64, Arc<User>>("users")
         .capacity(1_000_000)
@@ -175,6 +192,28 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<bool> {
         .context("the HTTP server failed")?;
     cluster.shutdown().await;
     Ok(true)
+}
+
+/// Reads the key file again on every SIGHUP and makes it the node's keyring: how a key is
+/// rotated without a restart (see the README). A file that cannot be read changes nothing.
+async fn reload_keys_on_hangup(cluster: Cluster, path: PathBuf) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            let reloaded =
+                keys::read_key_file(&path).and_then(|keys| Ok(cluster.set_cluster_keys(keys)?));
+            match reloaded {
+                Ok(()) => eprintln!("serve: cluster keys reloaded from {}", path.display()),
+                Err(error) => eprintln!("serve: cluster keys not reloaded: {error:#}"),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (cluster, path);
 }
 
 async fn shutdown_signal() {
@@ -338,6 +377,7 @@ async fn cluster_state(State(app): State<App>) -> Response {
             "applied": stats.events_applied,
             "gaps": stats.gaps,
             "frames_rejected": stats.frames_rejected,
+            "auth_failures": stats.auth_failures,
             "members_refused": stats.members_refused,
             "members_forgotten": stats.members_forgotten,
         },

@@ -426,3 +426,114 @@ fn a_rolling_crash_restart_at_new_addresses_in_strong_mode() {
 fn a_rolling_crash_restart_at_new_addresses_in_bounded_mode() {
     rolling_crash_restart_at_new_addresses("bounded");
 }
+
+/// Redis's protected mode: a node listening beyond loopback without a cluster key refuses to
+/// start and says how to fix it; with a key file it starts.
+#[test]
+fn listening_beyond_loopback_needs_a_cluster_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("users.db").display());
+    let serve = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_cohort"))
+            .args(["serve", "--listen", "0.0.0.0:0", "--http", "127.0.0.1:0"])
+            .args(["--db", &db])
+            .args(extra)
+            .env_remove("COHORT_CLUSTER_KEY_FILE")
+            .env_remove("COHORT_INSECURE")
+            .output()
+            .unwrap()
+    };
+    let out = serve(&[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("without cluster keys") && stderr.contains("cohort keygen"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+
+    let keygen = Command::new(env!("CARGO_BIN_EXE_cohort"))
+        .arg("keygen")
+        .output()
+        .unwrap();
+    assert!(keygen.status.success());
+    let key = String::from_utf8(keygen.stdout).unwrap();
+    assert_eq!(key.trim().len(), 64, "{key:?}");
+    let key_file = dir.path().join("cluster.keys");
+    std::fs::write(&key_file, &key).unwrap();
+    let db_path = dir.path().join("users.db");
+    let keyed = Server::start_with(
+        "a",
+        &db_path,
+        &[],
+        &["--cluster-key-file", key_file.to_str().unwrap()],
+    );
+    assert_eq!(keyed.get("/healthz").0, 200);
+}
+
+/// A key rotated on running processes by rewriting their key file and sending SIGHUP, in the
+/// three rolling steps: the nodes stay linked, and afterwards a node with only the new key joins
+/// them while one with only the old key cannot.
+#[test]
+fn a_key_rotated_with_sighup_keeps_the_processes_linked() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("users.db");
+    let keygen = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_cohort"))
+            .arg("keygen")
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let (old, new) = (keygen(), keygen());
+    let files: Vec<_> = ["a", "b"]
+        .iter()
+        .map(|name| dir.path().join(format!("{name}.keys")))
+        .collect();
+    let write_keys = |keys: &[&str]| {
+        for file in &files {
+            std::fs::write(file, keys.join("\n")).unwrap();
+        }
+    };
+    write_keys(&[&old]);
+    let flag = |i: usize| {
+        [
+            "--cluster-key-file".to_owned(),
+            files[i].display().to_string(),
+        ]
+    };
+    let a_flags = flag(0);
+    let b_flags = flag(1);
+    let a = Server::start_with("a", &db, &[], &[&a_flags[0], &a_flags[1]]);
+    let b = Server::start_with("b", &db, &[&a], &[&b_flags[0], &b_flags[1]]);
+    a.wait_linked(1);
+    b.wait_linked(1);
+    for keys in [vec![&old, &new], vec![&new, &old], vec![&new]] {
+        write_keys(&keys.iter().map(|k| k.as_str()).collect::<Vec<_>>());
+        for server in [&a, &b] {
+            server.signal("-HUP");
+        }
+        for server in [&a, &b] {
+            server.wait_linked(1);
+        }
+    }
+    let only = |name: &str, key: &str| {
+        let file = dir.path().join(format!("{name}.keys"));
+        std::fs::write(&file, key).unwrap();
+        let flags = ["--cluster-key-file".to_owned(), file.display().to_string()];
+        Server::start_with(name, &db, &[&a], &[&flags[0], &flags[1]])
+    };
+    let fresh = only("fresh", &new);
+    fresh.wait_linked(2);
+    let stale = only("stale", &old);
+    a.wait_until("counting the old key's handshake as failed", |s| {
+        s.get("/cluster").1["events"]["auth_failures"]
+            .as_u64()
+            .is_some_and(|n| n > 0)
+    });
+    assert!(
+        stale.members().iter().all(|m| m["state"] != "connected"),
+        "{:?}",
+        stale.members()
+    );
+}

@@ -21,9 +21,9 @@ pub(crate) enum FaultKind {
     Pause,
     /// Cut a minority of nodes off from the others, both ways, then heal.
     Partition,
-    /// Drop a share of the frames on every peer link.
+    /// Drop a share of the encrypted messages on every peer link (each loss breaks its link).
     Drop,
-    /// Hold every frame on every peer link back for longer than the bound.
+    /// Hold every message on every peer link back for longer than the bound.
     Slow,
     /// Update rows with plain SQL, through no node.
     External,

@@ -149,10 +149,19 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<bool> {
         (None, db.url())
     };
 
+    // The nodes run as a real deployment would: their links keyed and encrypted.
+    let key_file = dir.path().join("cluster.keys");
+    std::fs::write(
+        &key_file,
+        format!("{}\n", cohort::ClusterKey::generate().to_hex()),
+    )
+    .context("cannot write the cluster key file")?;
+
     let n = usize::from(args.nodes);
     let names: Vec<String> = (0..n).map(|i| format!("n{i}")).collect();
     let proxy = Proxy::start(names, args.seed).await?;
     let spec = NodeSpec {
+        key_file,
         db: nodes_db,
         max_staleness: args.max_staleness,
         users: args.keys,
@@ -418,7 +427,7 @@ async fn run_faults(run: FaultRun<'_>) -> anyhow::Result<()> {
                 run.proxy.heal();
             }
             Action::Drop { share } => {
-                run.proxy.drop_frames(*share);
+                run.proxy.drop_messages(*share);
                 tokio::time::sleep(fault.lasts).await;
                 run.proxy.heal();
             }

@@ -2,6 +2,7 @@
 //! resumed and restarted on command.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -14,6 +15,8 @@ use tokio::process::{Child, ChildStdout, Command};
 /// How to start every node.
 #[derive(Clone, Debug)]
 pub(crate) struct NodeSpec {
+    /// The cluster key file every node reads.
+    pub(crate) key_file: PathBuf,
     /// The database's URL.
     pub(crate) db: String,
     pub(crate) max_staleness: Duration,
@@ -49,6 +52,8 @@ impl Node {
             .args(["--advertise", &spec.advertised[index].to_string()])
             .args(["--seeds", &seeds.join(",")])
             .args(["--db", &spec.db])
+            .arg("--cluster-key-file")
+            .arg(&spec.key_file)
             .args([
                 "--max-staleness",
                 &format!("{}ms", spec.max_staleness.as_millis()),

@@ -2,11 +2,14 @@
 //!
 //! Each node advertises the proxy's address for it instead of its own, so every link to node `j`
 //! arrives at proxy port `j`, which forwards to wherever `j` listens now (it moves when `j` is
-//! restarted). The proxy knows which node dialed from the name in the link's first frame, the
-//! dialer's hello, and then forwards whole frames, so it can cut, drop or delay them per pair of
-//! nodes without corrupting the stream: a cut link swallows every frame (the stream stays open
-//! and stuck, as across a real partition), a lossy one drops a share of frames, a slow one holds
-//! each frame back for a while, in order.
+//! restarted). The nodes' links are keyed: after the preambles, the dialer sends its name in the
+//! clear, then every handshake and transport message travels as a `u16` length and its bytes.
+//! The proxy knows which node dialed from that name and then forwards whole messages, so it can
+//! cut, drop or delay them per pair of nodes: a cut link swallows every message (the stream stays
+//! open and stuck, as across a real partition), a slow one holds each message back for a while,
+//! in order, and a lossy one drops a share of the transport messages. A dropped message makes the
+//! next one fail to decrypt, so the receiver closes the link and it is dialed again: loss on an
+//! encrypted link is a broken link, as a TCP stream that lost a segment for good would be.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -23,17 +26,15 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-/// Bytes before the first frame on each side of a link: `COHO` and a version.
-const PREAMBLE: usize = 6;
-/// Frames larger than this are not cohort's: the proxy closes the link.
-const MAX_FRAME: usize = 64 << 20;
+/// Bytes before anything else on each side of a link: `COHO`, a version, the key mode.
+const PREAMBLE: usize = 7;
 
 /// What the proxy does to links now.
 #[derive(Debug, Default)]
 struct Rules {
-    /// Pairs of nodes (either direction) whose frames are swallowed.
+    /// Pairs of nodes (either direction) whose messages are swallowed.
     cut: HashSet<(usize, usize)>,
-    /// The share of frames dropped on every link.
+    /// The share of transport messages dropped on every link.
     drop: f64,
     /// How long every frame is held back.
     delay: Duration,
@@ -93,7 +94,7 @@ impl Proxy {
         self.targets.lock()[i] = Some(addr);
     }
 
-    /// Swallows every frame between the nodes of `side` and all the others.
+    /// Swallows every message between the nodes of `side` and all the others.
     pub(crate) fn partition(&self, side: &[usize]) {
         let mut rules = self.rules.lock();
         for &a in side {
@@ -103,12 +104,12 @@ impl Proxy {
         }
     }
 
-    /// Drops `share` of the frames on every link.
-    pub(crate) fn drop_frames(&self, share: f64) {
+    /// Drops `share` of the transport messages on every link.
+    pub(crate) fn drop_messages(&self, share: f64) {
         self.rules.lock().drop = share;
     }
 
-    /// Holds every frame back for `delay`.
+    /// Holds every message back for `delay`.
     pub(crate) fn delay(&self, delay: Duration) {
         self.rules.lock().delay = delay;
     }
@@ -130,7 +131,7 @@ impl Proxy {
     }
 
     /// Carries one link to node `to`. The preambles cross first (each side waits for the
-    /// other's before saying hello); the dialer's hello then names it.
+    /// other's before its handshake); the dialer's name then says who dialed.
     async fn link(self: Arc<Self>, to: usize, dialer: TcpStream, seed: u64) -> anyhow::Result<()> {
         let target = self.targets.lock()[to].context("the node is not running")?;
         let acceptor = TcpStream::connect(target).await?;
@@ -146,13 +147,13 @@ impl Proxy {
             to_acceptor.write_all(&dialer_preamble),
             to_dialer.write_all(&acceptor_preamble),
         )?;
-        let hello = read_frame(&mut from_dialer).await?;
+        let name = read_message(&mut from_dialer).await?;
         let from = self
             .names
             .iter()
-            .position(|name| hello_name(&hello) == Some(name.as_str()))
+            .position(|known| known.as_bytes() == name)
             .context("a link from no checked node")?;
-        write_frame(&mut to_acceptor, &hello).await?;
+        write_message(&mut to_acceptor, &name).await?;
         let forward = Arc::clone(&self).pump(from, to, from_dialer, to_acceptor, seed);
         let backward = self.pump(to, from, from_acceptor, to_dialer, seed.rotate_left(1));
         tokio::select! {
@@ -161,7 +162,8 @@ impl Proxy {
         }
     }
 
-    /// Moves frames from `src` to `dst` under the rules for the pair `(a, b)`.
+    /// Moves messages from `src` to `dst` under the rules for the pair `(a, b)`. The first one is
+    /// the handshake's: never dropped, so a lossy link still comes up.
     async fn pump(
         self: Arc<Self>,
         a: usize,
@@ -175,22 +177,23 @@ impl Proxy {
         let writer = async move {
             while let Some((at, frame)) = due.recv().await {
                 tokio::time::sleep_until(at).await;
-                write_frame(&mut dst, &frame).await?;
+                write_message(&mut dst, &frame).await?;
             }
             anyhow::Ok(())
         };
         let reader = async move {
-            loop {
-                let frame = read_frame(&mut src).await?;
+            for n in 0_u64.. {
+                let frame = read_message(&mut src).await?;
                 let (pass, delay) = {
                     let rules = self.rules.lock();
-                    let pass = !rules.is_cut(a, b) && !rng.random_bool(rules.drop);
-                    (pass, rules.delay)
+                    let lost = n > 0 && rng.random_bool(rules.drop);
+                    (!rules.is_cut(a, b) && !lost, rules.delay)
                 };
                 if pass && queue.send((Instant::now() + delay, frame)).is_err() {
-                    return anyhow::Ok(());
+                    break;
                 }
             }
+            anyhow::Ok(())
         };
         tokio::select! {
             result = writer => result,
@@ -199,47 +202,16 @@ impl Proxy {
     }
 }
 
-async fn read_frame(src: &mut OwnedReadHalf) -> anyhow::Result<Vec<u8>> {
-    let len = src.read_u32().await? as usize;
-    anyhow::ensure!(len <= MAX_FRAME, "a {len}-byte frame");
+async fn read_message(src: &mut OwnedReadHalf) -> anyhow::Result<Vec<u8>> {
+    let len = usize::from(src.read_u16().await?);
     let mut body = vec![0; len];
     src.read_exact(&mut body).await?;
     Ok(body)
 }
 
-async fn write_frame(dst: &mut OwnedWriteHalf, body: &[u8]) -> anyhow::Result<()> {
-    let len = u32::try_from(body.len())?;
+async fn write_message(dst: &mut OwnedWriteHalf, body: &[u8]) -> anyhow::Result<()> {
+    let len = u16::try_from(body.len())?;
     dst.write_all(&len.to_be_bytes()).await?;
     dst.write_all(body).await?;
     Ok(())
-}
-
-/// The sender's name in a hello frame: postcard's variant index 0 (`Hello`), then the name as a
-/// varint length and its bytes.
-fn hello_name(body: &[u8]) -> Option<&str> {
-    let (&variant, rest) = body.split_first()?;
-    if variant != 0 {
-        return None;
-    }
-    let (&len, rest) = rest.split_first()?;
-    // Names up to 127 bytes fit a one-byte varint; the checker's names are short.
-    if len >= 0x80 {
-        return None;
-    }
-    std::str::from_utf8(rest.get(..usize::from(len))?).ok()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reads_the_name_from_a_hello() {
-        let mut body = vec![0, 2];
-        body.extend_from_slice(b"n1");
-        body.extend_from_slice(&[1, 2, 3]);
-        assert_eq!(hello_name(&body), Some("n1"));
-        assert_eq!(hello_name(&[3, 2, b'n', b'1']), None, "not a hello");
-        assert_eq!(hello_name(&[0, 5, b'n']), None, "truncated");
-    }
 }
