@@ -184,6 +184,8 @@ pub(crate) struct ClusterCounters {
     pub(crate) members_refused: Counter,
     pub(crate) members_forgotten: Counter,
     pub(crate) auth_failures: Counter,
+    pub(crate) links_refused: Counter,
+    pub(crate) replicas_downgraded: Counter,
 }
 
 impl ClusterCounters {
@@ -200,6 +202,8 @@ impl ClusterCounters {
             members_refused: self.members_refused.get(),
             members_forgotten: self.members_forgotten.get(),
             auth_failures: self.auth_failures.get(),
+            links_refused: self.links_refused.get(),
+            replicas_downgraded: self.replicas_downgraded.get(),
         }
     }
 }
@@ -241,6 +245,12 @@ pub struct ClusterStats {
     /// Link handshakes that failed to authenticate: the other end holds none of this node's
     /// cluster keys (or this node none of its), or spoke no valid handshake.
     pub auth_failures: u64,
+    /// Connections closed at once because [`max_inbound_links`] links were open.
+    ///
+    /// [`max_inbound_links`]: crate::ClusterBuilder::max_inbound_links
+    pub links_refused: u64,
+    /// Replicated values too large for a frame (`max_frame_bytes`), sent as invalidations.
+    pub replicas_downgraded: u64,
 }
 
 /// A per-cache counter: its name, its help text and how to read it from a snapshot.
@@ -399,6 +409,18 @@ pub(crate) fn render_prometheus(report: &NodeReport<'_>) -> String {
         "counter",
         "Link handshakes that failed to authenticate.",
         &plain(c.auth_failures),
+    );
+    metric(
+        "links_refused_total",
+        "counter",
+        "Connections closed at once: too many inbound links.",
+        &plain(c.links_refused),
+    );
+    metric(
+        "replicas_downgraded_total",
+        "counter",
+        "Replicated values too large for a frame, sent as invalidations.",
+        &plain(c.replicas_downgraded),
     );
     metric(
         "members_forgotten_total",

@@ -405,10 +405,21 @@ pub enum UpdateError<E> {
     Fenced,
 }
 
-/// A key (or value) could not be serialized for the wire. Nothing changed.
+/// A key could not be sent on the wire: it did not serialize, or its encoding is over half of
+/// [`max_frame_bytes`](crate::ClusterBuilder::max_frame_bytes), too large for a frame that every
+/// peer reads. Nothing changed.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot serialize for the wire: {0}")]
-pub struct EncodeError(#[source] postcard::Error);
+#[error("cannot send the key on the wire: {0}")]
+pub struct EncodeError(#[source] KeyEncoding);
+
+/// Why a key could not be sent.
+#[derive(Debug, thiserror::Error)]
+enum KeyEncoding {
+    #[error(transparent)]
+    Serialize(postcard::Error),
+    #[error("its encoding takes {len} bytes, over the {max} a frame has room for")]
+    TooLarge { len: usize, max: usize },
+}
 
 impl<K: Key, V: Value> Cache<K, V> {
     /// The cache's name, shared with its copies on the other nodes.
@@ -505,7 +516,7 @@ impl<K: Key, V: Value> Cache<K, V> {
         Fut: Future<Output = Result<V, E>>,
     {
         let inner = &*self.inner;
-        let key_bytes = wire::encode_item(key).map_err(EncodeError)?;
+        let key_bytes = inner.encode_key(key)?;
         if inner.fenced && !inner.serving() {
             return Err(UpdateError::Fenced);
         }
@@ -574,7 +585,7 @@ impl<K: Key, V: Value> Cache<K, V> {
     /// Drops `key` here and on every peer. Use it after writing the source some other way.
     pub async fn invalidate(&self, key: &K) -> Result<EventId, EncodeError> {
         let inner = &*self.inner;
-        let key_bytes = wire::encode_item(key).map_err(EncodeError)?;
+        let key_bytes = inner.encode_key(key)?;
         inner.store.remove(key);
         Ok(inner
             .node
@@ -588,6 +599,19 @@ impl<K: Key, V: Value> Cache<K, V> {
 }
 
 impl<K: Key, V: Value> Inner<K, V> {
+    /// The key's wire encoding, if it fits a frame with room to spare for the rest of an event.
+    fn encode_key(&self, key: &K) -> Result<Vec<u8>, EncodeError> {
+        let bytes = wire::encode_item(key).map_err(|e| EncodeError(KeyEncoding::Serialize(e)))?;
+        let max = self.node.config.max_frame_bytes / 2;
+        if bytes.len() > max {
+            return Err(EncodeError(KeyEncoding::TooLarge {
+                len: bytes.len(),
+                max,
+            }));
+        }
+        Ok(bytes)
+    }
+
     #[inline]
     fn serving(&self) -> bool {
         let clock = self.store.clock();

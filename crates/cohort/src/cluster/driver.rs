@@ -11,9 +11,10 @@ use bytes::Bytes;
 use futures_util::SinkExt;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
-use tokio::sync::mpsc;
+use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
+use super::link_queue::QueueRx;
 use super::{LinkStart, Node, NodeId, SwimTimers};
 use crate::membership::{Identity, Timer};
 use crate::transport::{
@@ -26,6 +27,7 @@ pub(super) fn spawn_listener(node: &Arc<Node>, listener: Box<dyn Listener>) {
     let node = Arc::clone(node);
     let mut shutdown = node.shutdown.subscribe();
     let tasks = node.tasks.clone();
+    let links = Arc::new(Semaphore::new(node.config.max_inbound_links));
     tasks.spawn(async move {
         loop {
             let accepted = tokio::select! {
@@ -34,9 +36,16 @@ pub(super) fn spawn_listener(node: &Arc<Node>, listener: Box<dyn Listener>) {
             };
             match accepted {
                 Ok((stream, from)) => {
+                    let Ok(permit) = Arc::clone(&links).try_acquire_owned() else {
+                        node.counters.links_refused.incr();
+                        tracing::warn!(node = %node.id, %from, "too many inbound links; closed one");
+                        continue;
+                    };
                     let node_for_link = Arc::clone(&node);
-                    node.tasks
-                        .spawn(async move { inbound(node_for_link, stream, from).await });
+                    node.tasks.spawn(async move {
+                        inbound(node_for_link, stream, from).await;
+                        drop(permit);
+                    });
                 }
                 // Accept fails on resource exhaustion (EMFILE); keep serving the links we have.
                 Err(e) => {
@@ -77,7 +86,7 @@ async fn serve_inbound(node: &Arc<Node>, stream: BoxConnection) -> Result<(), Li
     };
     if hello.node == node.id.as_str() {
         // Either this node dialed itself or another node uses its name; the dialer sorts it out.
-        transport::send_frame(&mut writer, our_hello(node, NO_LINK)).await?;
+        transport::send_frame(&mut writer, our_hello(node, NO_LINK), timeout).await?;
         return Ok(());
     }
     let origin = NodeId::from(hello.node);
@@ -101,6 +110,7 @@ async fn serve_inbound(node: &Arc<Node>, stream: BoxConnection) -> Result<(), Li
                 replay_from: 0,
             },
         ),
+        timeout,
     )
     .await?;
     let origin_addr = hello.listen;
@@ -389,7 +399,7 @@ struct Link {
     reader: FrameReader,
     writer: FrameWriter,
     /// Frames for the peer, after the replay.
-    queue: mpsc::Receiver<Bytes>,
+    queue: QueueRx,
     /// The peer's name.
     peer: NodeId,
     /// The peer's process.
@@ -423,7 +433,7 @@ async fn handshake(
     .await?;
     // Attach before saying hello: every event after `start.seq` is then queued on this link.
     let (start, queue) = node.attach(addr);
-    transport::send_frame(&mut writer, our_hello(node, start)).await?;
+    transport::send_frame(&mut writer, our_hello(node, start), timeout).await?;
     let body = transport::handshake_frame(&mut reader, timeout).await?;
     let Frame::Hello(hello) = wire::decode(&body)? else {
         return Err(WireError::Unexpected("a link must open with a hello").into());
@@ -459,7 +469,7 @@ async fn pump(
     reader: &mut FrameReader,
     writer: &mut FrameWriter,
     replay: Vec<Bytes>,
-    mut queue: mpsc::Receiver<Bytes>,
+    mut queue: QueueRx,
     stall: std::time::Duration,
 ) -> Result<(), LinkError> {
     if !replay.is_empty() {
@@ -479,7 +489,7 @@ async fn pump(
                 let Some(frame) = frame else { return Ok(()) };
                 let write = async {
                     writer.feed(frame).await?;
-                    while let Ok(frame) = queue.try_recv() {
+                    while let Some(frame) = queue.try_recv() {
                         writer.feed(frame).await?;
                     }
                     SinkExt::<Bytes>::flush(writer).await

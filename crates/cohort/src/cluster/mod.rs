@@ -16,6 +16,7 @@
 
 mod confirm;
 mod driver;
+mod link_queue;
 mod replay;
 pub(crate) mod sequence;
 
@@ -54,6 +55,10 @@ pub const DEFAULT_MAX_STALENESS: Duration = Duration::from_millis(500);
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 4 << 20;
 /// Default for [`ClusterBuilder::link_queue`].
 pub const DEFAULT_LINK_QUEUE: usize = 64 * 1024;
+/// Default for [`ClusterBuilder::link_queue_bytes`].
+pub const DEFAULT_LINK_QUEUE_BYTES: usize = 64 << 20;
+/// Default for [`ClusterBuilder::max_inbound_links`].
+pub const DEFAULT_MAX_INBOUND_LINKS: usize = 1024;
 /// Default for [`ClusterBuilder::reconnect_backoff`]: first delay ceiling.
 pub const DEFAULT_RECONNECT_MIN: Duration = Duration::from_millis(20);
 /// Default for [`ClusterBuilder::reconnect_backoff`]: largest delay.
@@ -312,6 +317,8 @@ pub struct ClusterBuilder {
     max_staleness: Duration,
     max_frame_bytes: usize,
     link_queue: usize,
+    link_queue_bytes: usize,
+    max_inbound_links: usize,
     replay_buffer: usize,
     reconnect: (Duration, Duration),
     handshake_timeout: Duration,
@@ -349,6 +356,8 @@ impl Default for ClusterBuilder {
             max_staleness: DEFAULT_MAX_STALENESS,
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
             link_queue: DEFAULT_LINK_QUEUE,
+            link_queue_bytes: DEFAULT_LINK_QUEUE_BYTES,
+            max_inbound_links: DEFAULT_MAX_INBOUND_LINKS,
             replay_buffer: DEFAULT_REPLAY_BUFFER,
             reconnect: (DEFAULT_RECONNECT_MIN, DEFAULT_RECONNECT_MAX),
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
@@ -502,6 +511,25 @@ impl ClusterBuilder {
         self
     }
 
+    /// Bytes of frames queued per peer before the link counts as overflowed, as with
+    /// [`link_queue`](Self::link_queue): what a peer that stops reading can make this node hold.
+    ///
+    /// Defaults to: [`DEFAULT_LINK_QUEUE_BYTES`] (64 MiB); at least `max_frame_bytes`.
+    pub fn link_queue_bytes(&mut self, bytes: usize) -> &mut Self {
+        self.link_queue_bytes = bytes;
+        self
+    }
+
+    /// The most links accepted from peers at once (handshakes included). A connection over the
+    /// limit is closed at once and counted (`links_refused`): a flood of connections cannot
+    /// exhaust the node.
+    ///
+    /// Defaults to: [`DEFAULT_MAX_INBOUND_LINKS`] (1024).
+    pub fn max_inbound_links(&mut self, links: usize) -> &mut Self {
+        self.max_inbound_links = links;
+        self
+    }
+
     /// How many bytes of its latest events a node keeps to replay to a peer whose link broke
     /// (a reset, a partition, an overflow). The peer says how far it got when the link comes
     /// back and receives the rest before anything newer. Events that fell out of the buffer are
@@ -605,11 +633,17 @@ impl ClusterBuilder {
         if self.max_staleness.is_zero() {
             return invalid("max_staleness", "must be positive");
         }
-        if self.max_frame_bytes < 1024 || self.max_frame_bytes > u32::MAX as usize {
-            return invalid("max_frame_bytes", "must be between 1 KiB and 4 GiB");
+        if self.max_frame_bytes < 64 << 10 || self.max_frame_bytes > u32::MAX as usize {
+            return invalid("max_frame_bytes", "must be between 64 KiB and 4 GiB");
         }
         if self.link_queue == 0 {
             return invalid("link_queue", "must be positive");
+        }
+        if self.link_queue_bytes < self.max_frame_bytes {
+            return invalid("link_queue_bytes", "must be at least max_frame_bytes");
+        }
+        if self.max_inbound_links == 0 {
+            return invalid("max_inbound_links", "must be positive");
         }
         let (min, max) = self.reconnect;
         if min.is_zero() || min > max {
@@ -938,6 +972,8 @@ pub(crate) struct NodeConfig {
     pub(crate) max_staleness: Duration,
     pub(crate) max_frame_bytes: usize,
     pub(crate) link_queue: usize,
+    pub(crate) link_queue_bytes: usize,
+    pub(crate) max_inbound_links: usize,
     pub(crate) reconnect: (Duration, Duration),
     pub(crate) handshake_timeout: Duration,
     /// The cluster keys; `None` for plaintext links.
@@ -976,7 +1012,7 @@ struct OutLink {
     addr: SocketAddr,
     /// The peer's name, once its handshake told it.
     peer: Option<NodeId>,
-    queue: mpsc::Sender<Bytes>,
+    queue: link_queue::QueueTx,
 }
 
 /// The state shared by a node's handle, caches and tasks.
@@ -1053,6 +1089,8 @@ impl Node {
                 max_staleness: builder.max_staleness,
                 max_frame_bytes: builder.max_frame_bytes,
                 link_queue: builder.link_queue,
+                link_queue_bytes: builder.link_queue_bytes,
+                max_inbound_links: builder.max_inbound_links,
                 reconnect: builder.reconnect,
                 handshake_timeout: builder.handshake_timeout,
                 keyring: (!builder.cluster_keys.is_empty())
@@ -1159,18 +1197,32 @@ impl Node {
     }
 
     /// Numbers a change to `cache` as this node's next event and queues it to every peer.
+    ///
+    /// A replicated value too large for a frame goes as an invalidation instead: peers would
+    /// refuse the frame, and replaying it from the ring would break their links over and over.
+    /// (Keys are checked by the cache to fit with room to spare.)
     pub(crate) fn publish(&self, cache: &str, change: Change<'_>) -> EventId {
         let mut outbox = self.outbox.lock();
         outbox.seq += 1;
         let seq = outbox.seq;
-        let frame = Frame::Event(Event {
-            node: self.id.as_str(),
-            incarnation: self.incarnation,
-            seq,
-            cache,
-            change,
-        })
-        .encode();
+        let event = |change| {
+            Frame::Event(Event {
+                node: self.id.as_str(),
+                incarnation: self.incarnation,
+                seq,
+                cache,
+                change,
+            })
+            .encode()
+        };
+        let mut frame = event(change);
+        if frame.len() > self.config.max_frame_bytes
+            && let Change::Replicate { key, .. } = change
+        {
+            self.counters.replicas_downgraded.incr();
+            tracing::warn!(node = %self.id, %cache, bytes = frame.len(), "a replicated value is too large for a frame; invalidating instead");
+            frame = event(Change::Invalidate { key });
+        }
         outbox
             .links
             .retain(|link| match link.queue.try_send(frame.clone()) {
@@ -1195,8 +1247,8 @@ impl Node {
 
     /// Opens a queue for a new outgoing link to `addr`. Returns where the link starts: every
     /// event after the returned one is queued on it.
-    pub(crate) fn attach(&self, addr: SocketAddr) -> (LinkStart, mpsc::Receiver<Bytes>) {
-        let (queue, rx) = mpsc::channel(self.config.link_queue);
+    pub(crate) fn attach(&self, addr: SocketAddr) -> (LinkStart, link_queue::QueueRx) {
+        let (queue, rx) = link_queue::channel(self.config.link_queue, self.config.link_queue_bytes);
         let mut outbox = self.outbox.lock();
         outbox.links.push(OutLink {
             addr,

@@ -233,9 +233,15 @@ pub(crate) async fn handshake_frame(
         .ok_or(LinkError::Closed)
 }
 
-/// Sends one frame and flushes it.
-pub(crate) async fn send_frame(writer: &mut FrameWriter, frame: Bytes) -> Result<(), LinkError> {
+/// Sends one frame and flushes it, within `timeout`.
+pub(crate) async fn send_frame(
+    writer: &mut FrameWriter,
+    frame: Bytes,
+    timeout: Duration,
+) -> Result<(), LinkError> {
     use futures_util::SinkExt;
-    writer.send(frame).await?;
+    tokio::time::timeout(timeout, writer.send(frame))
+        .await
+        .map_err(|_| LinkError::Timeout)??;
     Ok(())
 }

@@ -152,7 +152,7 @@ pub(crate) struct Event<'a> {
 }
 
 /// What changed. Keys and values are postcard encodings of the cache's own types.
-#[derive(Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub(crate) enum Change<'a> {
     /// Drop the key.
     Invalidate {

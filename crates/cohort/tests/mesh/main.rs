@@ -15,6 +15,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{Notify, broadcast};
 
 mod keys;
+mod limits;
 mod members;
 
 /// A stand-in for the source of truth: rows of (name, version) by id, counting reads.
