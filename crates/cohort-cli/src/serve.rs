@@ -310,6 +310,9 @@ async fn write_user(
         .await
         .map_err(|e| match e {
             cohort::UpdateError::Write(e) => Failure::from(e),
+            fenced @ cohort::UpdateError::Fenced => {
+                Failure(StatusCode::SERVICE_UNAVAILABLE, fenced.to_string())
+            }
             other => Failure(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
         })?;
     Ok(Json(json!({ "id": id, "version": receipt.value.version })).into_response())

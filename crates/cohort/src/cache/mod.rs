@@ -283,7 +283,8 @@ impl<K: Key, V: Value> CacheBuilder<K, V> {
                 Some(_) => Arc::new(Lease::default()),
                 None => Arc::clone(&self.node.peer_lease),
             },
-            fenced: log.is_none(),
+            // Strong writes rest on the peers' acknowledgements whatever the log does.
+            fenced: log.is_none() || self.mode == Mode::Strong,
             strong: (self.mode == Mode::Strong).then(|| Strong {
                 peer_lease: Arc::clone(&self.node.peer_lease),
                 held: parking_lot::Mutex::new(HashMap::new()),
@@ -367,7 +368,8 @@ struct Inner<K, V> {
     /// The lease the cache serves under: its own change-log lease when it watches tables, the
     /// node's peer lease otherwise.
     lease: Arc<Lease>,
-    /// Whether writes need the lease too: peer-only caches, where the mesh is the only path.
+    /// Whether writes need the lease too: peer-only caches, where the mesh is the only path, and
+    /// strong ones, whose writes only peers that still wait for this node may see in time.
     fenced: bool,
     /// For strong caches: the node's peer lease, needed to serve as well, and the keys whose
     /// strong updates are under way.
@@ -397,10 +399,12 @@ pub enum UpdateError<E> {
     /// The key could not be serialized; the write did not run and nothing changed.
     #[error(transparent)]
     Encode(#[from] EncodeError),
-    /// A cache without a change log writes only while this node has confirmed, within the bound,
-    /// that it has every live peer's events (a node cut off from its peers must not write what
-    /// they would never hear of). The write did not run and nothing changed; retry once the
-    /// node is serving again ([`Cache::is_serving`]).
+    /// A cache without a change log, or a strong one, writes only while this node has
+    /// confirmed, within the bound, that it has every live peer's events (a node cut off from its
+    /// peers must not write what they would never hear of in time; a strong writer checks again
+    /// after its peers acknowledged, since waiting for them may have taken the bound). The write
+    /// did not run and nothing changed; retry once the node is serving again
+    /// ([`Cache::is_serving`]).
     #[error("fenced: this node has not confirmed its peers within the bound")]
     Fenced,
 }
@@ -524,6 +528,16 @@ impl<K: Key, V: Value> Cache<K, V> {
             inner.hold(key);
             inner.store.remove(key);
             inner.node.announce_intent(&inner.name, &key_bytes).await;
+            // Waiting for acknowledgements may have taken the bound: a writer whose confirmations
+            // lapsed meanwhile may have been retired by the others, who then serve without
+            // waiting for its intents. It must not write.
+            if !inner.serving() {
+                inner
+                    .node
+                    .publish(&inner.name, Change::Release { key: &key_bytes });
+                inner.release(key);
+                return Err(UpdateError::Fenced);
+            }
         }
         let slot = inner.store.write_slot(key);
         let written = write(key.clone()).await;

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cohort::{Cache, ChangeLog, Cluster, ClusterEvent, Source};
+use cohort::{Cache, ChangeLog, Cluster, ClusterEvent, Source, UpdateError};
 use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
 use tokio::sync::broadcast;
@@ -457,4 +457,72 @@ fn spin_until(what: &str, done: impl Fn() -> bool) {
         assert!(std::time::Instant::now() < deadline, "timed out: {what}");
         std::thread::yield_now();
     }
+}
+
+/// A strong writer whose peer stops answering (frozen) waits for its acknowledgement up to the
+/// bound, and by then its own confirmation of that peer has lapsed: the others may have retired
+/// it and stopped waiting for its intents, so it must not write. The update is fenced and the
+/// database untouched.
+#[test]
+fn a_strong_writer_that_lost_its_peer_is_fenced_before_writing() {
+    let outside = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = outside.block_on(database(dir.path()));
+    let strong = |seed: Option<std::net::SocketAddr>| {
+        let path = path.clone();
+        async move {
+            let db = pool(&path).await;
+            let mut builder = Cluster::builder();
+            builder
+                .max_staleness(BOUND)
+                .change_log(ChangeLog::sqlite(db.clone()));
+            if let Some(seed) = seed {
+                builder.seeds([seed.to_string()]);
+            }
+            let cluster = builder.start().await.unwrap();
+            let users = cluster
+                .cache::<u64, User>("users")
+                .watch_table("users", "id")
+                .mode(cohort::Mode::Strong)
+                .build()
+                .unwrap();
+            (cluster, users, db)
+        }
+    };
+    let (writer, users, db) = outside.block_on(strong(None));
+    let peer_runtime = node_runtime();
+    let (peer, _peer_users, _) = peer_runtime.block_on(strong(Some(writer.local_addr())));
+    outside.block_on(async {
+        let linked = async {
+            writer.wait_for_peers(1).await;
+            peer.wait_for_peers(1).await;
+        };
+        tokio::time::timeout(Duration::from_secs(10), linked)
+            .await
+            .expect("linked");
+        spin_until("the writer serves", || users.is_serving());
+    });
+
+    let frozen = Frozen::new(&peer_runtime);
+    let wrote = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let ran = Arc::clone(&wrote);
+    let result = outside.block_on(users.update(&1, |id| async move {
+        ran.store(true, std::sync::atomic::Ordering::SeqCst);
+        sqlx::query_as::<_, User>(
+            "UPDATE users SET name = 'fenced', version = version + 1 WHERE id = ? RETURNING name, version",
+        )
+        .bind(id as i64)
+        .fetch_one(&db)
+        .await
+    }));
+    assert!(
+        matches!(result, Err(UpdateError::Fenced)),
+        "the update went through: {:?}",
+        result.map(|r| r.value)
+    );
+    assert!(
+        !wrote.load(std::sync::atomic::Ordering::SeqCst),
+        "the write did not run"
+    );
+    frozen.thaw();
 }
