@@ -4,6 +4,7 @@ mod bench;
 mod check;
 mod demo;
 mod history;
+mod http_limits;
 mod keys;
 mod serve;
 mod users_db;

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -22,6 +22,7 @@ use cohort::{Cache, Cluster, Source};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::http_limits::{self, GuardedListener};
 use crate::keys;
 use crate::users_db::{UserRow, UsersDb};
 
@@ -177,6 +178,8 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<bool> {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/cluster", get(cluster_state))
+        .layer(axum::middleware::from_fn(http_limits::request_timeout))
+        .layer(DefaultBodyLimit::max(http_limits::MAX_BODY_BYTES))
         .with_state(app);
     println!(
         "serve: node={} http={} listen={} advertise={} db={} ready",
@@ -186,7 +189,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<bool> {
         cluster.local_addr(),
         app_db
     );
-    axum::serve(http, router)
+    axum::serve(GuardedListener::new(http), router)
         .with_graceful_shutdown(shutdown_signal())
         .await
         .context("the HTTP server failed")?;
@@ -247,24 +250,36 @@ impl IntoResponse for Failure {
 }
 
 impl From<sqlx::Error> for Failure {
+    /// What went wrong inside the database is logged, not told to clients.
     fn from(error: sqlx::Error) -> Self {
         match error {
             sqlx::Error::RowNotFound => Self(StatusCode::NOT_FOUND, "no such user".into()),
-            other => Self(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("database: {other}"),
-            ),
+            other => {
+                tracing::error!(error = %other, "a database request failed");
+                Self(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the database is unavailable".into(),
+                )
+            }
         }
     }
 }
 
+/// The longest name a user may be given, in bytes.
+const MAX_NAME_BYTES: usize = 256;
+
+/// A user id: a non-negative integer that fits the database's `i64`.
 fn user_id(text: &str) -> Result<u64, Failure> {
-    text.parse().map_err(|_| {
-        Failure(
-            StatusCode::BAD_REQUEST,
-            format!("{text:?} is not a user id"),
-        )
-    })
+    text.parse::<i64>()
+        .ok()
+        .and_then(|id| u64::try_from(id).ok())
+        .ok_or_else(|| {
+            let shown: String = text.chars().take(32).collect();
+            Failure(
+                StatusCode::BAD_REQUEST,
+                format!("{shown:?} is not a user id (0 to 2^63 - 1)"),
+            )
+        })
 }
 
 async fn read_user(State(app): State<App>, Path(id): Path<String>) -> Result<Response, Failure> {
@@ -299,8 +314,13 @@ async fn write_user(
     body: Result<Json<Rename>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, Failure> {
     let id = user_id(&id)?;
-    let Json(Rename { name }) =
-        body.map_err(|e| Failure(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let Json(Rename { name }) = body.map_err(|e| Failure(e.status(), e.body_text()))?;
+    if name.is_empty() || name.len() > MAX_NAME_BYTES {
+        return Err(Failure(
+            StatusCode::BAD_REQUEST,
+            format!("a name is 1 to {MAX_NAME_BYTES} bytes"),
+        ));
+    }
     let db = app.db.clone();
     let receipt = app
         .users

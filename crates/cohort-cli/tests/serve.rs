@@ -537,3 +537,36 @@ fn a_key_rotated_with_sighup_keeps_the_processes_linked() {
         stale.members()
     );
 }
+
+/// What a client sends is checked before it reaches the database: ids outside `i64`, names too
+/// long or empty, bodies over 4 KiB; a client that sends its headers and then nothing is cut off.
+#[test]
+fn bad_requests_are_refused_and_slow_clients_cut_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start("a", &dir.path().join("users.db"), &[]);
+    for id in ["9223372036854775808", "-1", "abc"] {
+        let (status, body) = server.get(&format!("/users/{id}"));
+        assert_eq!(status, 400, "{id}: {body}");
+    }
+    let put = |body: &str| request(server.http, "PUT", "/users/1", Some(body));
+    let long = serde_json::json!({ "name": "x".repeat(257) }).to_string();
+    assert_eq!(put(&long).0, 400);
+    assert_eq!(put(r#"{"name":""}"#).0, 400);
+    let huge = serde_json::json!({ "name": "x".repeat(5000) }).to_string();
+    assert_eq!(put(&huge).0, 413);
+    assert_eq!(put(r#"{"name":"fine"}"#).0, 200);
+
+    let mut slow = TcpStream::connect(server.http).unwrap();
+    write!(slow, "GET /users/1 HTTP/1.1\r\nHost: x\r\n").unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut rest = Vec::new();
+    let closed = slow.read_to_end(&mut rest);
+    assert!(
+        closed.is_ok()
+            || closed
+                .as_ref()
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+        "the server cut the connection off: {closed:?}"
+    );
+}
