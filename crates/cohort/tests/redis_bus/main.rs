@@ -261,3 +261,136 @@ async fn a_lapsed_registration_is_not_resolved() {
     assert_eq!(registered.len(), 2, "{registered:?}");
     assert!(!registered.contains(&"127.0.0.1:9".to_owned()));
 }
+
+/// A node on the bus holding `keys`, in `namespace`, in replicate mode.
+async fn keyed_on_bus(
+    redis: &Redis,
+    namespace: &str,
+    name: &str,
+    keys: &[cohort::ClusterKey],
+) -> (Cluster, Cache<u64, User>) {
+    let mut builder = Cluster::builder();
+    builder
+        .node_name(name)
+        .network(RedisBus::new(&redis.url()).unwrap().namespace(namespace))
+        .cluster_keys(keys.iter().cloned())
+        .seeds(["redis"]);
+    let node = builder.start().await.unwrap();
+    let cache = node
+        .cache::<u64, User>("users")
+        .mode(Mode::Replicate)
+        .version(|(_, version)| *version)
+        .build()
+        .unwrap();
+    (node, cache)
+}
+
+/// Everything published on the bus from now on, in every namespace.
+async fn capture(redis: &Redis) -> Arc<Mutex<Vec<u8>>> {
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut pubsub = client.get_async_pubsub().await.unwrap();
+    pubsub.psubscribe("*:node:*").await.unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let copy = Arc::clone(&seen);
+    tokio::spawn(async move {
+        let mut messages = pubsub.into_on_message();
+        while let Some(message) = futures_util::StreamExt::next(&mut messages).await {
+            copy.lock().extend_from_slice(message.get_payload_bytes());
+        }
+    });
+    seen
+}
+
+/// Waits until the capture has everything published so far: Redis relays a subscriber's
+/// messages in the order it handled their publishes, so a marker published now comes last.
+async fn captured(redis: &Redis, seen: &Mutex<Vec<u8>>, marker: &str) -> Vec<u8> {
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let _: u64 = redis::cmd("PUBLISH")
+        .arg("capture:node:marker")
+        .arg(marker)
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            {
+                let bytes = seen.lock();
+                if bytes.windows(marker.len()).any(|w| w == marker.as_bytes()) {
+                    return bytes.clone();
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the capture received the marker")
+}
+
+/// Replicates `secret` from b to a on the bus in `namespace`; returns the two nodes.
+async fn replicate_on_bus(
+    redis: &Redis,
+    namespace: &str,
+    keys: &[cohort::ClusterKey],
+    secret: &str,
+) -> (Cluster, Cluster) {
+    let (a, on_a) = keyed_on_bus(redis, namespace, "a", keys).await;
+    let (b, on_b) = keyed_on_bus(redis, namespace, "b", keys).await;
+    for node in [&a, &b] {
+        tokio::time::timeout(Duration::from_secs(10), node.wait_for_peers(1))
+            .await
+            .expect("linked over the bus");
+    }
+    let db = Db::default();
+    db.load(&on_a, 1).await;
+    let mut a_events = a.subscribe();
+    let event = db.rename(&on_b, 1, secret).await;
+    applied(&mut a_events, &event).await;
+    assert_eq!(on_a.get(&1).map(|(name, _)| name), Some(secret.to_owned()));
+    (a, b)
+}
+
+/// Keys work on the bus as on TCP: what keyed nodes publish never shows a replicated value (it
+/// does between keyless nodes, so the capture would have seen it), and a node with another key
+/// neither links nor changes anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyed_links_over_the_bus_show_nothing_and_refuse_other_keys() {
+    let redis = redis().await;
+    let seen = capture(&redis).await;
+    let secret = "a-replicated-secret-on-the-bus-7d2e";
+    replicate_on_bus(&redis, "plain", &[], secret).await;
+    let plain = captured(&redis, &seen, "marker-one").await;
+    seen.lock().clear();
+    assert!(
+        plain.windows(secret.len()).any(|w| w == secret.as_bytes()),
+        "the capture sees keyless links"
+    );
+
+    let key = cohort::ClusterKey::generate();
+    let (a, _b) = replicate_on_bus(&redis, "keyed", std::slice::from_ref(&key), secret).await;
+    let keyed = captured(&redis, &seen, "marker-two").await;
+    assert!(keyed.len() > 100, "{} bytes captured", keyed.len());
+    assert!(!keyed.windows(secret.len()).any(|w| w == secret.as_bytes()));
+    assert!(!keyed.windows(5).any(|w| w == b"users"));
+
+    let (mallory, _) = keyed_on_bus(
+        &redis,
+        "keyed",
+        "mallory",
+        &[cohort::ClusterKey::generate()],
+    )
+    .await;
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while a.stats().auth_failures == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the wrong key's attempt is counted");
+    assert!(mallory.members().iter().all(|m| !m.connected));
+    assert!(
+        a.members()
+            .iter()
+            .all(|m| m.node.as_ref().is_none_or(|n| n.as_str() != "mallory"))
+    );
+}
