@@ -57,6 +57,14 @@ fn the_quick_bench_reports_every_figure_as_json() {
         );
     }
     assert_eq!(
+        named("propagation_2_nodes_keyed_p50")["vs"],
+        "propagation_2_nodes_plain_p50"
+    );
+    assert_eq!(
+        named("invalidations_applied_per_node_keyed")["vs"],
+        "invalidations_applied_per_node"
+    );
+    assert_eq!(
         named("propagation_redis_bus_p50")["vs"],
         "propagation_2_nodes_p50"
     );

@@ -2,12 +2,14 @@
 //!
 //! Propagation: the time from `invalidate` returning on one node to the event being applied on
 //! each other node (the `Applied` event's timestamp), for 2 and 5 nodes. Throughput: four nodes
-//! invalidate as fast as they can and a fifth counts what it applies per second.
+//! invalidate as fast as they can and a fifth counts what it applies per second. Both again with
+//! cluster keys (links authenticated and encrypted), against plaintext links in the same run:
+//! propagation in alternating rounds between a keyed and a plain pair.
 
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use cohort::{Cache, Cluster, ClusterEvent};
+use cohort::{Cache, Cluster, ClusterEvent, ClusterKey};
 use tokio::sync::broadcast;
 
 use super::{Figure, median};
@@ -15,19 +17,20 @@ use super::{Figure, median};
 /// Nodes of a benchmark, each with a peer-only cache.
 pub(super) type Nodes = Vec<(Cluster, Cache<u64, u64>)>;
 
-/// Starts `n` nodes over TCP, seeded with the first, all linked.
-async fn cluster(n: usize) -> anyhow::Result<Nodes> {
-    let first = Cluster::builder().node_name("b0").start().await?;
+/// Starts `n` nodes over TCP holding `keys` (plaintext links for none), seeded with the first,
+/// all linked.
+async fn cluster(n: usize, keys: &[ClusterKey]) -> anyhow::Result<Nodes> {
+    let start = |name: String, seed: Option<String>| {
+        let mut builder = Cluster::builder();
+        builder.node_name(name).cluster_keys(keys.iter().cloned());
+        builder.seeds(seed);
+        async move { builder.start().await }
+    };
+    let first = start("b0".to_owned(), None).await?;
     let seed = first.local_addr().to_string();
     let mut nodes = vec![first];
     for i in 1..n {
-        nodes.push(
-            Cluster::builder()
-                .node_name(format!("b{i}"))
-                .seeds([seed.clone()])
-                .start()
-                .await?,
-        );
+        nodes.push(start(format!("b{i}"), Some(seed.clone())).await?);
     }
     linked(nodes).await
 }
@@ -65,7 +68,7 @@ pub(super) async fn measure(quick: bool) -> anyhow::Result<Vec<Figure>> {
     let samples = if quick { 2_000 } else { 20_000 };
     let mut figures = Vec::new();
     for n in [2, 5] {
-        let nodes = cluster(n).await?;
+        let nodes = cluster(n, &[]).await?;
         let mut micros = latencies(&nodes, samples).await?;
         let p50 = median(&mut micros);
         let p99 = micros[micros.len() * 99 / 100];
@@ -89,8 +92,41 @@ pub(super) async fn measure(quick: bool) -> anyhow::Result<Vec<Figure>> {
             node.shutdown().await;
         }
     }
-    figures.push(throughput(if quick { 2 } else { 5 }).await?);
+    figures.extend(keyed_against_plain(samples).await?);
+    let seconds = if quick { 2 } else { 5 };
+    let plain = throughput(seconds, &[]).await?;
+    let keyed = throughput(seconds, &[ClusterKey::generate()])
+        .await?
+        .renamed("invalidations_applied_per_node_keyed")
+        .against(&plain);
+    figures.extend([plain, keyed]);
     Ok(figures)
+}
+
+/// Propagation over two keyed nodes against two plaintext ones, in alternating rounds.
+async fn keyed_against_plain(samples: usize) -> anyhow::Result<Vec<Figure>> {
+    const ROUNDS: usize = 10;
+    let plain_nodes = cluster(2, &[]).await?;
+    let keyed_nodes = cluster(2, &[ClusterKey::generate()]).await?;
+    let (mut plain, mut keyed) = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        plain.extend(latencies(&plain_nodes, samples / ROUNDS).await?);
+        keyed.extend(latencies(&keyed_nodes, samples / ROUNDS).await?);
+    }
+    for (node, _) in plain_nodes.iter().chain(&keyed_nodes) {
+        node.shutdown().await;
+    }
+    let p99 = |micros: &mut Vec<f64>| {
+        micros.sort_by(f64::total_cmp);
+        micros[micros.len() * 99 / 100]
+    };
+    let plain_p50 = Figure::plain("propagation_2_nodes_plain_p50", median(&mut plain), "us");
+    let plain_p99 = Figure::plain("propagation_2_nodes_plain_p99", p99(&mut plain), "us");
+    let keyed_p50 = Figure::plain("propagation_2_nodes_keyed_p50", median(&mut keyed), "us")
+        .against(&plain_p50);
+    let keyed_p99 =
+        Figure::plain("propagation_2_nodes_keyed_p99", p99(&mut keyed), "us").against(&plain_p99);
+    Ok(vec![plain_p50, keyed_p50, plain_p99, keyed_p99])
 }
 
 /// Microseconds from `invalidate` returning on the first node to the event applied on each of
@@ -130,9 +166,10 @@ async fn applied_at(
     .context("an event was never applied")?
 }
 
-/// Four writers invalidate flat out for `seconds`; returns what the fifth node applied per second.
-async fn throughput(seconds: u64) -> anyhow::Result<Figure> {
-    let nodes = cluster(5).await?;
+/// Four writers invalidate flat out for `seconds` on nodes holding `keys`; returns what the fifth
+/// node applied per second.
+async fn throughput(seconds: u64, keys: &[ClusterKey]) -> anyhow::Result<Figure> {
+    let nodes = cluster(5, keys).await?;
     let receiver = nodes[0].0.clone();
     let start_applied = receiver.stats().events_applied;
     let start = Instant::now();
