@@ -71,3 +71,7 @@ pub use transport::RedisBus;
 pub use transport::{
     BoxConnection, BoxFuture, ClusterKey, Connection, KeyError, Listener, Network, Tcp,
 };
+
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub mod fuzzing;

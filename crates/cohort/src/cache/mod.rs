@@ -125,6 +125,23 @@ impl<K: Key + FromStr, V: Value> CacheBuilder<K, V> {
     }
 }
 
+#[cfg(fuzzing)]
+impl<K: Key + FromStr, V: Value> CacheBuilder<K, V> {
+    /// A cache that parses change-log keys with `K::from_str`, on a node without a change log.
+    pub fn build_for_fuzzing(&mut self) -> Cache<K, V> {
+        self.parse = Some(Arc::new(|text: &str| text.parse().ok()));
+        self.build().expect("a cache without watched tables builds")
+    }
+}
+
+#[cfg(fuzzing)]
+impl<K: Key, V: Value> Cache<K, V> {
+    /// Applies `text` as a change-log row's key.
+    pub fn apply_logged_for_fuzzing(&self, text: &str) {
+        self.inner.apply_logged(text);
+    }
+}
+
 impl<K: Key, V: Value> CacheBuilder<K, V> {
     pub(crate) fn new(node: Arc<Node>, running: Arc<Running>, name: &str) -> Self {
         Self {

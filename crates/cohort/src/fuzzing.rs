@@ -1,0 +1,54 @@
+//! Entry points for the fuzz targets in `fuzz/`, compiled only under `--cfg fuzzing` (which
+//! `cargo fuzz` sets): decoders and state machines that take bytes from the network or the
+//! database, reached without a socket.
+
+use std::net::SocketAddr;
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use crate::cluster::NodeId;
+use crate::membership::{Identity, Membership};
+use crate::{Cache, Cluster};
+
+/// Decodes `bytes` as a frame body.
+pub fn decode_frame(bytes: &[u8]) {
+    let _ = crate::wire::decode(bytes);
+}
+
+/// Hands `bytes` to SWIM as a packet from a peer, then drains what it asks for.
+pub fn swim_packet(bytes: &[u8]) {
+    static MEMBERSHIP: OnceLock<Mutex<Membership>> = OnceLock::new();
+    let membership = MEMBERSHIP.get_or_init(|| {
+        let me = Identity::new(NodeId::from("fuzz"), SocketAddr::from(([127, 0, 0, 1], 1)), 1);
+        Mutex::new(Membership::new(
+            me,
+            Duration::from_millis(500),
+            Duration::from_secs(30),
+            7,
+        ))
+    });
+    let mut membership = membership.lock().unwrap_or_else(|e| e.into_inner());
+    let _ = membership.receive(bytes);
+    membership.drain();
+}
+
+/// Applies `text` as a change-log row's key to caches keyed by integers and by strings.
+pub fn logged_key(text: &str) {
+    static CACHES: OnceLock<(tokio::runtime::Runtime, Cluster, Cache<i64, u8>, Cache<String, u8>)> =
+        OnceLock::new();
+    let (_, _, numbers, names) = CACHES.get_or_init(|| {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime for the fuzzed node");
+        let (cluster, numbers, names) = runtime.block_on(async {
+            let cluster = Cluster::builder().start().await.expect("a fuzzed node starts");
+            let numbers = cluster.cache::<i64, u8>("numbers").build_for_fuzzing();
+            let names = cluster.cache::<String, u8>("names").build_for_fuzzing();
+            (cluster, numbers, names)
+        });
+        (runtime, cluster, numbers, names)
+    });
+    numbers.apply_logged_for_fuzzing(text);
+    names.apply_logged_for_fuzzing(text);
+}
