@@ -2,13 +2,19 @@
 //! nodes (and processes) share, or a Postgres database.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use cohort::ChangeLog;
 use sqlx::SqlitePool;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+
+/// How long opening and writing wait for other processes' locks on the file.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Taken (per transaction) while creating and seeding the users table in Postgres.
+const USERS_LOCK: i64 = 0x0075_7365_7273; // "users"
 
 /// Opens the file, creating it if missing, in WAL mode with a busy timeout so that several
 /// processes can share it.
@@ -18,22 +24,56 @@ pub(crate) async fn open(path: &Path, max_connections: u32) -> anyhow::Result<Sq
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Normal)
-        .busy_timeout(Duration::from_secs(10));
-    SqlitePoolOptions::new()
-        .max_connections(max_connections)
-        .connect_with(options)
-        .await
-        .with_context(|| format!("cannot open the database {}", path.display()))
+        .busy_timeout(BUSY_TIMEOUT);
+    let deadline = Instant::now() + BUSY_TIMEOUT;
+    let mut delay = Duration::from_millis(1);
+    loop {
+        let opened = SqlitePoolOptions::new()
+            .max_connections(max_connections)
+            .connect_with(options.clone())
+            .await;
+        match opened {
+            // Switching a new file to WAL reads its header in a read transaction, then upgrades
+            // it to a write transaction to rewrite it. SQLite does not call the busy handler for
+            // that upgrade (two upgraders waiting for each other would deadlock), so a process
+            // that does it while another is switching the file fails at once with SQLITE_BUSY.
+            // Retried, it finds the file in WAL and writes nothing.
+            Err(error) if is_busy(&error) && Instant::now() < deadline => {
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_millis(100));
+            }
+            opened => {
+                return opened
+                    .with_context(|| format!("cannot open the database {}", path.display()));
+            }
+        }
+    }
+}
+
+/// Whether `error` is SQLite's SQLITE_BUSY, with any extended code (kept above the low byte).
+fn is_busy(error: &sqlx::Error) -> bool {
+    error
+        .as_database_error()
+        .and_then(|error| error.code())
+        .and_then(|code| code.parse::<i32>().ok())
+        .is_some_and(|code| code & 0xff == 5)
 }
 
 /// Creates the users table if missing and users 1..=`count` that do not exist yet, named
 /// `user-<id>` at version 1.
 pub(crate) async fn ensure_users(db: &SqlitePool, count: u64) -> anyhow::Result<()> {
+    // One transaction that takes the write lock up front (waiting under the busy timeout): of
+    // processes starting together on a new file, the first creates and seeds the table and the
+    // others find it done.
+    let mut tx = db
+        .begin_with("BEGIN IMMEDIATE")
+        .await
+        .context("cannot create the users table")?;
     sqlx::query(
         "CREATE TABLE IF NOT EXISTS users \
          (id INTEGER PRIMARY KEY, name TEXT NOT NULL, version INTEGER NOT NULL)",
     )
-    .execute(db)
+    .execute(&mut *tx)
     .await
     .context("cannot create the users table")?;
     sqlx::query(
@@ -42,9 +82,57 @@ pub(crate) async fn ensure_users(db: &SqlitePool, count: u64) -> anyhow::Result<
          SELECT x, 'user-' || x, 1 FROM ids",
     )
     .bind(i64::try_from(count)?)
-    .execute(db)
+    .execute(&mut *tx)
     .await
     .context("cannot seed the users table")?;
+    tx.commit().await.context("cannot seed the users table")?;
+    Ok(())
+}
+
+/// Creates the Postgres users table if missing and users 1..=`count` that do not exist yet.
+async fn ensure_users_in_postgres(db: &PgPool, count: i64) -> anyhow::Result<()> {
+    // A node restarting under load finds everything in place and writes nothing: seeding would
+    // wait for every row that an application transaction holds.
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass('users') IS NOT NULL")
+        .fetch_one(db)
+        .await
+        .context("cannot look for the users table")?;
+    if exists {
+        let seeded: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM users WHERE id BETWEEN 1 AND $1")
+                .bind(count)
+                .fetch_one(db)
+                .await
+                .context("cannot count the users")?;
+        if seeded == count {
+            return Ok(());
+        }
+    }
+    let mut tx = db.begin().await.context("cannot create the users table")?;
+    // Two sessions running CREATE TABLE IF NOT EXISTS at once can both find the table missing,
+    // and one then fails on the catalogs' unique indexes: nodes starting together take turns.
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(USERS_LOCK)
+        .execute(&mut *tx)
+        .await
+        .context("cannot create the users table")?;
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS users \
+         (id bigint PRIMARY KEY, name text NOT NULL, version bigint NOT NULL)",
+    )
+    .execute(&mut *tx)
+    .await
+    .context("cannot create the users table")?;
+    sqlx::query(
+        "INSERT INTO users (id, name, version) \
+         SELECT x, 'user-' || x, 1 FROM generate_series(1, $1) x \
+         ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(count)
+    .execute(&mut *tx)
+    .await
+    .context("cannot seed the users table")?;
+    tx.commit().await.context("cannot seed the users table")?;
     Ok(())
 }
 
@@ -119,25 +207,7 @@ impl UsersDb {
         let count = i64::try_from(count)?;
         match self {
             Self::Sqlite { pool, .. } => ensure_users(pool, count.unsigned_abs()).await,
-            Self::Postgres { pool, .. } => {
-                sqlx::query(
-                    "CREATE TABLE IF NOT EXISTS users \
-                     (id bigint PRIMARY KEY, name text NOT NULL, version bigint NOT NULL)",
-                )
-                .execute(pool)
-                .await
-                .context("cannot create the users table")?;
-                sqlx::query(
-                    "INSERT INTO users (id, name, version) \
-                     SELECT x, 'user-' || x, 1 FROM generate_series(1, $1) x \
-                     ON CONFLICT (id) DO NOTHING",
-                )
-                .bind(count)
-                .execute(pool)
-                .await
-                .context("cannot seed the users table")?;
-                Ok(())
-            }
+            Self::Postgres { pool, .. } => ensure_users_in_postgres(pool, count).await,
         }
     }
 
@@ -229,6 +299,30 @@ mod tests {
             Url::Postgres
         ));
         assert!(parse_url("mysql://x").is_err());
+    }
+
+    /// Pools (each as another process would) opening one new file at once, 300 times: all open
+    /// it. Switching the file to WAL made about one open in 400 fail with "database is locked".
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_new_file_opened_by_many_at_once_opens_for_all() {
+        for _ in 0..300 {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("users.db");
+            let opens: Vec<_> = (0..5)
+                .map(|_| {
+                    let path = path.clone();
+                    tokio::spawn(async move { open(&path, 1).await })
+                })
+                .collect();
+            for opened in opens {
+                let pool = opened.await.unwrap().unwrap();
+                let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap();
+                assert_eq!(mode, "wal");
+            }
+        }
     }
 
     #[test]

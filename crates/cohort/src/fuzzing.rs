@@ -19,7 +19,11 @@ pub fn decode_frame(bytes: &[u8]) {
 pub fn swim_packet(bytes: &[u8]) {
     static MEMBERSHIP: OnceLock<Mutex<Membership>> = OnceLock::new();
     let membership = MEMBERSHIP.get_or_init(|| {
-        let me = Identity::new(NodeId::from("fuzz"), SocketAddr::from(([127, 0, 0, 1], 1)), 1);
+        let me = Identity::new(
+            NodeId::from("fuzz"),
+            SocketAddr::from(([127, 0, 0, 1], 1)),
+            1,
+        );
         Mutex::new(Membership::new(
             me,
             Duration::from_millis(500),
@@ -34,15 +38,22 @@ pub fn swim_packet(bytes: &[u8]) {
 
 /// Applies `text` as a change-log row's key to caches keyed by integers and by strings.
 pub fn logged_key(text: &str) {
-    static CACHES: OnceLock<(tokio::runtime::Runtime, Cluster, Cache<i64, u8>, Cache<String, u8>)> =
-        OnceLock::new();
+    static CACHES: OnceLock<(
+        tokio::runtime::Runtime,
+        Cluster,
+        Cache<i64, u8>,
+        Cache<String, u8>,
+    )> = OnceLock::new();
     let (_, _, numbers, names) = CACHES.get_or_init(|| {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .expect("a runtime for the fuzzed node");
         let (cluster, numbers, names) = runtime.block_on(async {
-            let cluster = Cluster::builder().start().await.expect("a fuzzed node starts");
+            let cluster = Cluster::builder()
+                .start()
+                .await
+                .expect("a fuzzed node starts");
             let numbers = cluster.cache::<i64, u8>("numbers").build_for_fuzzing();
             let names = cluster.cache::<String, u8>("names").build_for_fuzzing();
             (cluster, numbers, names)

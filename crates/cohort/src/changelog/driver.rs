@@ -66,8 +66,11 @@ async fn step(
         Some(tail) => tail,
         None => tail.insert(Tail::new(log.backend.head().await?)),
     };
-    install_pending(log).await?;
-    poll(node, log, tail).await
+    // A watch whose installation failed (its table stayed locked past the lock timeout, say)
+    // must not hold back the polls that keep the other caches serving; it is retried next step.
+    let installed = install_pending(log).await;
+    poll(node, log, tail).await?;
+    installed
 }
 
 async fn install_pending(log: &LogRuntime) -> Result<(), ChangeLogError> {

@@ -73,7 +73,9 @@ impl fmt::Debug for ChangeLog {
 impl ChangeLog {
     /// A change log in the SQLite database behind `pool`: the database the application's data is
     /// in, so that triggers log changes in the data's own transactions. Use WAL mode and a busy
-    /// timeout when several processes share the file.
+    /// timeout when several processes share the file. Switching a new file to WAL needs a lock
+    /// that SQLite does not wait for, so where processes may create the file at once, retry
+    /// opening it on `SQLITE_BUSY` (as `cohort serve` does).
     #[cfg(feature = "sqlite")]
     pub fn sqlite(pool: sqlx::SqlitePool) -> Self {
         Self {

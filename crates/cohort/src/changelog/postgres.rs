@@ -26,14 +26,26 @@
 //! only a wake-up: the lease still rests on complete polls every Δ/4, so a lost notification or a
 //! lost listening connection (reconnected with backoff) costs speed, never freshness.
 //!
-//! Installation runs in one transaction under an advisory lock, so nodes starting together do not
-//! race on `CREATE TABLE IF NOT EXISTS`. It needs Postgres 14 or later (`xid8` functions,
-//! `CREATE OR REPLACE TRIGGER`).
+//! # Installation
+//!
+//! Every node installs the log when it starts, and nodes start while the application writes.
+//! Each piece (the tables, the function, one trigger per watched table) is first compared with
+//! the catalogs, and only a piece that is missing or differs from this version's is (re)created,
+//! so a restart of a current node takes no lock the application's writes could wait for. A piece
+//! that must be created runs in a short transaction of its own, after the install advisory lock
+//! (nodes starting together on a fresh database would race on `CREATE TABLE IF NOT EXISTS`) and a
+//! second look at the catalogs. The trigger's transaction locks the watched table before
+//! anything else and touches nothing of the log: an application write locks the watched table,
+//! then the log from its trigger, and DDL that held the log while it waited for the table (as
+//! `CREATE INDEX IF NOT EXISTS` does even when the index exists) would make a deadlock that
+//! Postgres breaks by failing the application's write. DDL waits for a lock at most
+//! [`LOCK_TIMEOUT`] (application writes queue behind it meanwhile), then gives up and retries
+//! later. It needs Postgres 14 or later (`xid8` functions, `CREATE OR REPLACE TRIGGER`).
 
 use std::time::Duration;
 
-use sqlx::postgres::{PgListener, PgPool};
-use sqlx::{Executor as _, Postgres, Row as _, Transaction};
+use sqlx::postgres::{PgConnection, PgListener, PgPool};
+use sqlx::{Acquire as _, Executor as _, Row as _};
 
 use super::tail::{Batch, Position, Row};
 use super::{ChangeLogError, Watch};
@@ -45,8 +57,18 @@ pub(crate) const CHANNEL: &str = "cohort_changes";
 /// Taken (per transaction) while installing, so concurrent installs run one after another.
 const INSTALL_LOCK: i64 = 0x636f_686f_7274; // "cohort"
 
-/// The log's tables and the trigger function; installing them is idempotent.
-pub(crate) const SCHEMA: &str = r#"
+/// How long installation DDL waits for a table lock. Writes to the table queue behind the waiting
+/// DDL, so this bounds how long they stall; it is also well under Postgres's default
+/// `deadlock_timeout` (1 s), so DDL caught in a wait queue gives up before any deadlock check
+/// could fail an application transaction instead.
+const LOCK_TIMEOUT: Duration = Duration::from_millis(100);
+
+/// Attempts of one piece of DDL whose lock wait timed out, before the install reports the
+/// failure (the tailer tries again at its next poll).
+const LOCK_ATTEMPTS: u32 = 8;
+
+/// The log's tables; creating them is idempotent.
+const TABLES: &str = r#"
 CREATE TABLE IF NOT EXISTS cohort_changes (
     seq   bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     xid   xid8 NOT NULL DEFAULT pg_current_xact_id(),
@@ -62,7 +84,18 @@ CREATE TABLE IF NOT EXISTS cohort_log_meta (
     pruned_seq  bigint NOT NULL
 );
 INSERT INTO cohort_log_meta VALUES (1, '0', 0) ON CONFLICT (id) DO NOTHING;
-CREATE OR REPLACE FUNCTION cohort_log_change() RETURNS trigger LANGUAGE plpgsql AS $$
+"#;
+
+/// Whether the tables and indexes of [`TABLES`] exist. (`cohort_log_meta`'s row is checked
+/// apart, since the table may not exist.)
+const TABLES_EXIST: &str = "\
+SELECT EXISTS (SELECT FROM pg_class WHERE oid = to_regclass('cohort_changes') AND relkind = 'r') \
+   AND EXISTS (SELECT FROM pg_class WHERE oid = to_regclass('cohort_log_meta') AND relkind = 'r') \
+   AND (SELECT count(*) FROM pg_index WHERE indrelid = to_regclass('cohort_changes') \
+        AND indexrelid IN (to_regclass('cohort_changes_order'), to_regclass('cohort_changes_at'))) = 2";
+
+/// The trigger function's body, as `pg_proc.prosrc` keeps it: compared before replacing.
+const FUNCTION_BODY: &str = r#"
 DECLARE
     old_key text;
     new_key text;
@@ -79,8 +112,88 @@ BEGIN
     PERFORM pg_notify('cohort_changes', '');
     RETURN NULL;
 END
-$$;
 "#;
+
+/// `pg_trigger.tgtype` of [`trigger_sql`]'s trigger: ROW (1) | INSERT (4) | DELETE (8) |
+/// UPDATE (16); no BEFORE (2) or INSTEAD (64) bit, so AFTER.
+const TRIGGER_TYPE: i16 = 1 | 4 | 8 | 16;
+
+/// One piece of the installation, compared and created on its own.
+#[derive(Clone, Copy, Debug)]
+enum Piece<'a> {
+    Tables,
+    Function,
+    Trigger(&'a Watch),
+}
+
+impl Piece<'_> {
+    /// Whether the catalogs already hold this piece as this version creates it.
+    async fn is_current(self, conn: &mut PgConnection) -> Result<bool, sqlx::Error> {
+        match self {
+            Self::Tables => {
+                let exist: bool = sqlx::query_scalar(TABLES_EXIST)
+                    .fetch_one(&mut *conn)
+                    .await?;
+                Ok(exist
+                    && sqlx::query_scalar(
+                        "SELECT EXISTS (SELECT FROM cohort_log_meta WHERE id = 1)",
+                    )
+                    .fetch_one(&mut *conn)
+                    .await?)
+            }
+            Self::Function => {
+                let body: Option<String> = sqlx::query_scalar(
+                    "SELECT prosrc FROM pg_proc WHERE oid = to_regprocedure('cohort_log_change()')",
+                )
+                .fetch_optional(&mut *conn)
+                .await?;
+                Ok(body.as_deref() == Some(FUNCTION_BODY))
+            }
+            Self::Trigger(watch) => {
+                sqlx::query_scalar(
+                    "SELECT EXISTS (SELECT FROM pg_trigger \
+                     WHERE tgrelid = to_regclass($1) AND tgname = $2 AND NOT tgisinternal \
+                       AND tgfoid = to_regprocedure('cohort_log_change()') \
+                       AND tgtype = $3 AND tgenabled = 'O' AND tgnargs = 2 AND tgargs = $4 \
+                       AND cardinality(tgattr::int2[]) = 0 AND tgqual IS NULL \
+                       AND tgconstraint = 0 AND tgoldtable IS NULL AND tgnewtable IS NULL)",
+                )
+                .bind(format!("\"{}\"", watch.table))
+                .bind(format!("cohort_{}", trigger_name(&watch.cache)))
+                .bind(TRIGGER_TYPE)
+                .bind(trigger_args(watch))
+                .fetch_one(&mut *conn)
+                .await
+            }
+        }
+    }
+
+    /// (Re)creates this piece in `conn`'s transaction.
+    async fn create(self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+        match self {
+            Self::Tables => conn.execute(TABLES).await.map(drop),
+            Self::Function => conn
+                .execute(sqlx::AssertSqlSafe(format!(
+                    "CREATE OR REPLACE FUNCTION cohort_log_change() RETURNS trigger \
+                     LANGUAGE plpgsql AS $cohort${FUNCTION_BODY}$cohort$"
+                )))
+                .await
+                .map(drop),
+            Self::Trigger(watch) => {
+                // The watched table first, as the application's writes lock it: see the module
+                // docs.
+                conn.execute(sqlx::AssertSqlSafe(format!(
+                    "LOCK TABLE \"{}\" IN SHARE ROW EXCLUSIVE MODE",
+                    watch.table
+                )))
+                .await?;
+                conn.execute(sqlx::AssertSqlSafe(trigger_sql(watch)))
+                    .await
+                    .map(drop)
+            }
+        }
+    }
+}
 
 /// A change log kept in a Postgres database.
 #[derive(Clone, Debug)]
@@ -93,29 +206,40 @@ impl PostgresLog {
         Self { pool }
     }
 
-    /// Creates the log's tables if missing and (re)creates the trigger of `watch`, in one
-    /// transaction, so a concurrent writer either is logged or committed before.
+    /// Creates the log's tables and function if missing or outdated and (re)creates the trigger
+    /// of `watch` if missing or different; a concurrent writer either is logged or committed
+    /// before the trigger.
     pub(crate) async fn install(&self, watch: &Watch) -> Result<(), ChangeLogError> {
-        let mut tx = self.schema().await?;
-        tx.execute(sqlx::AssertSqlSafe(trigger_sql(watch))).await?;
-        tx.commit().await?;
+        for piece in [Piece::Tables, Piece::Function, Piece::Trigger(watch)] {
+            self.ensure(piece).await?;
+        }
         Ok(())
     }
 
-    /// A transaction that holds the install lock and has created the log's tables if missing.
-    async fn schema(&self) -> Result<Transaction<'static, Postgres>, ChangeLogError> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(INSTALL_LOCK)
-            .execute(&mut *tx)
-            .await?;
-        tx.execute(SCHEMA).await?;
-        Ok(tx)
+    /// Creates `piece` unless the catalogs show it current, retrying when a lock wait times out.
+    async fn ensure(&self, piece: Piece<'_>) -> Result<(), ChangeLogError> {
+        let mut conn = self.pool.acquire().await?;
+        if piece.is_current(&mut conn).await? {
+            return Ok(());
+        }
+        let mut backoff = Backoff::new(LOCK_TIMEOUT, 8 * LOCK_TIMEOUT);
+        let mut attempts = 1;
+        loop {
+            match create(&mut conn, piece).await {
+                Err(error) if lock_timed_out(&error) && attempts < LOCK_ATTEMPTS => {
+                    attempts += 1;
+                    tracing::debug!(?piece, %error, "installing the change log waits for a lock");
+                    let delay = backoff.next_delay(&mut rand::rng());
+                    tokio::time::sleep(delay).await;
+                }
+                outcome => return Ok(outcome?),
+            }
+        }
     }
 
     /// A position no row committed from now on can precede: the oldest running transaction.
     pub(crate) async fn head(&self) -> Result<Position, ChangeLogError> {
-        self.schema().await?.commit().await?;
+        self.ensure(Piece::Tables).await?;
         let horizon: i64 =
             sqlx::query_scalar("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
                 .fetch_one(&self.pool)
@@ -237,7 +361,33 @@ impl PostgresLog {
     }
 }
 
-/// Drops and recreates the trigger that logs `watch`'s table into the change log.
+/// In one transaction under the install lock: creates `piece` unless another node did meanwhile.
+async fn create(conn: &mut PgConnection, piece: Piece<'_>) -> Result<(), sqlx::Error> {
+    let mut tx = conn.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(INSTALL_LOCK)
+        .execute(&mut *tx)
+        .await?;
+    if !piece.is_current(&mut tx).await? {
+        tx.execute(sqlx::AssertSqlSafe(format!(
+            "SET LOCAL lock_timeout = {}",
+            LOCK_TIMEOUT.as_millis()
+        )))
+        .await?;
+        piece.create(&mut tx).await?;
+    }
+    tx.commit().await
+}
+
+/// Whether `error` is a lock wait that ran past `lock_timeout` (SQLSTATE 55P03).
+fn lock_timed_out(error: &sqlx::Error) -> bool {
+    error
+        .as_database_error()
+        .and_then(|error| error.code())
+        .is_some_and(|code| code == "55P03")
+}
+
+/// Creates or replaces the trigger that logs `watch`'s table into the change log.
 fn trigger_sql(watch: &Watch) -> String {
     let (table, column) = (&watch.table, &watch.key_column);
     format!(
@@ -246,6 +396,17 @@ fn trigger_sql(watch: &Watch) -> String {
         name = trigger_name(&watch.cache),
         cache = quote_literal(&watch.cache),
     )
+}
+
+/// `pg_trigger.tgargs` of `watch`'s trigger: each argument followed by a NUL.
+fn trigger_args(watch: &Watch) -> Vec<u8> {
+    [
+        watch.cache.as_bytes(),
+        b"\0",
+        watch.key_column.as_bytes(),
+        b"\0",
+    ]
+    .concat()
 }
 
 /// A name for the trigger of `cache` that fits Postgres's 63-byte identifiers whatever the

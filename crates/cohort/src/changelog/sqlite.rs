@@ -7,7 +7,15 @@
 //! newest rows. A trigger on deletion records the highest number pruned in `cohort_log_meta`, read
 //! in the same snapshot as the rows, so a node can tell that rows it never read are gone.
 //!
-//! The tailer never holds SQLite's single write lock across an await: pruning is one statement
+//! Installing is a no-op when the log's objects exist and each trigger's stored SQL is the one
+//! this version creates: nodes restart without taking the write lock or changing the schema
+//! (which would make every connection of every writer re-read it). Otherwise the missing or
+//! different objects are (re)created in one `BEGIN IMMEDIATE` transaction, which waits for the
+//! write lock under the busy timeout and looks again once it holds it, so nodes starting together
+//! on a fresh file create everything once; a writer concurrent with it either is logged or
+//! committed before.
+//!
+//! Polling never holds SQLite's single write lock across an await: pruning is one statement
 //! (the trigger runs inside it), executed whole by the connection's worker thread. A node that is
 //! frozen (SIGSTOP, a stalled runtime) at any point of its polling therefore never blocks the
 //! application's writers.
@@ -36,6 +44,11 @@ const SCHEMA: &[&str] = &[
         UPDATE cohort_log_meta SET pruned_through = MAX(pruned_through, OLD.seq) WHERE id = 1; END",
 ];
 
+/// How many of [`SCHEMA`]'s objects exist (4 when all do).
+const SCHEMA_OBJECTS: &str = "SELECT count(*) FROM sqlite_master WHERE (type, name) IN (VALUES \
+    ('table', 'cohort_changes'), ('index', 'cohort_changes_at_ms'), \
+    ('table', 'cohort_log_meta'), ('trigger', 'cohort_changes_pruned'))";
+
 /// A change log kept in a SQLite database.
 #[derive(Clone, Debug)]
 pub(crate) struct SqliteLog {
@@ -47,36 +60,50 @@ impl SqliteLog {
         Self { pool }
     }
 
-    /// Creates the log's tables if missing and (re)creates the triggers of `watch`, in one
-    /// transaction, so a concurrent writer either is logged or committed before.
+    /// Creates the log's tables if missing and (re)creates the triggers of `watch` that are missing
+    /// or differ from this version's.
     pub(crate) async fn install(&self, watch: &Watch) -> Result<(), ChangeLogError> {
-        // IMMEDIATE takes the write lock up front, waiting for it under the busy timeout; a
-        // deferred transaction would fail at once when upgrading past a concurrent writer.
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        for statement in SCHEMA {
-            sqlx::query(*statement).execute(&mut *tx).await?;
-        }
-        for statement in trigger_sql(watch) {
-            sqlx::query(sqlx::AssertSqlSafe(statement))
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        self.ensure(&triggers(watch)).await
     }
 
     /// The last sequence number the log has handed out (0 for none).
     pub(crate) async fn head(&self) -> Result<Position, ChangeLogError> {
-        let mut conn = self.pool.acquire().await?;
-        for statement in SCHEMA {
-            sqlx::query(*statement).execute(&mut *conn).await?;
-        }
+        self.ensure(&[]).await?;
         let head: i64 = sqlx::query_scalar(
             "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'cohort_changes'), 0)",
         )
-        .fetch_one(&mut *conn)
+        .fetch_one(&self.pool)
         .await?;
         Ok(Position::in_commit_order(head.unsigned_abs()))
+    }
+
+    /// Creates the log's tables and `triggers` unless they are current, in one transaction.
+    async fn ensure(&self, triggers: &[Trigger]) -> Result<(), ChangeLogError> {
+        {
+            let mut conn = self.pool.acquire().await?;
+            if schema_exists(&mut conn).await? && outdated(&mut conn, triggers).await?.is_empty() {
+                return Ok(());
+            }
+        }
+        // IMMEDIATE takes the write lock up front, waiting for it under the busy timeout; a
+        // deferred transaction would fail at once when upgrading past a concurrent writer.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        // Another node may have installed everything while this one waited for the lock.
+        if !schema_exists(&mut tx).await? {
+            for statement in SCHEMA {
+                sqlx::query(*statement).execute(&mut *tx).await?;
+            }
+        }
+        for trigger in outdated(&mut tx, triggers).await? {
+            let drop = format!("DROP TRIGGER IF EXISTS \"{}\"", trigger.name);
+            for statement in [drop, trigger.sql.clone()] {
+                sqlx::query(sqlx::AssertSqlSafe(statement))
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Up to `limit` rows after `cursor`, with the prune watermark, from one snapshot.
@@ -135,44 +162,169 @@ async fn read_in(
     })
 }
 
-/// Drops and recreates the three triggers that log `watch`'s table into the change log.
-fn trigger_sql(watch: &Watch) -> Vec<String> {
+/// Whether [`SCHEMA`]'s objects and the watermark's row exist.
+async fn schema_exists(conn: &mut SqliteConnection) -> Result<bool, sqlx::Error> {
+    let objects: i64 = sqlx::query_scalar(SCHEMA_OBJECTS)
+        .fetch_one(&mut *conn)
+        .await?;
+    Ok(objects == 4
+        && sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM cohort_log_meta WHERE id = 1)")
+            .fetch_one(&mut *conn)
+            .await?)
+}
+
+/// The triggers of `triggers` that are missing or whose stored SQL differs.
+async fn outdated<'a>(
+    conn: &mut SqliteConnection,
+    triggers: &'a [Trigger],
+) -> Result<Vec<&'a Trigger>, sqlx::Error> {
+    let mut outdated = Vec::new();
+    for trigger in triggers {
+        let stored: Option<String> =
+            sqlx::query_scalar("SELECT sql FROM sqlite_master WHERE type = 'trigger' AND name = ?")
+                .bind(&trigger.name)
+                .fetch_optional(&mut *conn)
+                .await?;
+        if stored.as_deref() != Some(trigger.sql.as_str()) {
+            outdated.push(trigger);
+        }
+    }
+    Ok(outdated)
+}
+
+/// A trigger that logs a watched table: its name and the statement that creates it, which is
+/// also the text SQLite keeps for it in `sqlite_master.sql`.
+struct Trigger {
+    name: String,
+    sql: String,
+}
+
+/// The three triggers that log `watch`'s table into the change log.
+fn triggers(watch: &Watch) -> Vec<Trigger> {
     let cache = watch.cache.replace('\'', "''");
     let (table, column) = (&watch.table, &watch.key_column);
-    let name = |event: &str| format!("\"cohort_{}_{table}_{event}\"", hex(&watch.cache));
     let log = |row: &str| {
         format!(
             "INSERT INTO cohort_changes (cache, key) VALUES ('{cache}', CAST({row}.\"{column}\" AS TEXT));"
         )
     };
-    let mut statements = Vec::new();
-    for (event, body) in [
-        ("ins", log("NEW")),
+    [
+        ("ins", "INSERT", log("NEW")),
         (
             "upd",
+            "UPDATE",
             format!(
                 "{} INSERT INTO cohort_changes (cache, key) SELECT '{cache}', CAST(NEW.\"{column}\" AS TEXT) \
                  WHERE NEW.\"{column}\" IS NOT OLD.\"{column}\";",
                 log("OLD")
             ),
         ),
-        ("del", log("OLD")),
-    ] {
-        let when = match event {
-            "ins" => "INSERT",
-            "upd" => "UPDATE",
-            _ => "DELETE",
-        };
-        statements.push(format!("DROP TRIGGER IF EXISTS {}", name(event)));
-        statements.push(format!(
-            "CREATE TRIGGER {} AFTER {when} ON \"{table}\" BEGIN {body} END",
-            name(event)
-        ));
-    }
-    statements
+        ("del", "DELETE", log("OLD")),
+    ]
+    .into_iter()
+    .map(|(event, when, body)| {
+        let name = format!("cohort_{}_{table}_{event}", hex(&watch.cache));
+        let sql = format!("CREATE TRIGGER \"{name}\" AFTER {when} ON \"{table}\" BEGIN {body} END");
+        Trigger { name, sql }
+    })
+    .collect()
 }
 
 /// Cache names may hold any character; trigger names get them as hex.
 fn hex(text: &str) -> String {
     text.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use sqlx::sqlite::SqlitePoolOptions;
+
+    use super::*;
+
+    /// A log in a fresh in-memory database with a users table; one connection, so one database.
+    async fn log() -> (SqliteLog, Watch) {
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect("sqlite::memory:")
+            .await
+            .unwrap();
+        sqlx::query("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT)")
+            .execute(&pool)
+            .await
+            .unwrap();
+        let watch = Watch {
+            cache: "users".into(),
+            table: "users".to_owned(),
+            key_column: "id".to_owned(),
+        };
+        (SqliteLog::new(pool), watch)
+    }
+
+    /// Bumped by every schema change.
+    async fn schema_version(log: &SqliteLog) -> i64 {
+        sqlx::query_scalar("PRAGMA schema_version")
+            .fetch_one(&log.pool)
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn installing_what_is_installed_changes_nothing() {
+        let (log, watch) = log().await;
+        log.head().await.unwrap();
+        log.install(&watch).await.unwrap();
+        let installed = schema_version(&log).await;
+        log.head().await.unwrap();
+        log.install(&watch).await.unwrap();
+        assert_eq!(schema_version(&log).await, installed);
+
+        sqlx::query("INSERT INTO users VALUES (7, 'a')")
+            .execute(&log.pool)
+            .await
+            .unwrap();
+        let logged: Vec<String> = sqlx::query_scalar("SELECT key FROM cohort_changes")
+            .fetch_all(&log.pool)
+            .await
+            .unwrap();
+        assert_eq!(logged, ["7"]);
+    }
+
+    #[tokio::test]
+    async fn a_trigger_that_differs_is_replaced() {
+        let (log, watch) = log().await;
+        log.install(&watch).await.unwrap();
+        let [insert, ..] = &triggers(&watch)[..] else {
+            panic!("three triggers")
+        };
+        // As an older version might have left it: logs nothing.
+        for statement in [
+            format!("DROP TRIGGER \"{}\"", insert.name),
+            format!(
+                "CREATE TRIGGER \"{}\" AFTER INSERT ON users BEGIN SELECT 1; END",
+                insert.name
+            ),
+        ] {
+            sqlx::query(sqlx::AssertSqlSafe(statement))
+                .execute(&log.pool)
+                .await
+                .unwrap();
+        }
+        log.install(&watch).await.unwrap();
+        let mut conn = log.pool.acquire().await.unwrap();
+        assert!(
+            outdated(&mut conn, &triggers(&watch))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        sqlx::query("INSERT INTO users VALUES (8, 'b')")
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+        let logged: i64 = sqlx::query_scalar("SELECT count(*) FROM cohort_changes")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+        assert_eq!(logged, 1);
+    }
 }

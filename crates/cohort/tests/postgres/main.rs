@@ -1,6 +1,7 @@
 //! The change log on a real Postgres server, started by each test (`initdb` and `pg_ctl` from the
 //! machine; a test that cannot start it fails): outside writers seen by every node within the
-//! bound, the commit-order race the horizon exists for, and a lost `LISTEN` connection.
+//! bound, the commit-order race the horizon exists for, a lost `LISTEN` connection, and nodes
+//! restarting under a stream of application writes.
 //!
 //! The nodes have no mesh between them: changes reach them through the log alone.
 
@@ -311,4 +312,111 @@ async fn old_rows_are_pruned_behind_a_watermark() {
         "the node had read every pruned row"
     );
     assert_eq!(status.errors, 0, "{:?}", status.last_error);
+}
+
+/// Nodes start and stop 30 times while 4 connections run plain-SQL transactions that update the
+/// watched table, two rows per transaction (so each holds the table and the log across its
+/// trigger's insert), as an application does: installing the trigger must never make one of them
+/// fail (it used to, with `deadlock detected`). Every fifth start finds the function and trigger
+/// of an older version in place and must replace them under that load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_restarting_under_application_writes_never_fail_one() {
+    const WRITERS: i64 = 4;
+    let (server, outsider) = database().await;
+    let node = Node::start(&server).await;
+    node.cluster.shutdown().await;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut writers = Vec::new();
+    for writer in 0..WRITERS {
+        let db = pool(&server).await;
+        let mut stopped = stopped.clone();
+        writers.push(tokio::spawn(async move {
+            // Each writer owns its two rows: the writers never wait for one another.
+            let (first, second) = (2 * writer + 1, 2 * writer + 2);
+            let mut committed = 0_u64;
+            while !*stopped.borrow_and_update() {
+                let mut tx = db.begin().await?;
+                for id in [first, second] {
+                    sqlx::query("UPDATE users SET version = version + 1 WHERE id = $1")
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
+                committed += 1;
+            }
+            Ok::<_, sqlx::Error>(committed)
+        }));
+    }
+
+    let started = Instant::now();
+    for restart in 0..30 {
+        if restart % 5 == 4 {
+            install_an_older_version(&outsider).await;
+        }
+        let node = Node::start(&server).await;
+        node.cluster.shutdown().await;
+    }
+    let restarts = started.elapsed();
+    stop.send(true).unwrap();
+    let mut committed = 0;
+    for writer in writers {
+        committed += writer.await.unwrap().expect("no application write failed");
+    }
+    eprintln!("30 restarts in {restarts:?} while {committed} two-row transactions committed");
+    assert!(committed > 0);
+    let (args, body): (Vec<u8>, String) = sqlx::query_as(
+        "SELECT t.tgargs, p.prosrc FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid \
+         WHERE t.tgrelid = 'users'::regclass AND NOT t.tgisinternal",
+    )
+    .fetch_one(&outsider)
+    .await
+    .unwrap();
+    assert_eq!(args, b"users\0id\0", "the older trigger was replaced");
+    assert!(
+        !body.starts_with("-- older"),
+        "the older function was replaced"
+    );
+
+    // What is current is left alone: no row of the catalogs is rewritten.
+    let catalogs = || {
+        sqlx::query_as::<_, (String, String)>(
+            "SELECT t.xmin::text, p.xmin::text FROM pg_trigger t JOIN pg_proc p \
+             ON p.oid = t.tgfoid WHERE t.tgrelid = 'users'::regclass AND NOT t.tgisinternal",
+        )
+        .fetch_one(&outsider)
+    };
+    let before = catalogs().await.unwrap();
+    let node = Node::start(&server).await;
+    node.cluster.shutdown().await;
+    assert_eq!(catalogs().await.unwrap(), before);
+}
+
+/// Replaces the log's function and the users trigger with ones that differ from what a node
+/// installs, as a node of an older version would have left them; each statement locks one
+/// object, so this cannot deadlock with the writers.
+async fn install_an_older_version(db: &PgPool) {
+    let (name, body): (String, String) = sqlx::query_as(
+        "SELECT t.tgname::text, p.prosrc FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid \
+         WHERE t.tgrelid = 'users'::regclass AND NOT t.tgisinternal",
+    )
+    .fetch_one(db)
+    .await
+    .unwrap();
+    let function = format!(
+        "CREATE OR REPLACE FUNCTION cohort_log_change() RETURNS trigger LANGUAGE plpgsql \
+         AS $body$-- older\n{body}$body$"
+    );
+    sqlx::raw_sql(sqlx::AssertSqlSafe(function))
+        .execute(db)
+        .await
+        .unwrap();
+    let trigger = format!(
+        "CREATE OR REPLACE TRIGGER \"{name}\" AFTER INSERT OR UPDATE OR DELETE ON users \
+         FOR EACH ROW EXECUTE FUNCTION cohort_log_change('users', 'id', 'older')"
+    );
+    sqlx::raw_sql(sqlx::AssertSqlSafe(trigger))
+        .execute(db)
+        .await
+        .unwrap();
 }
