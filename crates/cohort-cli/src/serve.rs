@@ -52,9 +52,10 @@ pub(crate) struct Args {
     #[arg(long, default_value = "500ms", value_parser = parse_duration)]
     max_staleness: Duration,
     /// How long a member may stay unreached, or declared down, before this node forgets it,
-    /// e.g. `30s`. A node restarted under the same name replaces its old entry at once.
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
-    forget_after: Duration,
+    /// e.g. `30s` [default: 30s, or 4 × --max-staleness if longer]. A node restarted under the
+    /// same name replaces its old entry at once.
+    #[arg(long, value_parser = parse_duration)]
+    forget_after: Option<Duration>,
     /// How long change-log rows are kept, e.g. `10m`.
     #[arg(long, default_value = "10m", value_parser = parse_duration)]
     log_retention: Duration,
@@ -138,7 +139,6 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<bool> {
         .seeds(args.seeds.iter().filter(|s| !s.is_empty()).cloned())
         .max_staleness(args.max_staleness)
         .log_retention(args.log_retention)
-        .forget_after(args.forget_after)
         .insecure(args.insecure)
         .change_log(db.change_log())
         .unsafe_ignore_leases(args.unsafe_ignore_leases);
@@ -147,6 +147,9 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<bool> {
     }
     if let Some(addr) = args.advertise {
         builder.advertise(addr);
+    }
+    if let Some(grace) = args.forget_after {
+        builder.forget_after(grace);
     }
     if let Some(path) = &args.cluster_key_file {
         builder.cluster_keys(keys::read_key_file(path)?);

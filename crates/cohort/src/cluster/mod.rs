@@ -326,7 +326,7 @@ pub struct ClusterBuilder {
     log_retention: Duration,
     seed_refresh: Duration,
     max_members: usize,
-    forget_after: Duration,
+    forget_after: Option<Duration>,
     cluster_keys: Vec<ClusterKey>,
     insecure: bool,
     unsafe_ignore_leases: bool,
@@ -365,7 +365,7 @@ impl Default for ClusterBuilder {
             log_retention: DEFAULT_LOG_RETENTION,
             seed_refresh: DEFAULT_SEED_REFRESH,
             max_members: DEFAULT_MAX_MEMBERS,
-            forget_after: DEFAULT_FORGET_AFTER,
+            forget_after: None,
             cluster_keys: Vec::new(),
             insecure: false,
             unsafe_ignore_leases: false,
@@ -434,10 +434,17 @@ impl ClusterBuilder {
     /// the others never forgets them. A new process of a known name replaces the old one at
     /// once, without waiting for this.
     ///
-    /// Defaults to: [`DEFAULT_FORGET_AFTER`] (30 s); at least 4 × `max_staleness`.
+    /// Defaults to: [`DEFAULT_FORGET_AFTER`] (30 s), or 4 × `max_staleness` if that is longer;
+    /// at least 4 × `max_staleness`.
     pub fn forget_after(&mut self, grace: Duration) -> &mut Self {
-        self.forget_after = grace;
+        self.forget_after = Some(grace);
         self
+    }
+
+    /// The grace before a member is forgotten: as set, or the default for the bound.
+    fn grace(&self) -> Duration {
+        self.forget_after
+            .unwrap_or_else(|| DEFAULT_FORGET_AFTER.max(self.max_staleness.saturating_mul(4)))
     }
 
     /// The cluster keys: every link is then authenticated and encrypted (Noise, with the key as a
@@ -627,7 +634,7 @@ impl ClusterBuilder {
         if self.max_members == 0 {
             return invalid("max_members", "must be positive");
         }
-        if self.forget_after < self.max_staleness.saturating_mul(4) {
+        if self.grace() < self.max_staleness.saturating_mul(4) {
             return invalid("forget_after", "must be at least 4 × max_staleness");
         }
         if self.max_staleness.is_zero() {
@@ -1068,7 +1075,7 @@ impl Node {
         let membership = Membership::new(
             Identity::new(id.clone(), addr, incarnation),
             builder.max_staleness,
-            builder.forget_after,
+            builder.grace(),
             rng_seed,
         );
         let roster = Roster::new(
@@ -1076,8 +1083,8 @@ impl Node {
             addr,
             RosterConfig {
                 max_members: builder.max_members,
-                forget_after: millis(builder.forget_after),
-                seed_ttl: millis(builder.forget_after.max(builder.seed_refresh * 2)),
+                forget_after: millis(builder.grace()),
+                seed_ttl: millis(builder.grace().max(builder.seed_refresh * 2)),
             },
         );
         let node = Self {
