@@ -63,3 +63,69 @@ pub fn logged_key(text: &str) {
     numbers.apply_logged_for_fuzzing(text);
     names.apply_logged_for_fuzzing(text);
 }
+
+/// Frame bodies of every kind, as a node sends them: seeds for the frame decoder.
+pub fn seed_frames() -> Vec<Vec<u8>> {
+    use crate::wire::{Change, Event, Frame, Hello, PeerInfo};
+    let addr = SocketAddr::from(([127, 0, 0, 1], 7001));
+    let event = |change| {
+        Frame::Event(Event {
+            node: "a",
+            incarnation: 1,
+            seq: 1,
+            cache: "users",
+            change,
+        })
+    };
+    [
+        Frame::Hello(Hello {
+            node: "a",
+            incarnation: 1,
+            listen: addr,
+            seq: 0,
+            replay_from: 1,
+            peers: vec![PeerInfo {
+                node: "b",
+                incarnation: 2,
+                addr,
+            }],
+        }),
+        Frame::Peers(vec![PeerInfo {
+            node: "c",
+            incarnation: 3,
+            addr,
+        }]),
+        event(Change::Invalidate { key: b"\x01" }),
+        event(Change::Replicate {
+            key: b"\x01",
+            version: 2,
+            value: b"\x03ada",
+        }),
+        event(Change::Intent { key: b"\x01" }),
+        event(Change::Release { key: b"\x01" }),
+        Frame::Ping { nonce: 1 },
+        Frame::Pong {
+            nonce: 1,
+            incarnation: 1,
+            seq: 1,
+        },
+        Frame::IntentAck { seq: 1 },
+        Frame::Swim(b"\x00"),
+        Frame::Leave,
+    ]
+    .iter()
+    .map(|frame| frame.encode().to_vec())
+    .collect()
+}
+
+/// What a keyless peer sends on a link it dialed: its preamble, then every seed frame, framed.
+/// A seed for the listener (its first byte picks the keyless node).
+pub fn seed_link() -> Vec<u8> {
+    let mut link = vec![0];
+    link.extend_from_slice(&crate::wire::preamble(false));
+    for frame in seed_frames() {
+        link.extend_from_slice(&(frame.len() as u32).to_be_bytes());
+        link.extend_from_slice(&frame);
+    }
+    link
+}

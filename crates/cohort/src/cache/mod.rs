@@ -136,9 +136,10 @@ impl<K: Key + FromStr, V: Value> CacheBuilder<K, V> {
 
 #[cfg(fuzzing)]
 impl<K: Key, V: Value> Cache<K, V> {
-    /// Applies `text` as a change-log row's key.
+    /// Applies `text` as a change-log row's key, then checks the store's invariants.
     pub fn apply_logged_for_fuzzing(&self, text: &str) {
         self.inner.apply_logged(text);
+        self.inner.store.validate();
     }
 }
 

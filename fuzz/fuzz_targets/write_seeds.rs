@@ -1,0 +1,14 @@
+//! Writes the seed corpus: a frame of every kind, and a whole keyless link. Run with
+//! `RUSTFLAGS="--cfg fuzzing" cargo run --bin write_seeds` in this directory.
+
+fn main() -> std::io::Result<()> {
+    let corpus = std::path::Path::new("corpus");
+    let frames = corpus.join("frame_decoder");
+    std::fs::create_dir_all(&frames)?;
+    for (i, frame) in cohort::fuzzing::seed_frames().iter().enumerate() {
+        std::fs::write(frames.join(format!("seed-{i}")), frame)?;
+    }
+    let links = corpus.join("listener_handshake");
+    std::fs::create_dir_all(&links)?;
+    std::fs::write(links.join("seed-keyless-link"), cohort::fuzzing::seed_link())
+}
