@@ -13,8 +13,22 @@ pub struct Redis {
 }
 
 impl Redis {
-    /// Starts the server; returns once it accepts connections.
+    /// Starts the server; returns once it accepts connections. The port is picked free, but may
+    /// be taken by another process before the server binds it: a server that exits at start is
+    /// started again on another port.
     pub fn start() -> io::Result<Self> {
+        let mut last_error = None;
+        for _ in 0..5 {
+            match Self::start_once() {
+                Ok(server) => return Ok(server),
+                Err(error) if error.kind() == io::ErrorKind::AddrInUse => last_error = Some(error),
+                Err(error) => return Err(error),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| io::ErrorKind::AddrInUse.into()))
+    }
+
+    fn start_once() -> io::Result<Self> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
@@ -29,12 +43,21 @@ impl Redis {
                     format!("cannot start redis-server (install redis-server): {e}"),
                 )
             })?;
-        let server = Self {
+        let mut server = Self {
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             child,
         };
         let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(server.addr).is_err() {
+        loop {
+            if let Some(status) = server.child.try_wait()? {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    format!("redis-server exited at start ({status}): port {port} taken?"),
+                ));
+            }
+            if TcpStream::connect(server.addr).is_ok() {
+                return Ok(server);
+            }
             if Instant::now() > deadline {
                 return Err(io::Error::new(
                     io::ErrorKind::TimedOut,
@@ -43,7 +66,6 @@ impl Redis {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        Ok(server)
     }
 
     /// The server's address.
