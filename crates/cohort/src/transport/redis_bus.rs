@@ -25,7 +25,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use parking_lot::Mutex;
 use redis::aio::MultiplexedConnection;
@@ -47,6 +47,12 @@ const CHUNK_BYTES: usize = 64 * 1024;
 /// Messages that may wait for a link's reader; past this the link is reset, as an overflowing
 /// TCP link is, rather than buffer without bound.
 const ARRIVALS_QUEUED: usize = 4096;
+
+/// Links a node keeps open on the bus, both ways: openings past it are ignored, so a stranger
+/// publishing openings on a node's channel costs it a bounded amount of memory. (A node links
+/// to each peer once each way; its inbound links are capped lower still, by
+/// `max_inbound_links`.)
+const MAX_LINKS: usize = 2048;
 
 /// How often a node renews its registration.
 pub(crate) const REGISTRATION_RENEWAL: Duration = Duration::from_secs(10);
@@ -276,9 +282,13 @@ impl Hub {
         let (mut from_application, mut to_application) = tokio::io::split(ours);
         let to_dialed = !link.dialed_by_peer;
         let outgoing = async {
-            let mut buf = vec![0; CHUNK_BYTES];
+            // Grown as bytes arrive, not filled up front: a link that never carries anything
+            // (one of many opened by a stranger) costs next to no memory.
+            let mut buf = BytesMut::new();
             loop {
-                let n = match from_application.read(&mut buf).await {
+                buf.clear();
+                buf.reserve(CHUNK_BYTES);
+                let n = match from_application.read_buf(&mut buf).await {
                     Ok(0) | Err(_) => {
                         let close = Message::Close {
                             from: self.me,
@@ -325,6 +335,10 @@ impl Hub {
         };
         match message {
             Message::Open { from, link } => {
+                if self.links.lock().len() >= MAX_LINKS {
+                    tracing::warn!(node = %self.me, %from, "too many bus links; ignoring an opening");
+                    return;
+                }
                 let connection = self.open_pipe(LinkId {
                     peer: from,
                     id: link,

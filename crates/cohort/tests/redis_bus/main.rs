@@ -394,3 +394,87 @@ async fn keyed_links_over_the_bus_show_nothing_and_refuse_other_keys() {
             .all(|m| m.node.as_ref().is_none_or(|n| n.as_str() != "mallory"))
     );
 }
+
+/// A bus message, mirrored: postcard encodes the variant's index, and `Open` is the first.
+#[derive(serde::Serialize)]
+enum BusMessage {
+    Open {
+        from: std::net::SocketAddr,
+        link: u64,
+    },
+}
+
+/// 10,000 link openings published on a node's channel by something that never follows up: the
+/// node takes in at most its inbound limit and drops the rest at once (those it takes in end as
+/// soon as its answer reaches no subscriber), its memory grows by a bounded amount, and its real
+/// link carries on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_bogus_links_on_the_bus_leave_the_node_serving() {
+    let redis = redis().await;
+    // No bogus link times out during the test: every one over the limit is a refusal.
+    let mut nodes = Vec::new();
+    for name in ["a", "b"] {
+        let node = Cluster::builder()
+            .node_name(name)
+            .network(RedisBus::new(&redis.url()).unwrap())
+            .seeds(["redis"])
+            .handshake_timeout(Duration::from_secs(60))
+            .start()
+            .await
+            .unwrap();
+        nodes.push(node);
+    }
+    for node in &nodes {
+        tokio::time::timeout(Duration::from_secs(10), node.wait_for_peers(1))
+            .await
+            .expect("linked over the bus");
+    }
+    let (a, b) = (users(&nodes[0]), users(&nodes[1]));
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut intruder = client.get_multiplexed_async_connection().await.unwrap();
+    let channel = format!("cohort:node:{}", nodes[0].local_addr());
+    let resident = || {
+        let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+        statm
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            * 4096
+    };
+    let before = resident();
+    let mut pipe = redis::pipe();
+    for link in 0..10_000_u64 {
+        let open = BusMessage::Open {
+            from: std::net::SocketAddr::from(([10, 9, 8, 7], 4242)),
+            link,
+        };
+        pipe.cmd("PUBLISH")
+            .arg(&channel)
+            .arg(postcard::to_stdvec(&open).unwrap())
+            .ignore();
+    }
+    let () = pipe.query_async(&mut intruder).await.unwrap();
+
+    // b's change travels on a's channel after every bogus opening: once a applied it, a has taken
+    // all of them in.
+    let db = Db::default();
+    db.load(&a, 1).await;
+    let mut a_events = nodes[0].subscribe();
+    let event = db.rename(&b, 1, "still linked").await;
+    applied(&mut a_events, &event).await;
+    assert_eq!(a.get(&1), None);
+
+    let grown = resident().saturating_sub(before);
+    eprintln!(
+        "10,000 bogus bus links: resident memory +{} KiB, {:?}",
+        grown / 1024,
+        nodes[0].stats()
+    );
+    assert!(grown < 64 << 20, "grew by {grown} bytes");
+    assert!(
+        nodes[0].stats().links_refused > 0,
+        "the inbound limit turned some away"
+    );
+}
