@@ -1242,7 +1242,7 @@ impl Node {
                 }
                 Err(mpsc::error::TrySendError::Closed(_)) => false,
             });
-        outbox.ring.push(seq, frame);
+        outbox.ring.push(seq, &frame);
         drop(outbox);
         self.counters.events_sent.incr();
         EventId {

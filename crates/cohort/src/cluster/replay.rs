@@ -10,56 +10,108 @@ use std::collections::VecDeque;
 
 use bytes::Bytes;
 
-/// A node's most recent encoded event frames, bounded by their total size.
+/// A node's most recent encoded event frames, bounded by what they take in memory.
+///
+/// The frames are kept back to back in one buffer, with their lengths in another, so that the
+/// bound is the real cost: a frame of a few dozen bytes held as an allocation of its own, with its
+/// bookkeeping, would cost several times its length. Of the ring's size, seven eighths hold frames
+/// and one eighth their lengths (frames of 28 bytes or more fill the first share first); both
+/// buffers grow by doubling up to their share, never past it.
 #[derive(Debug)]
 pub(crate) struct ReplayRing {
-    events: VecDeque<(u64, Bytes)>,
-    bytes: usize,
-    capacity: usize,
+    /// The held frames, oldest first, back to back.
+    data: VecDeque<u8>,
+    /// Their lengths, oldest first.
+    lens: VecDeque<u32>,
+    /// The sequence number of the oldest held frame.
+    first: u64,
+    /// The most bytes of frames held.
+    data_limit: usize,
+    /// The most frames held.
+    lens_limit: usize,
 }
 
 impl ReplayRing {
-    /// A ring keeping at most `capacity` bytes of frames; zero keeps none.
+    /// A ring taking at most `capacity` bytes; zero keeps nothing.
     pub(crate) fn new(capacity: usize) -> Self {
+        let index = capacity / 8;
         Self {
-            events: VecDeque::new(),
-            bytes: 0,
-            capacity,
+            data: VecDeque::new(),
+            lens: VecDeque::new(),
+            first: 1,
+            data_limit: capacity - index,
+            lens_limit: index / std::mem::size_of::<u32>(),
         }
     }
 
-    /// Keeps event `seq` (one more than the last pushed), dropping the oldest ones over capacity.
-    pub(crate) fn push(&mut self, seq: u64, frame: Bytes) {
-        debug_assert!(self.events.back().is_none_or(|&(last, _)| last + 1 == seq));
-        self.bytes += frame.len();
-        self.events.push_back((seq, frame));
-        while self.bytes > self.capacity {
-            let Some((_, dropped)) = self.events.pop_front() else {
-                break;
-            };
-            self.bytes -= dropped.len();
+    /// Keeps event `seq` (one more than the last pushed), dropping the oldest ones to make room.
+    /// A frame larger than the ring's share for frames empties it and is not kept.
+    pub(crate) fn push(&mut self, seq: u64, frame: &[u8]) {
+        debug_assert_eq!(seq, self.first + self.lens.len() as u64);
+        while !self.lens.is_empty()
+            && (self.data.len() + frame.len() > self.data_limit
+                || self.lens.len() >= self.lens_limit)
+        {
+            self.pop();
+        }
+        let len = match u32::try_from(frame.len()) {
+            Ok(len) if frame.len() <= self.data_limit && self.lens_limit > 0 => len,
+            _ => {
+                self.first = seq + 1;
+                return;
+            }
+        };
+        if self.lens.is_empty() {
+            self.first = seq;
+        }
+        grow(&mut self.data, frame.len(), self.data_limit);
+        grow(&mut self.lens, 1, self.lens_limit);
+        self.data.extend(frame);
+        self.lens.push_back(len);
+    }
+
+    fn pop(&mut self) {
+        if let Some(len) = self.lens.pop_front() {
+            self.data.drain(..len as usize);
+            self.first += 1;
         }
     }
 
     /// The lowest sequence number the ring can replay, when the latest published is `latest`:
     /// `latest + 1` when it holds nothing.
     pub(crate) fn replay_from(&self, latest: u64) -> u64 {
-        self.events.front().map_or(latest + 1, |&(seq, _)| seq)
+        if self.lens.is_empty() {
+            latest + 1
+        } else {
+            self.first
+        }
     }
 
     /// The frames of events after `after` up to `upto`, oldest first. Events no longer held are
     /// skipped: the receiver sees the hole and reports it.
     pub(crate) fn range(&self, after: u64, upto: u64) -> Vec<Bytes> {
-        let Some(&(oldest, _)) = self.events.front() else {
-            return Vec::new();
-        };
-        let skip = usize::try_from((after + 1).saturating_sub(oldest)).unwrap_or(usize::MAX);
-        self.events
-            .iter()
-            .skip(skip)
-            .take_while(|&&(seq, _)| seq <= upto)
-            .map(|(_, frame)| frame.clone())
-            .collect()
+        let mut frames = Vec::new();
+        let mut offset = 0;
+        for (seq, &len) in (self.first..).zip(&self.lens) {
+            if seq > upto {
+                break;
+            }
+            let len = len as usize;
+            if seq > after {
+                frames.push(self.data.range(offset..offset + len).copied().collect());
+            }
+            offset += len;
+        }
+        frames
+    }
+}
+
+/// Makes room for `more` items in `buffer`: doubling, as a `VecDeque` does, but never past
+/// `limit` (callers make sure `len + more` fits it).
+fn grow<T>(buffer: &mut VecDeque<T>, more: usize, limit: usize) {
+    if buffer.capacity() - buffer.len() < more {
+        let target = (buffer.len() + more).max(buffer.capacity() * 2).min(limit);
+        buffer.reserve_exact(target - buffer.len());
     }
 }
 
@@ -80,8 +132,8 @@ mod tests {
 
     use super::*;
 
-    fn frame(seq: u64) -> Bytes {
-        Bytes::from(seq.to_be_bytes().to_vec())
+    fn frame(seq: u64) -> [u8; 8] {
+        seq.to_be_bytes()
     }
 
     fn seqs(frames: &[Bytes]) -> Vec<u64> {
@@ -95,7 +147,7 @@ mod tests {
     fn replays_the_requested_range() {
         let mut ring = ReplayRing::new(1024);
         for seq in 1..=10 {
-            ring.push(seq, frame(seq));
+            ring.push(seq, &frame(seq));
         }
         assert_eq!(ring.replay_from(10), 1);
         assert_eq!(seqs(&ring.range(3, 6)), [4, 5, 6]);
@@ -105,9 +157,10 @@ mod tests {
 
     #[test]
     fn drops_the_oldest_over_capacity() {
-        let mut ring = ReplayRing::new(8 * 4);
+        // 128 bytes: 16 for lengths (4 frames), 112 for the frames themselves.
+        let mut ring = ReplayRing::new(128);
         for seq in 1..=10 {
-            ring.push(seq, frame(seq));
+            ring.push(seq, &frame(seq));
         }
         assert_eq!(ring.replay_from(10), 7);
         assert_eq!(seqs(&ring.range(0, 10)), [7, 8, 9, 10]);
@@ -117,7 +170,7 @@ mod tests {
     #[test]
     fn an_empty_ring_replays_nothing() {
         let mut ring = ReplayRing::new(0);
-        ring.push(1, frame(1));
+        ring.push(1, &frame(1));
         assert_eq!(ring.replay_from(1), 2);
         assert!(ring.range(0, 1).is_empty());
     }
@@ -143,7 +196,7 @@ mod tests {
         ) {
             let mut ring = ReplayRing::new(capacity);
             for seq in 1..=published {
-                ring.push(seq, frame(seq));
+                ring.push(seq, &frame(seq));
             }
             let resume = resume_point(applied, published, ring.replay_from(published));
             let replayed = seqs(&ring.range(resume, published));
@@ -152,5 +205,33 @@ mod tests {
             prop_assert!(resume <= published);
             prop_assert!(resume >= applied.min(published));
         }
+    }
+}
+
+#[cfg(test)]
+mod bounds {
+    use super::*;
+
+    /// Frames fill their share, lengths theirs; neither buffer grows past it.
+    #[test]
+    fn the_buffers_stay_within_the_ring_size() {
+        let mut ring = ReplayRing::new(16 << 10);
+        for seq in 1..=10_000 {
+            ring.push(seq, &[7; 33]);
+            assert!(ring.data.capacity() <= ring.data_limit);
+            assert!(ring.lens.capacity() <= ring.lens_limit);
+        }
+        let held = ring.lens.len() as u64;
+        assert_eq!(ring.replay_from(10_000), 10_001 - held);
+        assert!(held > 400, "{held} frames of 33 bytes in 14 KiB");
+        let big = vec![1; 16 << 10];
+        ring.push(10_001, &big);
+        assert_eq!(
+            ring.replay_from(10_001),
+            10_002,
+            "too big to keep: nothing held"
+        );
+        ring.push(10_002, &[1; 10]);
+        assert_eq!(ring.range(10_001, 10_002).len(), 1);
     }
 }
