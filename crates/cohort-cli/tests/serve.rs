@@ -184,6 +184,12 @@ fn serve_args(name: &str, db: &str) -> Vec<String> {
 
 /// One HTTP/1.1 request on a fresh connection; returns the status and the JSON body.
 fn request(addr: SocketAddr, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
+    let (status, body) = request_text(addr, method, path, body);
+    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+}
+
+/// One HTTP/1.1 request on a fresh connection; returns the status and the body as text.
+fn request_text(addr: SocketAddr, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
     let mut stream = TcpStream::connect(addr).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
@@ -200,7 +206,7 @@ fn request(addr: SocketAddr, method: &str, path: &str, body: Option<&str>) -> (u
     stream.read_to_string(&mut response).unwrap();
     let status = response[9..12].parse().unwrap();
     let (_, body) = response.split_once("\r\n\r\n").unwrap();
-    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+    (status, body.to_owned())
 }
 
 /// Caches user `id` on `server` and checks the next read is a hit.
@@ -333,8 +339,13 @@ fn a_stopped_process_serves_nothing_stale_when_it_resumes() {
 
     let (name, source) = b.user(1);
     assert_eq!(name, "renamed while b was stopped", "served from {source}");
-    let (_, metrics) = request(b.http, "GET", "/metrics", None);
-    assert_eq!(metrics, Value::Null, "metrics are text, not JSON");
+    let (status, metrics) = request_text(b.http, "GET", "/metrics", None);
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains("# TYPE cohort_cache_hits_total counter")
+            && metrics.contains("cohort_events_applied_total{node=\"b\"}"),
+        "Prometheus text: {metrics}"
+    );
 }
 
 #[test]
