@@ -129,3 +129,46 @@ fn on_postgres_every_fault_kind_and_nothing_stale_beyond_the_bound() {
     assert!(field(&last, "faults") >= 7);
     assert_eq!(field(&last, "stale_beyond_bound"), 0);
 }
+
+/// The strong check's negative control: the same broken node, judged at bound 0.
+#[test]
+fn in_strong_mode_a_node_that_ignores_its_leases_is_caught() {
+    let (passed, last) = check(&[
+        "--duration",
+        "8s",
+        "--faults",
+        "pause",
+        "--mode",
+        "strong",
+        "--seed",
+        "1",
+        "--break-node",
+    ]);
+    assert!(last.ends_with("result=FAIL"), "{last}");
+    assert!(!passed);
+    assert_eq!(field(&last, "bound_ms"), 0);
+    assert!(field(&last, "stale_beyond_bound") > 0);
+}
+
+/// The Postgres check's negative control: while the database is frozen for the nodes and plain
+/// SQL changes every key, a node ignoring its leases serves what it holds, and is caught.
+#[test]
+fn on_postgres_a_node_that_ignores_its_leases_through_a_frozen_database_is_caught() {
+    let postgres = cohort_servers::Postgres::start()
+        .expect("a throwaway Postgres server (initdb and pg_ctl from the postgresql package)");
+    let url = postgres.url();
+    let (passed, last) = check(&[
+        "--db",
+        &url,
+        "--duration",
+        "8s",
+        "--faults",
+        "dbpause",
+        "--seed",
+        "1",
+        "--break-node",
+    ]);
+    assert!(last.ends_with("result=FAIL"), "{last}");
+    assert!(!passed);
+    assert!(field(&last, "stale_beyond_bound") > 0);
+}

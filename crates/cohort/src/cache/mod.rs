@@ -304,7 +304,11 @@ impl<K: Key, V: Value> CacheBuilder<K, V> {
             // Strong writes rest on the peers' acknowledgements whatever the log does.
             fenced: log.is_none() || self.mode == Mode::Strong,
             strong: (self.mode == Mode::Strong).then(|| Strong {
-                peer_lease: Arc::clone(&self.node.peer_lease),
+                peer_lease: if self.node.config.unsafe_ignore_leases {
+                    Arc::new(Lease::forever())
+                } else {
+                    Arc::clone(&self.node.peer_lease)
+                },
                 held: parking_lot::Mutex::new(HashMap::new()),
                 all_held_until: AtomicU64::new(0),
             }),

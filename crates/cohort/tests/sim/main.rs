@@ -207,6 +207,9 @@ impl Op {
 struct Setup {
     nodes: usize,
     mode: Mode,
+    /// A node started with its leases ignored: it serves whatever it holds, to show that the
+    /// checker catches the staleness that follows.
+    broken: Option<&'static str>,
 }
 
 impl Setup {
@@ -228,6 +231,7 @@ impl Setup {
 const THREE: Setup = Setup {
     nodes: 3,
     mode: Mode::Invalidate,
+    broken: None,
 };
 
 /// What a turmoil host runs: node `name`, seeded with every node's current host.
@@ -273,7 +277,8 @@ fn host(plan: HostPlan) -> impl Fn() -> BoxFuture<'static, turmoil::Result> {
                 .forget_after(BOUND * 8)
                 .network(SimNet(switch))
                 .time_source(TimeSource::Tokio)
-                .rng_seed(rng_seed);
+                .rng_seed(rng_seed)
+                .unsafe_ignore_leases(setup.broken == Some(name));
             // Every node gets the whole seed list, as the README advises: a node that knows of
             // none is a cluster of one.
             builder.seeds(
@@ -846,6 +851,7 @@ fn a_rolling_crash_restart_of_five_nodes_at_new_addresses() {
     let five = Setup {
         nodes: 5,
         mode: Mode::Invalidate,
+        broken: None,
     };
     rolling(five, 22, 5, false);
 }
@@ -856,6 +862,7 @@ fn a_rolling_crash_restart_in_strong_mode() {
         let strong = Setup {
             nodes,
             mode: Mode::Strong,
+            broken: None,
         };
         rolling(strong, 23 + nodes as u64, nodes, false);
     }
@@ -867,6 +874,7 @@ fn a_rolling_deploy_with_graceful_leaves_at_new_addresses() {
     let strong = Setup {
         nodes: 3,
         mode: Mode::Strong,
+        broken: None,
     };
     rolling(strong, 26, 3, true);
 }
@@ -876,6 +884,22 @@ fn a_rolling_deploy_with_graceful_leaves_at_new_addresses() {
 #[test]
 fn twenty_rolling_restarts_leave_the_member_table_as_small_as_before() {
     rolling(THREE, 27, 20, false);
+}
+
+/// The checker's negative control: the same isolation a correct cluster survives
+/// (`one_node_partitioned_then_healed`), with the isolated node ignoring its leases, must be
+/// caught serving stale reads.
+#[test]
+fn the_checker_catches_a_node_that_ignores_its_leases() {
+    let broken = Setup {
+        broken: Some("n1"),
+        ..THREE
+    };
+    let schedule = vec![at(1_000, 3_000, Fault::Isolate(1))];
+    let verdict = simulate_with(broken, 2, schedule.clone(), Duration::from_secs(8));
+    let complaint = verdict.err().expect("a node ignoring its leases is caught");
+    assert!(complaint.contains("returned version"), "{complaint}");
+    simulate(2, schedule, Duration::from_secs(8)).expect("and the same run passes without it");
 }
 
 /// The faults the peer-only tier promises to survive (README): a node cut off from the rest, a
