@@ -526,3 +526,36 @@ fn a_strong_writer_that_lost_its_peer_is_fenced_before_writing() {
     );
     frozen.thaw();
 }
+
+/// The triggers log every key a row change touches: a deleted row's, and both the old and the
+/// new key of a row whose key column changed. A cached copy of each is dropped within the bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleted_rows_and_changed_keys_are_logged_and_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = database(dir.path()).await;
+    let server = Server::start(&path, Duration::from_secs(600)).await;
+    for id in [1, 2] {
+        server.read(id).await;
+        assert_eq!(server.read(id).await.1, Source::Cache);
+    }
+    let outsider = pool(&path).await;
+    let mut events = server.cluster.subscribe();
+    sqlx::query("DELETE FROM users WHERE id = 1")
+        .execute(&outsider)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE users SET id = 20 WHERE id = 2")
+        .execute(&outsider)
+        .await
+        .unwrap();
+    let changed = Instant::now();
+    let logged: Vec<String> =
+        sqlx::query_scalar("SELECT key FROM cohort_changes ORDER BY seq DESC LIMIT 3")
+            .fetch_all(&outsider)
+            .await
+            .unwrap();
+    assert_eq!(logged, ["20", "2", "1"], "new key, old key, deleted key");
+    log_polls::poll_after(&mut events, changed).await;
+    assert_eq!(server.users.get(&1), None, "the deleted row's copy");
+    assert_eq!(server.users.get(&2), None, "the moved row's old key");
+}

@@ -792,3 +792,36 @@ async fn a_strong_update_leaves_no_node_serving_the_old_value_when_it_returns() 
         assert_eq!(load(cache, &db, 1).await.0, "grace");
     }
 }
+
+/// A write that fails may still have committed: the key is dropped here and on every peer all
+/// the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_write_still_invalidates_everywhere() {
+    let nodes = mesh(2).await;
+    let db = Db::with(&[(1, "ada")]);
+    let (a, b) = (
+        users(&nodes[0], Mode::Replicate),
+        users(&nodes[1], Mode::Replicate),
+    );
+    load(&a, &db, 1).await;
+    load(&b, &db, 1).await;
+    let mut a_events = nodes[0].subscribe();
+    let failed = b
+        .update(&1, |_| async {
+            Err::<User, _>("the commit's answer was lost")
+        })
+        .await;
+    assert!(matches!(failed, Err(cohort::UpdateError::Write(_))));
+    assert_eq!(b.get(&1), None, "the writer dropped its copy");
+    let event = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Ok(ClusterEvent::Applied { event, .. }) = a_events.recv().await {
+                return event;
+            }
+        }
+    })
+    .await
+    .expect("the invalidation reached a");
+    assert_eq!(event.origin.as_str(), "n1");
+    assert_eq!(a.get(&1), None, "the peer dropped its copy");
+}

@@ -420,3 +420,32 @@ async fn install_an_older_version(db: &PgPool) {
         .await
         .unwrap();
 }
+
+/// The trigger logs every key a row change touches: a deleted row's, and both the old and the
+/// new key of a row whose key column changed; a cached copy of each is dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleted_rows_and_changed_keys_are_logged_and_dropped() {
+    let (server, outsider) = database().await;
+    let node = Node::start(&server).await;
+    node.warm(1).await;
+    node.warm(2).await;
+    let mut events = node.cluster.subscribe();
+    sqlx::query("DELETE FROM users WHERE id = 1")
+        .execute(&outsider)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE users SET id = 20 WHERE id = 2")
+        .execute(&outsider)
+        .await
+        .unwrap();
+    let changed = Instant::now();
+    let logged: Vec<String> =
+        sqlx::query_scalar("SELECT key FROM cohort_changes ORDER BY xid DESC, seq DESC LIMIT 3")
+            .fetch_all(&outsider)
+            .await
+            .unwrap();
+    assert_eq!(logged, ["20", "2", "1"], "new key, old key, deleted key");
+    log_polls::poll_after(&mut events, changed).await;
+    assert_eq!(node.users.get(&1), None, "the deleted row's copy");
+    assert_eq!(node.users.get(&2), None, "the moved row's old key");
+}
