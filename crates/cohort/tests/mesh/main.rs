@@ -825,3 +825,54 @@ async fn a_failed_write_still_invalidates_everywhere() {
     assert_eq!(event.origin.as_str(), "n1");
     assert_eq!(a.get(&1), None, "the peer dropped its copy");
 }
+
+/// A writer never waits for a peer that stopped reading (frozen, as a paused process is): every
+/// one of 100,000 invalidations returns at once, the link to the frozen peer overflows and is
+/// closed, and once the peer runs again it gets every event through a new link.
+#[test]
+fn a_writer_never_blocks_on_a_frozen_peer() {
+    let here = tokio::runtime::Runtime::new().unwrap();
+    let there = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let a = here
+        .block_on(Cluster::builder().node_name("a").link_queue(64).start())
+        .unwrap();
+    let b = there.block_on(join("b", &a));
+    here.block_on(wait_linked(&a, 1));
+    there.block_on(wait_linked(&b, 1));
+    let on_a = users(&a, Mode::Invalidate);
+    let _on_b = users(&b, Mode::Invalidate);
+    let mut b_events = b.subscribe();
+
+    let (frozen_tx, frozen) = std::sync::mpsc::channel();
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    there.spawn(async move {
+        frozen_tx.send(()).unwrap();
+        released.recv().unwrap();
+    });
+    frozen.recv().unwrap();
+
+    for key in 0..100_000_u64 {
+        futures_util::FutureExt::now_or_never(on_a.invalidate(&key))
+            .expect("an invalidation never waits for a peer")
+            .unwrap();
+    }
+    assert!(a.stats().links_overflowed >= 1, "{:?}", a.stats());
+
+    release.send(()).unwrap();
+    // 100,000 events outrun the event stream's buffer: count them in b's counters, re-checked
+    // on every event or lag.
+    there.block_on(async {
+        tokio::time::timeout(Duration::from_secs(30), async {
+            while b.stats().events_applied < 100_000 {
+                let _ = b_events.recv().await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("b never caught up: {:?}", b.stats()));
+    });
+    assert_eq!(b.stats().gaps, 0, "replayed, not lost: {:?}", b.stats());
+}
