@@ -876,3 +876,41 @@ fn a_writer_never_blocks_on_a_frozen_peer() {
     });
     assert_eq!(b.stats().gaps, 0, "replayed, not lost: {:?}", b.stats());
 }
+
+/// A peer that crashes and comes back at once as a new process may have sent events that are
+/// now lost: when the new process links in, the caches only the mesh keeps fresh are flushed
+/// (before the old one could even be retired for its silence).
+#[test]
+fn a_peer_restarted_as_a_new_process_flushes_peer_only_caches() {
+    let here = tokio::runtime::Runtime::new().unwrap();
+    let a = here
+        .block_on(Cluster::builder().node_name("a").start())
+        .unwrap();
+    let on_a = users(&a, Mode::Invalidate);
+    let db = Db::with(&[(1, "ada")]);
+    let there = tokio::runtime::Runtime::new().unwrap();
+    let b = there.block_on(join("b", &a));
+    here.block_on(wait_linked(&a, 1));
+    there.block_on(wait_linked(&b, 1));
+    here.block_on(load(&on_a, &db, 1));
+    assert!(on_a.get(&1).is_some());
+
+    // A crash: b's tasks stop and its sockets close without a word.
+    drop(there);
+    drop(b);
+    let crashed = std::time::Instant::now();
+    let b = here.block_on(join("b", &a));
+    here.block_on(wait_linked(&b, 1));
+    here.block_on(wait_linked(&a, 1));
+    assert!(
+        crashed.elapsed() < a.max_staleness() * 2,
+        "back before b could be retired for its silence"
+    );
+    assert_eq!(a.stats().gaps, 1, "the restart counts as events lost");
+    assert!(on_a.stats().flushes >= 1);
+    assert_eq!(
+        on_a.get(&1),
+        None,
+        "the copy cached before the crash is gone"
+    );
+}
