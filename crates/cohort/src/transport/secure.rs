@@ -30,9 +30,14 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
+use aes_gcm::Aes256Gcm;
+use aes_gcm::aead::{AeadInPlace, KeyInit};
 use bytes::{Buf, BytesMut};
 use parking_lot::RwLock;
 use sha2::{Digest, Sha256};
+use snow::params::{CipherChoice, DHChoice, HashChoice};
+use snow::resolvers::{CryptoResolver, DefaultResolver, FallbackResolver};
+use snow::types::{Cipher, Dh, Hash, Random};
 use snow::{HandshakeState, TransportState};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio_util::io::poll_read_buf;
@@ -158,6 +163,98 @@ fn noise(error: snow::Error) -> LinkError {
     LinkError::Auth(error.to_string())
 }
 
+/// A handshake builder for [`NOISE`], with the cipher that keeps its key schedule.
+fn builder() -> Result<snow::Builder<'static>, LinkError> {
+    let resolver = FallbackResolver::new(Box::new(KeptKeySchedule), Box::new(DefaultResolver));
+    Ok(snow::Builder::with_resolver(
+        NOISE.parse().map_err(noise)?,
+        Box::new(resolver),
+    ))
+}
+
+/// Resolves AES-GCM to [`KeptAesGcm`], and nothing else (snow's own resolver does the rest).
+struct KeptKeySchedule;
+
+impl CryptoResolver for KeptKeySchedule {
+    fn resolve_rng(&self) -> Option<Box<dyn Random>> {
+        None
+    }
+
+    fn resolve_dh(&self, _choice: &DHChoice) -> Option<Box<dyn Dh>> {
+        None
+    }
+
+    fn resolve_hash(&self, _choice: &HashChoice) -> Option<Box<dyn Hash>> {
+        None
+    }
+
+    fn resolve_cipher(&self, choice: &CipherChoice) -> Option<Box<dyn Cipher>> {
+        matches!(choice, CipherChoice::AESGCM)
+            .then(|| Box::new(KeptAesGcm(None)) as Box<dyn Cipher>)
+    }
+}
+
+/// AES-256-GCM as the Noise specification uses it (the 64-bit counter, big-endian, after four
+/// zero bytes), from the `aes-gcm` crate as in snow's own resolver, but with the key expanded
+/// once when it is set rather than for every message: for the small messages a link carries that
+/// expansion was most of the cost.
+struct KeptAesGcm(Option<Aes256Gcm>);
+
+impl KeptAesGcm {
+    fn nonce(counter: u64) -> aes_gcm::Nonce<aes_gcm::aead::consts::U12> {
+        let mut nonce = [0; 12];
+        nonce[4..].copy_from_slice(&counter.to_be_bytes());
+        nonce.into()
+    }
+}
+
+impl Cipher for KeptAesGcm {
+    fn name(&self) -> &'static str {
+        "AESGCM"
+    }
+
+    fn set(&mut self, key: &[u8; 32]) {
+        self.0 = Some(Aes256Gcm::new(key.into()));
+    }
+
+    fn encrypt(&self, nonce: u64, authtext: &[u8], plaintext: &[u8], out: &mut [u8]) -> usize {
+        // snow encrypts with a cipher only once it has set its key, into a buffer with room for
+        // the tag; a message (at most 64 KiB) is far below AES-GCM's length limit.
+        let aead = self
+            .0
+            .as_ref()
+            .expect("snow sets the key before encrypting");
+        let len = plaintext.len();
+        out[..len].copy_from_slice(plaintext);
+        let tag = aead
+            .encrypt_in_place_detached(&Self::nonce(nonce), authtext, &mut out[..len])
+            .expect("a Noise message is within AES-GCM's length limit");
+        out[len..len + TAG].copy_from_slice(&tag);
+        len + TAG
+    }
+
+    fn decrypt(
+        &self,
+        nonce: u64,
+        authtext: &[u8],
+        ciphertext: &[u8],
+        out: &mut [u8],
+    ) -> Result<usize, snow::Error> {
+        let (Some(aead), Some(len)) = (&self.0, ciphertext.len().checked_sub(TAG)) else {
+            return Err(snow::Error::Decrypt);
+        };
+        out[..len].copy_from_slice(&ciphertext[..len]);
+        aead.decrypt_in_place_detached(
+            &Self::nonce(nonce),
+            authtext,
+            &mut out[..len],
+            ciphertext[len..].into(),
+        )
+        .map_err(|_| snow::Error::Decrypt)?;
+        Ok(len)
+    }
+}
+
 /// Runs the dialer's side of the handshake with `key`, as the node named `me`.
 pub(crate) async fn dial(
     stream: &mut BoxConnection,
@@ -166,7 +263,7 @@ pub(crate) async fn dial(
     timeout: Duration,
 ) -> Result<TransportState, LinkError> {
     let prologue = prologue(me);
-    let mut handshake = snow::Builder::new(NOISE.parse().map_err(noise)?)
+    let mut handshake = builder()?
         .prologue(&prologue)
         .map_err(noise)?
         .psk(0, &key.0)
@@ -232,7 +329,7 @@ pub(crate) async fn accept(
 }
 
 fn responder(prologue: &[u8], key: &ClusterKey) -> Result<HandshakeState, LinkError> {
-    snow::Builder::new(NOISE.parse().map_err(noise)?)
+    builder()?
         .prologue(prologue)
         .map_err(noise)?
         .psk(0, &key.0)
@@ -416,5 +513,104 @@ impl AsyncWrite for NoiseStream {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         ready!(self.as_mut().poll_flush(cx))?;
         Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn psk() -> [u8; 32] {
+        [7; 32]
+    }
+
+    /// Runs NNpsk0 between `initiator` and `responder`; returns their transport states.
+    fn handshake(
+        initiator: snow::Builder<'_>,
+        responder: snow::Builder<'_>,
+    ) -> (TransportState, TransportState) {
+        let key = psk();
+        let mut i = initiator.psk(0, &key).unwrap().build_initiator().unwrap();
+        let mut r = responder.psk(0, &key).unwrap().build_responder().unwrap();
+        let (mut a, mut b) = ([0; 1024], [0; 1024]);
+        let n = i.write_message(&[], &mut a).unwrap();
+        r.read_message(&a[..n], &mut b).unwrap();
+        let n = r.write_message(&[], &mut a).unwrap();
+        i.read_message(&a[..n], &mut b).unwrap();
+        (
+            i.into_transport_mode().unwrap(),
+            r.into_transport_mode().unwrap(),
+        )
+    }
+
+    /// The kept-key cipher is snow's AES-GCM to the byte: each side reads what the other wrote,
+    /// message after message, and a flipped bit is refused.
+    #[test]
+    fn the_kept_key_cipher_speaks_snows_aes_gcm() {
+        let (mut theirs, mut ours) = handshake(
+            snow::Builder::new(NOISE.parse().unwrap()),
+            builder().unwrap(),
+        );
+        let (mut sealed, mut opened) = ([0; 2048], [0; 2048]);
+        for round in 0..5_u8 {
+            let message = vec![round; 100 + usize::from(round)];
+            let n = theirs.write_message(&message, &mut sealed).unwrap();
+            let m = ours.read_message(&sealed[..n], &mut opened).unwrap();
+            assert_eq!(&opened[..m], &message[..]);
+            let n = ours.write_message(&message, &mut sealed).unwrap();
+            let m = theirs.read_message(&sealed[..n], &mut opened).unwrap();
+            assert_eq!(&opened[..m], &message[..]);
+        }
+        let n = theirs.write_message(b"tampered", &mut sealed).unwrap();
+        sealed[3] ^= 1;
+        assert!(ours.read_message(&sealed[..n], &mut opened).is_err());
+        assert!(
+            ours.read_message(&sealed[..TAG - 1], &mut opened).is_err(),
+            "too short"
+        );
+    }
+
+    /// Over a real stream: two ends with a key in common link and carry bytes both ways; an end
+    /// with none of the acceptor's keys is refused by it, and learns so from the close.
+    #[tokio::test]
+    async fn dial_and_accept_over_a_stream() {
+        let shared = ClusterKey::generate();
+        let (dialer, acceptor) = tokio::io::duplex(1 << 16);
+        let (mut dialer, mut acceptor): (BoxConnection, BoxConnection) =
+            (Box::new(dialer), Box::new(acceptor));
+        let timeout = Duration::from_secs(5);
+        let keys = [ClusterKey::generate(), shared.clone()];
+        let (dialed, accepted) = tokio::join!(
+            dial(&mut dialer, "a", &shared, timeout),
+            accept(&mut acceptor, &keys, timeout),
+        );
+        let (accepted, name) = accepted.unwrap();
+        assert_eq!(name, "a");
+        let mut a = NoiseStream::new(dialer, dialed.unwrap());
+        let mut b = NoiseStream::new(acceptor, accepted);
+        let mut got = vec![0; 100_000];
+        let (written, read) = tokio::join!(
+            async {
+                a.write_all(&[9; 100_000]).await?;
+                a.flush().await
+            },
+            b.read_exact(&mut got),
+        );
+        written.unwrap();
+        read.unwrap();
+        assert!(got.iter().all(|&byte| byte == 9));
+
+        let (dialer, acceptor) = tokio::io::duplex(1 << 16);
+        let (mut dialer, mut acceptor): (BoxConnection, BoxConnection) =
+            (Box::new(dialer), Box::new(acceptor));
+        let other = ClusterKey::generate();
+        let (dialed, accepted) =
+            tokio::join!(dial(&mut dialer, "mallory", &other, timeout), async {
+                let accepted = accept(&mut acceptor, &keys, timeout).await;
+                drop(acceptor);
+                accepted
+            },);
+        assert!(matches!(accepted, Err(LinkError::Auth(_))));
+        assert!(matches!(dialed, Err(LinkError::Auth(_))));
     }
 }
