@@ -92,6 +92,29 @@ pub(crate) fn late_reads(
     late
 }
 
+/// What reads saw, as updates known to have committed: each (key, version) once, at the end of
+/// the first read that returned it. Writes whose callers never learned the outcome (a request
+/// that timed out, a node killed mid-write) are judged this way, as Jepsen judges indeterminate
+/// operations: once a read has returned a version, every read that starts more than the bound
+/// later must return it or a newer one.
+pub(crate) fn first_seen(reads: impl IntoIterator<Item = (u64, u64, Instant)>) -> Vec<Update> {
+    let mut first: HashMap<(u64, u64), Instant> = HashMap::new();
+    for (key, version, ended) in reads {
+        first
+            .entry((key, version))
+            .and_modify(|at| *at = (*at).min(ended))
+            .or_insert(ended);
+    }
+    first
+        .into_iter()
+        .map(|((key, version), returned)| Update {
+            key,
+            version,
+            returned,
+        })
+        .collect()
+}
+
 /// Sums up late reads.
 pub(crate) fn verdict(late: &[Late]) -> Verdict {
     let mut verdict = Verdict::default();
@@ -114,6 +137,32 @@ pub(crate) fn judge(updates: &[Update], reads: &[Read], bound: Duration) -> Verd
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A write whose caller timed out is not in the history, but a read returned its version:
+    /// a read more than the bound after that, returning an older version, is caught.
+    #[test]
+    fn a_version_once_read_is_owed_to_every_later_read() {
+        let t = Instant::now();
+        let seen = first_seen([(1, 5, at(t, 110)), (1, 5, at(t, 300)), (1, 4, at(t, 50))]);
+        assert_eq!(seen.len(), 2);
+        let five = seen.iter().find(|u| u.version == 5).unwrap();
+        assert_eq!(five.returned, at(t, 110), "the first read to return it");
+        let reads = [
+            Read {
+                key: 1,
+                version: 4,
+                started: at(t, 400),
+            },
+            Read {
+                key: 1,
+                version: 4,
+                started: at(t, 700),
+            },
+        ];
+        let verdict = judge(&seen, &reads, Duration::from_millis(500));
+        assert_eq!(verdict.stale_within_bound, 1);
+        assert_eq!(verdict.stale_beyond_bound, 1);
+    }
 
     fn at(origin: Instant, ms: u64) -> Instant {
         origin + Duration::from_millis(ms)

@@ -562,9 +562,23 @@ fn report(
             started: op.started,
         })
         .collect();
-    let late = history::late_reads(&updates, &reads, |i| match recorded.updates[i].actor {
-        Actor::Client { .. } => bound,
-        Actor::Sql => args.max_staleness,
+    // Then the versions reads returned, which cover writes whose outcome their caller never
+    // learned: each promised within the bound from the first read that returned it.
+    let seen = history::first_seen(
+        recorded
+            .reads
+            .iter()
+            .map(|op| (op.key, op.version, op.ended)),
+    );
+    let updates = [updates, seen].concat();
+    let late = history::late_reads(&updates, &reads, |i| {
+        recorded
+            .updates
+            .get(i)
+            .map_or(args.max_staleness, |op| match op.actor {
+                Actor::Client { .. } => bound,
+                Actor::Sql => args.max_staleness,
+            })
     });
     let verdict = history::verdict(&late);
     let ops = recorded.reads.len() + recorded.updates.len();
@@ -619,10 +633,11 @@ fn report(
     let at = |i: Instant| i.duration_since(origin).as_secs_f64();
     for l in worst.iter().take(5) {
         let read = &recorded.reads[l.read];
-        let missed = &recorded.updates[l.missed];
-        let by = |op: &Op| match &op.actor {
-            Actor::Client { node, .. } => format!("PUT on {node}"),
-            Actor::Sql => "plain SQL".to_owned(),
+        let missed = &updates[l.missed];
+        let by = match recorded.updates.get(l.missed).map(|op| &op.actor) {
+            Some(Actor::Client { node, .. }) => format!("PUT on {node}"),
+            Some(Actor::Sql) => "plain SQL".to_owned(),
+            None => "a read that returned it".to_owned(),
         };
         println!(
             "worst       key {}: read on {} started {:.3}s, saw v{} ({}); v{} had returned \
@@ -640,8 +655,8 @@ fn report(
                 "db"
             },
             missed.version,
-            at(missed.ended),
-            by(missed),
+            at(missed.returned),
+            by,
             l.lag.as_millis(),
         );
     }
