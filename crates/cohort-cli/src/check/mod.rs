@@ -10,6 +10,7 @@
 mod dbproxy;
 mod faults;
 mod http;
+mod memory;
 mod nodes;
 mod proxy;
 
@@ -219,10 +220,25 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<bool> {
         seed: args.seed,
         progress: &progress,
     });
+    let mut memory: Vec<memory::Samples> = (0..n).map(|_| memory::Samples::default()).collect();
     let ticker = async {
+        let mut sampled = origin;
         while Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(200)).await;
             progress.set_position(origin.elapsed().as_secs());
+            if sampled.elapsed() >= Duration::from_secs(1) {
+                sampled = Instant::now();
+                let pids: Vec<Option<u32>> = cluster
+                    .lock()
+                    .iter()
+                    .map(|node| node.as_ref().and_then(Node::pid))
+                    .collect();
+                for (samples, pid) in memory.iter_mut().zip(pids) {
+                    if let Some(pid) = pid {
+                        samples.sample(pid, origin.elapsed());
+                    }
+                }
+            }
             let r = recorded.lock();
             progress.set_message(format!(
                 "{} ops, {} faults",
@@ -266,6 +282,11 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<bool> {
     let recorded = std::mem::take(&mut *recorded.lock());
     if let Some(out) = &args.out {
         write_history(out, &recorded, origin)?;
+    }
+    for (i, samples) in memory.iter().enumerate() {
+        if let Some(summary) = samples.summary() {
+            println!("memory      n{i}: {summary}");
+        }
     }
     let passed = report(&args, &recorded, mesh, origin, &problems);
     Ok(passed)
