@@ -5,6 +5,10 @@
 //! peers drop (or replace) their copies within well under a millisecond. A load that raced with a
 //! change is returned but never stored, so no node caches a value older than one it was told of.
 //!
+//! Give every node the same [`ClusterKey`] ([`ClusterBuilder::cluster_keys`]) and every link
+//! is authenticated and encrypted (Noise); without keys a node listens on loopback only, unless
+//! told [`insecure`](ClusterBuilder::insecure).
+//!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -27,8 +31,10 @@
 //! # Layout
 //! - `store`: the local bounded store (quick_cache), expiry, versions, slots.
 //! - `wire`: the frames nodes exchange (postcard), the preamble and its protocol version.
-//! - `transport`: TCP links, the preamble exchange, reconnect backoff.
-//! - `membership`: SWIM (foca): which nodes are up, probed directly and through others.
+//! - `transport`: TCP links, the preamble exchange, the Noise handshake and encrypted stream,
+//!   reconnect backoff.
+//! - `membership`: SWIM (foca): which nodes are up, probed directly and through others; the
+//!   member table by identity (name), what the majority rule counts, forgetting.
 //! - `cluster`: the node runtime ([`Cluster`]), sequence tracking, gap repair, peer
 //!   confirmations, routing events to caches.
 //! - `cache`: the typed handle ([`Cache`]): `get`, `get_or_load`, `update`, `invalidate`.
