@@ -45,6 +45,8 @@
 //! | feature | default | what it adds |
 //! |---|---|---|
 //! | `sqlite` | yes | [`ChangeLog::sqlite`]: the change log in a SQLite database (sqlx) |
+//! | `postgres` | no | `ChangeLog::postgres`: the change log in Postgres, with NOTIFY wake-ups |
+//! | `redis` | no | `RedisBus`: links over Redis pub/sub, for nodes that cannot reach each other |
 
 mod cache;
 mod changelog;
