@@ -204,7 +204,8 @@ mod tests {
                     started: at(t, next(2_500)),
                 })
                 .collect();
-            let promised = |i: usize| Duration::from_millis(if i % 2 == 0 { 0 } else { 300 });
+            let promised =
+                |i: usize| Duration::from_millis(if i.is_multiple_of(2) { 0 } else { 300 });
             let late = late_reads(&updates, &reads, promised);
             for (r, read) in reads.iter().enumerate() {
                 let newer = || {
