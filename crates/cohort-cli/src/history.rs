@@ -334,4 +334,26 @@ mod tests {
         assert_eq!(verdict.stale_within_bound, 1);
         assert_eq!(verdict.max_staleness, Duration::from_millis(290));
     }
+
+    /// Both ends of the definition are exclusive: an update that returned exactly when a read
+    /// started was not missed, and a read that started exactly the bound after it is within it.
+    #[test]
+    fn the_return_instant_and_the_bound_are_exclusive() {
+        let t = Instant::now();
+        let updates = [Update {
+            key: 1,
+            version: 2,
+            returned: at(t, 100),
+        }];
+        let reads = [100, 200, 201].map(|ms| Read {
+            key: 1,
+            version: 1,
+            started: at(t, ms),
+        });
+        let late = late_reads(&updates, &reads, |_| Duration::from_millis(100));
+        assert_eq!(
+            late.iter().map(|l| (l.read, l.beyond)).collect::<Vec<_>>(),
+            [(1, false), (2, true)]
+        );
+    }
 }

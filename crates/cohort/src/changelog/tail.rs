@@ -438,4 +438,18 @@ mod tests {
             }
         }
     }
+
+    /// The horizon transaction itself is not known to have ended: its row is applied but the
+    /// cursor does not move over it.
+    #[test]
+    fn a_row_of_the_horizon_transaction_does_not_move_the_cursor() {
+        let mut tail = Tail::new(at(100, 0));
+        let b = Batch {
+            rows: vec![row(100, 1)],
+            horizon: 100,
+            ..Batch::default()
+        };
+        assert_eq!(seqs(&tail.handle(&b)), [1]);
+        assert_eq!(tail.cursor(), at(100, 0));
+    }
 }

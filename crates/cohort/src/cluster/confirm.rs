@@ -391,4 +391,35 @@ mod tests {
             }
         }
     }
+
+    /// Pongs come back behind the member's events, so they may lag more than one ping
+    /// interval: a pong to an older ping still outstanding confirms as of that ping.
+    #[test]
+    fn a_pong_to_an_older_outstanding_ping_confirms() {
+        let mut c = Confirmations::new(DEAD_AFTER);
+        c.contact(&"b", 0);
+        let first = c.ping(&"b", 10);
+        let _second = c.ping(&"b", 20);
+        assert_eq!(c.pong(&"b", first, 0, Some(0), 25), PongVerdict::Confirmed);
+        assert_eq!(c.confirmed_since(), Some(10));
+    }
+
+    #[test]
+    fn at_most_outstanding_pings_are_awaited_per_member() {
+        let mut c = Confirmations::new(DEAD_AFTER);
+        c.contact(&"b", 0);
+        let nonces: Vec<u64> = (0..=OUTSTANDING as Millis)
+            .map(|at| c.ping(&"b", at))
+            .collect();
+        assert_eq!(
+            c.pong(&"b", nonces[0], 0, Some(0), 100),
+            PongVerdict::Unknown,
+            "the oldest was forgotten"
+        );
+        assert_eq!(
+            c.pong(&"b", nonces[1], 0, Some(0), 100),
+            PongVerdict::Confirmed
+        );
+        assert_eq!(c.confirmed_since(), Some(1));
+    }
 }

@@ -100,4 +100,18 @@ mod tests {
         ));
         assert_eq!(tx.queued.load(Ordering::Acquire), 0);
     }
+
+    /// The writer drains what is queued without waiting, and the bytes count drops with it.
+    #[test]
+    fn try_recv_takes_what_is_queued_and_gives_its_bytes_back() {
+        let (tx, mut rx) = channel(10, 10);
+        assert_eq!(rx.try_recv(), None, "nothing queued");
+        tx.try_send(Bytes::from_static(b"abc")).unwrap();
+        tx.try_send(Bytes::from_static(b"de")).unwrap();
+        assert_eq!(rx.queued.load(Ordering::Acquire), 5);
+        assert_eq!(rx.try_recv().as_deref(), Some(&b"abc"[..]));
+        assert_eq!(rx.try_recv().as_deref(), Some(&b"de"[..]));
+        assert_eq!(rx.try_recv(), None);
+        assert_eq!(rx.queued.load(Ordering::Acquire), 0);
+    }
 }

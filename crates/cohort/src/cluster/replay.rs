@@ -234,4 +234,53 @@ mod bounds {
         ring.push(10_002, &[1; 10]);
         assert_eq!(ring.range(10_001, 10_002).len(), 1);
     }
+
+    /// Frames that fill the frames' share exactly are all kept.
+    #[test]
+    fn frames_filling_the_share_exactly_are_all_kept() {
+        // 128 bytes: 112 for frames, 16 for 4 lengths; four frames of 28 bytes fill both.
+        let mut ring = ReplayRing::new(128);
+        for seq in 1..=4 {
+            ring.push(seq, &[seq as u8; 28]);
+        }
+        assert_eq!(ring.replay_from(4), 1);
+        assert_eq!(ring.range(0, 4).len(), 4);
+    }
+
+    /// A ring whose lengths' share holds no length keeps no frame.
+    #[test]
+    fn a_ring_with_no_room_for_a_length_keeps_nothing() {
+        // 16 bytes: 14 for frames, 2 for lengths (less than one u32).
+        let mut ring = ReplayRing::new(16);
+        ring.push(1, &[1; 8]);
+        assert_eq!(ring.replay_from(1), 2);
+        assert!(ring.range(0, 1).is_empty());
+    }
+}
+#[cfg(test)]
+mod growth {
+    use super::*;
+
+    /// The buffers grow by doubling as frames come: a ring that holds little takes little, and
+    /// filling it reallocates a logarithmic number of times, not once per frame.
+    #[test]
+    fn the_buffers_grow_by_doubling() {
+        let mut ring = ReplayRing::new(16 << 10);
+        let mut reallocations = 0;
+        let mut capacity = 0;
+        for seq in 1..=1_000 {
+            ring.push(seq, &[7; 33]);
+            assert!(
+                ring.data.capacity() <= 2 * ring.data.len(),
+                "{} bytes reserved for {} held",
+                ring.data.capacity(),
+                ring.data.len()
+            );
+            if ring.data.capacity() != capacity {
+                capacity = ring.data.capacity();
+                reallocations += 1;
+            }
+        }
+        assert!(reallocations <= 12, "{reallocations} reallocations");
+    }
 }

@@ -226,4 +226,18 @@ mod tests {
             }
         }
     }
+
+    /// `forget` drops the origin's track: its next link is a first contact again, and the
+    /// tracker does not grow with every name ever met.
+    #[test]
+    fn a_forgotten_origin_is_met_again_as_a_first_contact() {
+        let mut t = SequenceTracker::default();
+        t.hello(&"a", 1, 0);
+        for seq in 1..=3 {
+            t.event(&"a", 1, seq);
+        }
+        t.forget(&"a");
+        assert_eq!(t.applied(&"a"), None);
+        assert_eq!(t.hello(&"a", 1, 3), Delivery::Gap { missed: 1..=3 });
+    }
 }

@@ -677,4 +677,121 @@ mod tests {
             }
         }
     }
+
+    #[test]
+    fn a_seed_given_as_an_address_stays_when_dns_names_it_too() {
+        for fixed_first in [true, false] {
+            let mut r = roster(8);
+            r.add_seeds(&[addr(2)], fixed_first, 0);
+            r.add_seeds(&[addr(2)], !fixed_first, 0);
+            r.expire(GRACE + 1, false);
+            assert_eq!(r.counted(), 1, "fixed first: {fixed_first}");
+            assert!(r.keep_dialing(addr(2)));
+        }
+    }
+
+    #[test]
+    fn gossip_of_a_known_process_at_another_address_changes_nothing() {
+        let mut r = roster(8);
+        r.meet(&name("b"), 1, addr(2), Some(addr(2)), 0).unwrap();
+        assert_eq!(r.hear_of(&name("b"), 1, addr(9), 1), Ok(Admission::Known));
+        assert_eq!(r.get(&name("b")).map(|e| e.addr), Some(addr(2)));
+    }
+
+    #[test]
+    fn signs_of_life_keep_a_reached_member() {
+        let mut r = roster(8);
+        r.meet(&name("b"), 1, addr(2), Some(addr(2)), 0).unwrap();
+        r.heard(&name("b"), GRACE);
+        assert!(r.expire(GRACE + 1, true).is_empty(), "heard at GRACE");
+        assert_eq!(r.expire(2 * GRACE + 1, true).len(), 1);
+    }
+
+    #[test]
+    fn a_link_marks_its_member_connected_only_at_the_members_address() {
+        let mut r = roster(8);
+        r.meet(&name("b"), 1, addr(2), Some(addr(2)), 0).unwrap();
+        r.set_connected(&name("b"), addr(2), true);
+        assert!(r.get(&name("b")).is_some_and(|e| e.connected));
+        r.set_connected(&name("b"), addr(3), false);
+        assert!(
+            r.get(&name("b")).is_some_and(|e| e.connected),
+            "a link to an old address"
+        );
+        r.set_connected(&name("b"), addr(2), false);
+        assert!(r.get(&name("b")).is_some_and(|e| !e.connected));
+    }
+
+    #[test]
+    fn a_member_that_leaves_stops_counting_and_is_not_gossiped_back() {
+        let mut r = roster(8);
+        r.meet(&name("b"), 1, addr(2), Some(addr(2)), 0).unwrap();
+        assert_eq!(r.leave(&name("b"), 5).map(|e| e.addr), Some(addr(2)));
+        assert_eq!(r.counted(), 0);
+        assert!(!r.keep_dialing(addr(2)));
+        assert_eq!(
+            r.hear_of(&name("b"), 1, addr(2), 6),
+            Err(Refusal::Forgotten)
+        );
+        assert_eq!(r.leave(&name("b"), 7), None);
+    }
+
+    #[test]
+    fn a_restart_at_the_same_address_replaces_the_member() {
+        let mut r = roster(8);
+        r.meet(&name("b"), 1, addr(2), Some(addr(2)), 0).unwrap();
+        assert_eq!(
+            r.meet(&name("b"), 2, addr(2), None, 10),
+            Ok(Admission::Replaced {
+                old_addr: addr(2),
+                restarted: true
+            })
+        );
+        let b = r.get(&name("b")).unwrap();
+        assert_eq!(b.incarnation, 2);
+        assert!(!b.reached, "the new process is not reached yet");
+    }
+
+    #[test]
+    fn the_same_process_at_a_new_address_keeps_what_was_known_of_it() {
+        let mut r = roster(8);
+        r.meet(&name("b"), 1, addr(2), Some(addr(2)), 0).unwrap();
+        r.swim_up(&name("b"), 1, addr(2), 0).unwrap();
+        assert_eq!(
+            r.meet(&name("b"), 1, addr(3), None, 10),
+            Ok(Admission::Replaced {
+                old_addr: addr(2),
+                restarted: false
+            })
+        );
+        let b = r.get(&name("b")).unwrap();
+        assert!(b.reached && b.swim_up);
+    }
+
+    #[test]
+    fn every_forgotten_name_is_remembered() {
+        let mut r = roster(8);
+        let ghosts = ["g1", "g2", "g3"];
+        for (port, ghost) in (2..).zip(ghosts) {
+            r.hear_of(&name(ghost), 1, addr(port), 0).unwrap();
+        }
+        assert_eq!(r.expire(GRACE + 1, false).len(), 3);
+        for (port, ghost) in (2..).zip(ghosts) {
+            assert_eq!(
+                r.hear_of(&name(ghost), 1, addr(port), GRACE + 2),
+                Err(Refusal::Forgotten),
+                "{ghost}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_name_of_the_longest_length_is_accepted() {
+        let mut r = roster(8);
+        let longest = "x".repeat(MAX_NAME_BYTES);
+        assert_eq!(
+            r.hear_of(&name(&longest), 1, addr(2), 0),
+            Ok(Admission::Added)
+        );
+    }
 }

@@ -424,4 +424,16 @@ mod tests {
         }
         assert!(store.len() <= 10, "{} entries of weight 100", store.len());
     }
+
+    #[tokio::test]
+    async fn len_counts_the_held_entries() {
+        let store = store(10);
+        assert_eq!(store.len(), 0);
+        for key in 0..3 {
+            assert!(miss(&store, key).await.fill(entry("x")));
+        }
+        assert_eq!(store.len(), 3);
+        store.remove(&0);
+        assert_eq!(store.len(), 2);
+    }
 }
