@@ -1335,22 +1335,32 @@ impl Node {
     /// Peers told of members (in a hello, in a peers frame): admits those it can.
     pub(crate) fn hear_of(self: &Arc<Self>, members: &[PeerInfo<'_>]) {
         let now = self.clock.now();
-        let mut admitted = Vec::new();
-        {
+        let news: Vec<_> = {
             let mut roster = self.roster.lock();
-            for member in members {
-                let node = NodeId::from(member.node);
-                match roster.hear_of(&node, member.incarnation, member.addr, now) {
-                    Ok(admission) => admitted.push((node, member.addr, admission)),
-                    Err(Refusal::Full | Refusal::BadName) => self.counters.members_refused.incr(),
-                    Err(Refusal::Myself | Refusal::Stale | Refusal::Forgotten) => {}
-                }
-            }
-        }
-        for (node, addr, admission) in &admitted {
-            self.admitted(node, *addr, admission);
+            members
+                .iter()
+                .map(|member| {
+                    let node = NodeId::from(member.node);
+                    let news = roster.hear_of(&node, member.incarnation, member.addr, now);
+                    (node, member.addr, news)
+                })
+                .collect()
+        };
+        for (node, addr, news) in news {
+            self.on_news(&node, addr, news);
         }
         self.count_members();
+    }
+
+    /// Acts on news of a member (gossip, SWIM): its admission, or its refusal, counted when the
+    /// table was full or the name bad. News of an older or forgotten process, or of this node,
+    /// is routine.
+    fn on_news(&self, node: &NodeId, addr: SocketAddr, news: Result<Admission, Refusal>) {
+        match news {
+            Ok(admission) => self.admitted(node, addr, &admission),
+            Err(Refusal::Full | Refusal::BadName) => self.counters.members_refused.incr(),
+            Err(Refusal::Myself | Refusal::Stale | Refusal::Forgotten) => {}
+        }
     }
 
     /// Acts on a member's admission: a replaced entry's links to its old address close.
@@ -1392,13 +1402,7 @@ impl Node {
                         self.roster
                             .lock()
                             .swim_up(&id.node, id.incarnation, id.addr, now);
-                    match admission {
-                        Ok(admission) => self.admitted(&id.node, id.addr, &admission),
-                        Err(Refusal::Full | Refusal::BadName) => {
-                            self.counters.members_refused.incr()
-                        }
-                        Err(_) => {}
-                    }
+                    self.on_news(&id.node, id.addr, admission);
                     self.notify(ClusterEvent::MemberUp {
                         node: id.node,
                         addr: id.addr,
@@ -1726,16 +1730,15 @@ impl Node {
     /// A link from `origin` opened at `start`. Returns the event after which `origin` should
     /// resume: it replays the rest from its ring, so that only what fell out of it is missed.
     ///
-    /// A hello claiming what its sender cannot have (a replay ring starting past its next event,
-    /// fewer events than this node already applied of that process) is refused: accepted, it
-    /// would make the sender's real events look like duplicates.
+    /// A hello claiming fewer events than this node already applied of that process is refused:
+    /// accepted, it would make the sender's real events look like duplicates. (The caller has
+    /// refused impossible starts already, with [`LinkStart::check`], before admitting the peer.)
     pub(crate) fn peer_hello(
         &self,
         origin: &NodeId,
         incarnation: u64,
         start: LinkStart,
     ) -> Result<u64, WireError> {
-        start.check()?;
         let (resume, delivery) = {
             let mut tracker = self.tracker.lock();
             let applied = match tracker.applied(origin) {
