@@ -63,7 +63,10 @@ pub use cache::{
     Cache, CacheBuilder, DEFAULT_CAPACITY, EncodeError, Fetched, Key, Mode, Receipt, Source,
     UpdateError, Value,
 };
-pub use changelog::{ChangeLog, ChangeLogError, DEFAULT_LOG_RETENTION, LogStatus};
+pub use changelog::{
+    ChangeLog, ChangeLogError, DEFAULT_LOG_RETENTION, LogBackend, LogBatch, LogPosition, LogRow,
+    LogStatus, WatchedTable,
+};
 pub use clock::TimeSource;
 pub use cluster::{
     Cluster, ClusterBuilder, ClusterEvent, ConfigError, DEFAULT_FORGET_AFTER,

@@ -21,7 +21,7 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::changelog::Watch;
+use crate::changelog::WatchedTable;
 use crate::clock::Millis;
 use crate::cluster::{ConfigError, EventId, Node, Running, Sink};
 use crate::lease::Lease;
@@ -267,10 +267,10 @@ impl<K: Key, V: Value> CacheBuilder<K, V> {
             },
         };
         let name: Arc<str> = self.name.as_str().into();
-        let watches: Vec<Watch> = self
+        let watches: Vec<WatchedTable> = self
             .watches
             .iter()
-            .map(|(table, key_column)| Watch {
+            .map(|(table, key_column)| WatchedTable {
                 cache: Arc::clone(&name),
                 table: table.clone(),
                 key_column: key_column.clone(),

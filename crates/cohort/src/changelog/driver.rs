@@ -6,7 +6,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::tail::Tail;
-use super::{ChangeLogError, LogRuntime};
+use super::{BATCH_ROWS, ChangeLogError, LogRuntime};
 use crate::cluster::{ClusterEvent, Node};
 
 /// Starts the node's tailer.
@@ -16,7 +16,7 @@ pub(crate) fn spawn(node: &Arc<Node>, log: Arc<LogRuntime>) {
     tasks.spawn(async move {
         let mut shutdown = node.shutdown.subscribe();
         let wake_ups = async {
-            log.backend.listen(node.id.as_str(), || log.kick()).await;
+            log.backend.listen(node.id.as_str(), &|| log.kick()).await;
             std::future::pending::<()>().await;
         };
         tokio::select! {
@@ -103,7 +103,7 @@ async fn poll(node: &Node, log: &LogRuntime, tail: &mut Tail) -> Result<(), Chan
     loop {
         let started = log.clock.now();
         let started_at = Instant::now();
-        let batch = log.backend.read(tail.read_from()).await?;
+        let batch = log.backend.read(tail.read_from(), BATCH_ROWS).await?;
         let step = tail.handle(&batch);
         if step.flush {
             tracing::warn!(node = %node.id, "change-log rows were pruned before this node read them; flushing");

@@ -8,19 +8,15 @@
 //!
 //! The [poll lease](crate::lease) ties serving to tailing: a cache that watches tables serves values only
 //! while its node's last complete poll started within Δ; otherwise reads go to the source and are
-//! not stored. The [tail](tail) state decides what each batch of rows asks of the node; the SQL
-//! lives with its backend (`sqlite`, `postgres`); `driver` is the task. Postgres also wakes the
+//! not stored. The [tail](tail) state decides what each batch of rows asks of the node; `backend` is what
+//! a log offers the tailer ([`LogBackend`]), implemented with SQL in `sqlite` and `postgres` (or by
+//! the application, [`ChangeLog::custom`]); `driver` is the task. Postgres also wakes the
 //! tailers with `NOTIFY` as soon as a change commits.
 //!
 //! Any node prunes rows older than the retention period (default 10 minutes). A node whose cursor
 //! fell behind the pruning (it was paused or cut off that long) flushes its caches.
 
-// Built without any backend feature, no change log can be made and this machinery is unreachable.
-#![cfg_attr(
-    not(any(feature = "sqlite", feature = "postgres")),
-    allow(dead_code, unused_variables)
-)]
-
+mod backend;
 pub(crate) mod driver;
 #[cfg(feature = "postgres")]
 mod postgres;
@@ -38,7 +34,8 @@ use tokio::time::Instant;
 
 use crate::clock::Clock;
 use crate::lease::Lease;
-use tail::{Batch, Position};
+pub use backend::{LogBackend, WatchedTable};
+pub use tail::{LogBatch, LogPosition, LogRow};
 
 /// Default for [`ClusterBuilder::log_retention`](crate::ClusterBuilder::log_retention).
 pub const DEFAULT_LOG_RETENTION: Duration = Duration::from_secs(600);
@@ -61,7 +58,7 @@ const BATCH_ROWS: u32 = 10_000;
 /// ```
 #[derive(Clone)]
 pub struct ChangeLog {
-    backend: Backend,
+    backend: Arc<dyn LogBackend>,
 }
 
 impl fmt::Debug for ChangeLog {
@@ -71,6 +68,15 @@ impl fmt::Debug for ChangeLog {
 }
 
 impl ChangeLog {
+    /// A change log kept by `backend`: another database, or a simulated one in tests.
+    ///
+    /// See [`LogBackend`] for an example.
+    pub fn custom(backend: impl LogBackend) -> Self {
+        Self {
+            backend: Arc::new(backend),
+        }
+    }
+
     /// A change log in the SQLite database behind `pool`: the database the application's data is
     /// in, so that triggers log changes in the data's own transactions. Use WAL mode and a busy
     /// timeout when several processes share the file. Switching a new file to WAL needs a lock
@@ -79,7 +85,7 @@ impl ChangeLog {
     #[cfg(feature = "sqlite")]
     pub fn sqlite(pool: sqlx::SqlitePool) -> Self {
         Self {
-            backend: Backend::Sqlite(sqlite::SqliteLog::new(pool)),
+            backend: Arc::new(sqlite::SqliteLog::new(pool)),
         }
     }
 
@@ -100,66 +106,7 @@ impl ChangeLog {
     #[cfg(feature = "postgres")]
     pub fn postgres(pool: sqlx::PgPool) -> Self {
         Self {
-            backend: Backend::Postgres(postgres::PostgresLog::new(pool)),
-        }
-    }
-}
-
-#[derive(Clone, Debug)]
-enum Backend {
-    #[cfg(feature = "sqlite")]
-    Sqlite(sqlite::SqliteLog),
-    #[cfg(feature = "postgres")]
-    Postgres(postgres::PostgresLog),
-}
-
-impl Backend {
-    async fn install(&self, watch: &Watch) -> Result<(), ChangeLogError> {
-        match *self {
-            #[cfg(feature = "sqlite")]
-            Self::Sqlite(ref log) => log.install(watch).await,
-            #[cfg(feature = "postgres")]
-            Self::Postgres(ref log) => log.install(watch).await,
-        }
-    }
-
-    async fn head(&self) -> Result<Position, ChangeLogError> {
-        match *self {
-            #[cfg(feature = "sqlite")]
-            Self::Sqlite(ref log) => log.head().await,
-            #[cfg(feature = "postgres")]
-            Self::Postgres(ref log) => log.head().await,
-        }
-    }
-
-    async fn read(&self, after: Position) -> Result<Batch, ChangeLogError> {
-        match *self {
-            #[cfg(feature = "sqlite")]
-            Self::Sqlite(ref log) => log.read(after, BATCH_ROWS).await,
-            #[cfg(feature = "postgres")]
-            Self::Postgres(ref log) => log.read(after, BATCH_ROWS).await,
-        }
-    }
-
-    async fn prune(&self, retention: Duration) -> Result<u64, ChangeLogError> {
-        let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
-        match *self {
-            #[cfg(feature = "sqlite")]
-            Self::Sqlite(ref log) => log.prune(retention_ms).await,
-            #[cfg(feature = "postgres")]
-            Self::Postgres(ref log) => log.prune(retention_ms).await,
-        }
-    }
-
-    /// Calls `wake` whenever the database says the log changed, for backends that can; returns
-    /// at once for the others.
-    #[cfg_attr(not(feature = "postgres"), allow(unused_variables))]
-    async fn listen(&self, node: &str, wake: impl Fn()) {
-        match *self {
-            #[cfg(feature = "sqlite")]
-            Self::Sqlite(_) => {}
-            #[cfg(feature = "postgres")]
-            Self::Postgres(ref log) => log.listen(node, wake).await,
+            backend: Arc::new(postgres::PostgresLog::new(pool)),
         }
     }
 }
@@ -172,36 +119,20 @@ pub enum ChangeLogError {
     #[cfg(any(feature = "sqlite", feature = "postgres"))]
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
+    /// A [custom](ChangeLog::custom) log failed.
+    #[error("change log: {0}")]
+    Backend(Box<dyn std::error::Error + Send + Sync>),
 }
 
-/// A table whose changes invalidate a cache: rows map to keys through `key_column`.
-#[derive(Clone, Debug)]
-pub(crate) struct Watch {
-    pub(crate) cache: Arc<str>,
-    pub(crate) table: String,
-    pub(crate) key_column: String,
-}
-
-impl Watch {
-    /// Table and column names go into SQL as identifiers: only plain ones are accepted.
-    pub(crate) fn validate(&self) -> Result<(), String> {
-        for (what, name) in [("table", &self.table), ("key column", &self.key_column)] {
-            let mut chars = name.chars();
-            let plain = chars
-                .next()
-                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-                && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
-            if !plain || name.len() > 63 {
-                return Err(format!("{what} {name:?} is not a plain SQL identifier"));
-            }
-        }
-        Ok(())
-    }
+/// `retention` in whole milliseconds, as the SQL backends take it.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+fn retention_ms(retention: Duration) -> i64 {
+    i64::try_from(retention.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// One cache's watches, waiting to be installed, and the lease they unlock.
 struct Registration {
-    watches: Vec<Watch>,
+    watches: Vec<WatchedTable>,
     lease: Arc<Lease>,
 }
 
@@ -243,7 +174,7 @@ struct Progress {
 
 /// A node's change-log state, shared by its tailer task and its caches.
 pub(crate) struct LogRuntime {
-    backend: Backend,
+    backend: Arc<dyn LogBackend>,
     bound: Duration,
     retention: Duration,
     clock: Clock,
@@ -272,7 +203,7 @@ impl LogRuntime {
 
     /// Queues a cache's watches for installation; once they are installed, every complete poll
     /// renews `lease`.
-    pub(crate) fn register(&self, watches: Vec<Watch>, lease: Arc<Lease>) {
+    pub(crate) fn register(&self, watches: Vec<WatchedTable>, lease: Arc<Lease>) {
         self.pending.lock().push(Registration { watches, lease });
         self.kick();
     }

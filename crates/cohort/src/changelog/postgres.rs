@@ -47,8 +47,9 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnection, PgListener, PgPool};
 use sqlx::{Acquire as _, Executor as _, Row as _};
 
-use super::tail::{Batch, Position, Row};
-use super::{ChangeLogError, Watch};
+use super::tail::{LogBatch, LogPosition, LogRow};
+use super::{ChangeLogError, LogBackend, WatchedTable, retention_ms};
+use crate::transport::BoxFuture;
 use crate::transport::backoff::Backoff;
 
 /// The channel the triggers notify.
@@ -123,7 +124,7 @@ const TRIGGER_TYPE: i16 = 1 | 4 | 8 | 16;
 enum Piece<'a> {
     Tables,
     Function,
-    Trigger(&'a Watch),
+    Trigger(&'a WatchedTable),
 }
 
 impl Piece<'_> {
@@ -209,7 +210,7 @@ impl PostgresLog {
     /// Creates the log's tables and function if missing or outdated and (re)creates the trigger
     /// of `watch` if missing or different; a concurrent writer either is logged or committed
     /// before the trigger.
-    pub(crate) async fn install(&self, watch: &Watch) -> Result<(), ChangeLogError> {
+    pub(crate) async fn install(&self, watch: &WatchedTable) -> Result<(), ChangeLogError> {
         for piece in [Piece::Tables, Piece::Function, Piece::Trigger(watch)] {
             self.ensure(piece).await?;
         }
@@ -238,13 +239,13 @@ impl PostgresLog {
     }
 
     /// A position no row committed from now on can precede: the oldest running transaction.
-    pub(crate) async fn head(&self) -> Result<Position, ChangeLogError> {
+    pub(crate) async fn head(&self) -> Result<LogPosition, ChangeLogError> {
         self.ensure(Piece::Tables).await?;
         let horizon: i64 =
             sqlx::query_scalar("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
                 .fetch_one(&self.pool)
                 .await?;
-        Ok(Position {
+        Ok(LogPosition {
             txn: horizon.unsigned_abs(),
             seq: 0,
         })
@@ -252,7 +253,11 @@ impl PostgresLog {
 
     /// Up to `limit` rows after `after`, with the prune watermark and the horizon, from one
     /// statement and so one snapshot.
-    pub(crate) async fn read(&self, after: Position, limit: u32) -> Result<Batch, ChangeLogError> {
+    pub(crate) async fn read(
+        &self,
+        after: LogPosition,
+        limit: u32,
+    ) -> Result<LogBatch, ChangeLogError> {
         let rows = sqlx::query(
             "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint, \
                     m.pruned_xid::text::bigint, m.pruned_seq, \
@@ -271,19 +276,19 @@ impl PostgresLog {
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
-        let mut batch = Batch {
+        let mut batch = LogBatch {
             complete: true,
-            ..Batch::default()
+            ..LogBatch::default()
         };
         for row in &rows {
             batch.horizon = row.try_get::<i64, _>(0)?.unsigned_abs();
-            batch.pruned_through = Position {
+            batch.pruned_through = LogPosition {
                 txn: row.try_get::<i64, _>(1)?.unsigned_abs(),
                 seq: row.try_get::<i64, _>(2)?.unsigned_abs(),
             };
             if let Some(txn) = row.try_get::<Option<i64>, _>(3)? {
-                batch.rows.push(Row {
-                    at: Position {
+                batch.rows.push(LogRow {
+                    at: LogPosition {
                         txn: txn.unsigned_abs(),
                         seq: row.try_get::<i64, _>(4)?.unsigned_abs(),
                     },
@@ -361,6 +366,36 @@ impl PostgresLog {
     }
 }
 
+impl LogBackend for PostgresLog {
+    fn install<'a>(&'a self, watch: &'a WatchedTable) -> BoxFuture<'a, Result<(), ChangeLogError>> {
+        Box::pin(PostgresLog::install(self, watch))
+    }
+
+    fn head(&self) -> BoxFuture<'_, Result<LogPosition, ChangeLogError>> {
+        Box::pin(PostgresLog::head(self))
+    }
+
+    fn read(
+        &self,
+        after: LogPosition,
+        limit: u32,
+    ) -> BoxFuture<'_, Result<LogBatch, ChangeLogError>> {
+        Box::pin(PostgresLog::read(self, after, limit))
+    }
+
+    fn prune(&self, retention: Duration) -> BoxFuture<'_, Result<u64, ChangeLogError>> {
+        Box::pin(PostgresLog::prune(self, retention_ms(retention)))
+    }
+
+    fn listen<'a>(
+        &'a self,
+        node: &'a str,
+        wake: &'a (dyn Fn() + Send + Sync),
+    ) -> BoxFuture<'a, ()> {
+        Box::pin(PostgresLog::listen(self, node, wake))
+    }
+}
+
 /// In one transaction under the install lock: creates `piece` unless another node did meanwhile.
 async fn create(conn: &mut PgConnection, piece: Piece<'_>) -> Result<(), sqlx::Error> {
     let mut tx = conn.begin().await?;
@@ -388,7 +423,7 @@ fn lock_timed_out(error: &sqlx::Error) -> bool {
 }
 
 /// Creates or replaces the trigger that logs `watch`'s table into the change log.
-fn trigger_sql(watch: &Watch) -> String {
+fn trigger_sql(watch: &WatchedTable) -> String {
     let (table, column) = (&watch.table, &watch.key_column);
     format!(
         "CREATE OR REPLACE TRIGGER \"cohort_{name}\" AFTER INSERT OR UPDATE OR DELETE ON \"{table}\" \
@@ -399,7 +434,7 @@ fn trigger_sql(watch: &Watch) -> String {
 }
 
 /// `pg_trigger.tgargs` of `watch`'s trigger: each argument followed by a NUL.
-fn trigger_args(watch: &Watch) -> Vec<u8> {
+fn trigger_args(watch: &WatchedTable) -> Vec<u8> {
     [
         watch.cache.as_bytes(),
         b"\0",

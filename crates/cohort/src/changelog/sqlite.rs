@@ -20,11 +20,14 @@
 //! frozen (SIGSTOP, a stalled runtime) at any point of its polling therefore never blocks the
 //! application's writers.
 
+use std::time::Duration;
+
 use sqlx::sqlite::SqlitePool;
 use sqlx::{Row as _, SqliteConnection};
 
-use super::tail::{Batch, Position, Row};
-use super::{ChangeLogError, Watch};
+use super::tail::{LogBatch, LogPosition, LogRow};
+use super::{ChangeLogError, LogBackend, WatchedTable, retention_ms};
+use crate::transport::BoxFuture;
 
 /// The log's tables; installing them is idempotent. Times are Unix milliseconds computed with
 /// `julianday`, which every SQLite has (`unixepoch('subsec')` needs 3.42), since the triggers run
@@ -62,19 +65,19 @@ impl SqliteLog {
 
     /// Creates the log's tables if missing and (re)creates the triggers of `watch` that are missing
     /// or differ from this version's.
-    pub(crate) async fn install(&self, watch: &Watch) -> Result<(), ChangeLogError> {
+    pub(crate) async fn install(&self, watch: &WatchedTable) -> Result<(), ChangeLogError> {
         self.ensure(&triggers(watch)).await
     }
 
     /// The last sequence number the log has handed out (0 for none).
-    pub(crate) async fn head(&self) -> Result<Position, ChangeLogError> {
+    pub(crate) async fn head(&self) -> Result<LogPosition, ChangeLogError> {
         self.ensure(&[]).await?;
         let head: i64 = sqlx::query_scalar(
             "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'cohort_changes'), 0)",
         )
         .fetch_one(&self.pool)
         .await?;
-        Ok(Position::in_commit_order(head.unsigned_abs()))
+        Ok(LogPosition::in_commit_order(head.unsigned_abs()))
     }
 
     /// Creates the log's tables and `triggers` unless they are current, in one transaction.
@@ -107,7 +110,11 @@ impl SqliteLog {
     }
 
     /// Up to `limit` rows after `cursor`, with the prune watermark, from one snapshot.
-    pub(crate) async fn read(&self, after: Position, limit: u32) -> Result<Batch, ChangeLogError> {
+    pub(crate) async fn read(
+        &self,
+        after: LogPosition,
+        limit: u32,
+    ) -> Result<LogBatch, ChangeLogError> {
         let mut tx = self.pool.begin().await?;
         let batch = read_in(&mut tx, after.seq, limit).await?;
         tx.commit().await?;
@@ -129,11 +136,33 @@ impl SqliteLog {
     }
 }
 
+impl LogBackend for SqliteLog {
+    fn install<'a>(&'a self, watch: &'a WatchedTable) -> BoxFuture<'a, Result<(), ChangeLogError>> {
+        Box::pin(SqliteLog::install(self, watch))
+    }
+
+    fn head(&self) -> BoxFuture<'_, Result<LogPosition, ChangeLogError>> {
+        Box::pin(SqliteLog::head(self))
+    }
+
+    fn read(
+        &self,
+        after: LogPosition,
+        limit: u32,
+    ) -> BoxFuture<'_, Result<LogBatch, ChangeLogError>> {
+        Box::pin(SqliteLog::read(self, after, limit))
+    }
+
+    fn prune(&self, retention: Duration) -> BoxFuture<'_, Result<u64, ChangeLogError>> {
+        Box::pin(SqliteLog::prune(self, retention_ms(retention)))
+    }
+}
+
 async fn read_in(
     conn: &mut SqliteConnection,
     cursor: u64,
     limit: u32,
-) -> Result<Batch, ChangeLogError> {
+) -> Result<LogBatch, ChangeLogError> {
     let pruned: i64 = sqlx::query_scalar("SELECT pruned_through FROM cohort_log_meta WHERE id = 1")
         .fetch_one(&mut *conn)
         .await?;
@@ -147,17 +176,17 @@ async fn read_in(
     let rows = rows
         .iter()
         .map(|row| {
-            Ok(Row {
-                at: Position::in_commit_order(row.try_get::<i64, _>(0)?.unsigned_abs()),
+            Ok(LogRow {
+                at: LogPosition::in_commit_order(row.try_get::<i64, _>(0)?.unsigned_abs()),
                 cache: row.try_get(1)?,
                 key: row.try_get(2)?,
             })
         })
         .collect::<Result<Vec<_>, sqlx::Error>>()?;
-    Ok(Batch {
+    Ok(LogBatch {
         complete: rows.len() < limit as usize,
         rows,
-        pruned_through: Position::in_commit_order(pruned.unsigned_abs()),
+        pruned_through: LogPosition::in_commit_order(pruned.unsigned_abs()),
         horizon: u64::MAX,
     })
 }
@@ -200,7 +229,7 @@ struct Trigger {
 }
 
 /// The three triggers that log `watch`'s table into the change log.
-fn triggers(watch: &Watch) -> Vec<Trigger> {
+fn triggers(watch: &WatchedTable) -> Vec<Trigger> {
     let cache = watch.cache.replace('\'', "''");
     let (table, column) = (&watch.table, &watch.key_column);
     let log = |row: &str| {
@@ -242,7 +271,7 @@ mod tests {
     use super::*;
 
     /// A log in a fresh in-memory database with a users table; one connection, so one database.
-    async fn log() -> (SqliteLog, Watch) {
+    async fn log() -> (SqliteLog, WatchedTable) {
         let pool = SqlitePoolOptions::new()
             .max_connections(1)
             .connect("sqlite::memory:")
@@ -252,7 +281,7 @@ mod tests {
             .execute(&pool)
             .await
             .unwrap();
-        let watch = Watch {
+        let watch = WatchedTable {
             cache: "users".into(),
             table: "users".to_owned(),
             key_column: "id".to_owned(),

@@ -1,6 +1,6 @@
 //! Tailing the change log: the cursor, the pruning check, and what each batch asks of the node.
 //!
-//! Pure state. Rows are ordered by [`Position`]: the writing transaction, then the sequence
+//! Pure state. Rows are ordered by [`LogPosition`]: the writing transaction, then the sequence
 //! number. A log whose sequence order is commit order (SQLite) puts every row in transaction 0.
 //! Postgres assigns sequence numbers at insert and commits out of order, so a row may appear
 //! *behind* rows already read; each batch therefore carries a horizon: every transaction below it
@@ -21,47 +21,70 @@
 use std::collections::BTreeSet;
 
 /// A place in the log: rows are ordered by transaction, then sequence number.
+///
+/// ```
+/// let first = cohort::LogPosition::in_commit_order(1);
+/// assert!(first < cohort::LogPosition { txn: 1, seq: 0 });
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub(crate) struct Position {
+pub struct LogPosition {
     /// The writing transaction (Postgres `xid8`); 0 for logs in commit order.
-    pub(crate) txn: u64,
-    pub(crate) seq: u64,
+    pub txn: u64,
+    /// The row's sequence number.
+    pub seq: u64,
 }
 
-impl Position {
+impl LogPosition {
     /// A position in a log whose sequence order is commit order.
-    #[cfg(any(test, feature = "sqlite"))]
-    pub(crate) fn in_commit_order(seq: u64) -> Self {
+    pub fn in_commit_order(seq: u64) -> Self {
         Self { txn: 0, seq }
     }
 }
 
 /// One change-log row: a key of a cache that changed.
+///
+/// ```
+/// let row = cohort::LogRow {
+///     at: cohort::LogPosition::in_commit_order(7),
+///     cache: "users".into(),
+///     key: "42".into(),
+/// };
+/// assert_eq!(row.at.seq, 7);
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Row {
-    pub(crate) at: Position,
-    pub(crate) cache: String,
-    pub(crate) key: String,
+pub struct LogRow {
+    /// Where the row is in the log.
+    pub at: LogPosition,
+    /// The cache the changed key belongs to.
+    pub cache: String,
+    /// The changed key, as text (see [`Key`](crate::Key)).
+    pub key: String,
 }
 
 /// What one read of the log returned.
+///
+/// ```
+/// let end = cohort::LogBatch::default();
+/// assert!(end.complete && end.rows.is_empty());
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Batch {
+pub struct LogBatch {
     /// Rows after the read position, in order, at most the limit asked for.
-    pub(crate) rows: Vec<Row>,
+    pub rows: Vec<LogRow>,
     /// The last position pruning has deleted up to.
-    pub(crate) pruned_through: Position,
-    /// Every transaction below this one had ended when the batch was read.
-    pub(crate) horizon: u64,
+    pub pruned_through: LogPosition,
+    /// Every transaction below this one had ended when the batch was read; `u64::MAX` for logs in
+    /// commit order.
+    pub horizon: u64,
     /// Whether the read reached the end of the log (returned fewer rows than the limit).
-    pub(crate) complete: bool,
+    pub complete: bool,
 }
 
-impl Default for Batch {
+impl Default for LogBatch {
     fn default() -> Self {
         Self {
             rows: Vec::new(),
-            pruned_through: Position::default(),
+            pruned_through: LogPosition::default(),
             horizon: u64::MAX,
             complete: true,
         }
@@ -74,7 +97,7 @@ pub(crate) struct Step<'a> {
     /// Rows were pruned before this node read them: it cannot tell which keys changed.
     pub(crate) flush: bool,
     /// Rows to apply, in order.
-    pub(crate) rows: Vec<&'a Row>,
+    pub(crate) rows: Vec<&'a LogRow>,
     /// The batch was cut off by the size limit: read on from [`Tail::read_from`].
     pub(crate) cut_off: bool,
     /// Every row committed before the batch was read has been applied.
@@ -85,17 +108,17 @@ pub(crate) struct Step<'a> {
 #[derive(Debug)]
 pub(crate) struct Tail {
     /// Every row at or before it has been applied, and no new row can appear there.
-    cursor: Position,
+    cursor: LogPosition,
     /// Where this poll's next read starts (exclusive).
-    read_from: Position,
+    read_from: LogPosition,
     /// Rows past the cursor that were applied already.
-    applied_ahead: BTreeSet<Position>,
+    applied_ahead: BTreeSet<LogPosition>,
 }
 
 impl Tail {
     /// Starts after `head`, a position no row of a later commit can precede: a starting node
     /// holds nothing cached, so nothing before it matters.
-    pub(crate) fn new(head: Position) -> Self {
+    pub(crate) fn new(head: LogPosition) -> Self {
         Self {
             cursor: head,
             read_from: head,
@@ -104,12 +127,12 @@ impl Tail {
     }
 
     /// The last position every row up to which has been applied.
-    pub(crate) fn cursor(&self) -> Position {
+    pub(crate) fn cursor(&self) -> LogPosition {
         self.cursor
     }
 
     /// Where the next read starts (exclusive).
-    pub(crate) fn read_from(&self) -> Position {
+    pub(crate) fn read_from(&self) -> LogPosition {
         self.read_from
     }
 
@@ -120,7 +143,7 @@ impl Tail {
     }
 
     /// Judges a batch read after [`Tail::read_from`] and moves past it.
-    pub(crate) fn handle<'a>(&mut self, batch: &'a Batch) -> Step<'a> {
+    pub(crate) fn handle<'a>(&mut self, batch: &'a LogBatch) -> Step<'a> {
         let from_cursor = self.read_from <= self.cursor;
         let flush = batch.pruned_through > self.cursor;
         if flush {
@@ -162,22 +185,22 @@ mod tests {
 
     use super::*;
 
-    fn at(txn: u64, seq: u64) -> Position {
-        Position { txn, seq }
+    fn at(txn: u64, seq: u64) -> LogPosition {
+        LogPosition { txn, seq }
     }
 
-    fn row(txn: u64, seq: u64) -> Row {
-        Row {
+    fn row(txn: u64, seq: u64) -> LogRow {
+        LogRow {
             at: at(txn, seq),
             cache: "users".into(),
             key: seq.to_string(),
         }
     }
 
-    fn in_order(seqs: impl IntoIterator<Item = u64>, pruned: u64, complete: bool) -> Batch {
-        Batch {
+    fn in_order(seqs: impl IntoIterator<Item = u64>, pruned: u64, complete: bool) -> LogBatch {
+        LogBatch {
             rows: seqs.into_iter().map(|seq| row(0, seq)).collect(),
-            pruned_through: Position::in_commit_order(pruned),
+            pruned_through: LogPosition::in_commit_order(pruned),
             horizon: u64::MAX,
             complete,
         }
@@ -189,17 +212,17 @@ mod tests {
 
     #[test]
     fn rows_move_the_cursor() {
-        let mut tail = Tail::new(Position::in_commit_order(10));
+        let mut tail = Tail::new(LogPosition::in_commit_order(10));
         let b = in_order(11..=13, 0, true);
         let step = tail.handle(&b);
         assert_eq!(seqs(&step), [11, 12, 13]);
         assert!(!step.flush && step.caught_up);
-        assert_eq!(tail.cursor(), Position::in_commit_order(13));
+        assert_eq!(tail.cursor(), LogPosition::in_commit_order(13));
     }
 
     #[test]
     fn an_empty_complete_batch_is_caught_up() {
-        let mut tail = Tail::new(Position::in_commit_order(10));
+        let mut tail = Tail::new(LogPosition::in_commit_order(10));
         let b = in_order([], 5, true);
         assert_eq!(
             tail.handle(&b),
@@ -210,38 +233,38 @@ mod tests {
                 caught_up: true
             }
         );
-        assert_eq!(tail.cursor(), Position::in_commit_order(10));
+        assert_eq!(tail.cursor(), LogPosition::in_commit_order(10));
     }
 
     #[test]
     fn a_cut_off_batch_is_not_caught_up_and_the_next_read_continues_after_it() {
-        let mut tail = Tail::new(Position::default());
+        let mut tail = Tail::new(LogPosition::default());
         let b = in_order(1..=100, 0, false);
         assert!(!tail.handle(&b).caught_up);
-        assert_eq!(tail.read_from(), Position::in_commit_order(100));
-        assert_eq!(tail.cursor(), Position::in_commit_order(100));
+        assert_eq!(tail.read_from(), LogPosition::in_commit_order(100));
+        assert_eq!(tail.cursor(), LogPosition::in_commit_order(100));
     }
 
     #[test]
     fn pruning_past_the_cursor_flushes_and_skips_ahead() {
-        let mut tail = Tail::new(Position::in_commit_order(10));
+        let mut tail = Tail::new(LogPosition::in_commit_order(10));
         let b = in_order(31..=32, 30, true);
         let step = tail.handle(&b);
         assert!(step.flush);
         assert_eq!(seqs(&step), [31, 32]);
-        assert_eq!(tail.cursor(), Position::in_commit_order(32));
+        assert_eq!(tail.cursor(), LogPosition::in_commit_order(32));
 
-        let mut tail = Tail::new(Position::in_commit_order(10));
+        let mut tail = Tail::new(LogPosition::in_commit_order(10));
         let b = in_order([], 30, true);
         assert!(tail.handle(&b).flush);
-        assert_eq!(tail.cursor(), Position::in_commit_order(30));
+        assert_eq!(tail.cursor(), LogPosition::in_commit_order(30));
         let b = in_order([], 30, true);
         assert!(!tail.handle(&b).flush, "only once");
     }
 
     #[test]
     fn rows_at_or_before_the_read_position_are_not_applied_again() {
-        let mut tail = Tail::new(Position::in_commit_order(12));
+        let mut tail = Tail::new(LogPosition::in_commit_order(12));
         let b = in_order(11..=14, 0, true);
         assert_eq!(seqs(&tail.handle(&b)), [13, 14]);
     }
@@ -252,10 +275,10 @@ mod tests {
     fn a_row_committed_behind_a_later_one_is_still_applied() {
         let mut tail = Tail::new(at(100, 0));
         tail.begin_poll();
-        let first = Batch {
+        let first = LogBatch {
             rows: vec![row(101, 2)],
             horizon: 100,
-            ..Batch::default()
+            ..LogBatch::default()
         };
         assert_eq!(
             seqs(&tail.handle(&first)),
@@ -269,10 +292,10 @@ mod tests {
         );
 
         tail.begin_poll();
-        let second = Batch {
+        let second = LogBatch {
             rows: vec![row(100, 1), row(101, 2)],
             horizon: 102,
-            ..Batch::default()
+            ..LogBatch::default()
         };
         assert_eq!(
             seqs(&tail.handle(&second)),
@@ -287,27 +310,27 @@ mod tests {
     fn the_cursor_does_not_jump_over_rows_a_later_batch_of_the_poll_skipped() {
         let mut tail = Tail::new(at(100, 0));
         tail.begin_poll();
-        let cut_off = Batch {
+        let cut_off = LogBatch {
             rows: vec![row(101, 2)],
             horizon: 100,
             complete: false,
-            ..Batch::default()
+            ..LogBatch::default()
         };
         tail.handle(&cut_off);
         // Transaction 100 commits now: the rest of the poll reads after row 2 and misses row 1,
         // although by now both are below the horizon.
-        let rest = Batch {
+        let rest = LogBatch {
             rows: vec![row(102, 3)],
             horizon: 200,
-            ..Batch::default()
+            ..LogBatch::default()
         };
         assert_eq!(seqs(&tail.handle(&rest)), [3]);
         assert_eq!(tail.cursor(), at(100, 0), "row 1 is still unread");
         tail.begin_poll();
-        let next = Batch {
+        let next = LogBatch {
             rows: vec![row(100, 1), row(101, 2), row(102, 3)],
             horizon: 200,
-            ..Batch::default()
+            ..LogBatch::default()
         };
         assert_eq!(seqs(&tail.handle(&next)), [1]);
         assert_eq!(tail.cursor(), at(102, 3));
@@ -317,7 +340,7 @@ mod tests {
     /// order, and commit in any order. Polls see committed rows after a position.
     #[derive(Default)]
     struct Log {
-        rows: Vec<(Row, bool)>,
+        rows: Vec<(LogRow, bool)>,
         open: BTreeSet<u64>,
         next_txn: u64,
         next_seq: u64,
@@ -342,8 +365,8 @@ mod tests {
             }
         }
 
-        fn read(&self, after: Position, limit: usize) -> Batch {
-            let mut rows: Vec<Row> = self
+        fn read(&self, after: LogPosition, limit: usize) -> LogBatch {
+            let mut rows: Vec<LogRow> = self
                 .rows
                 .iter()
                 .filter(|(row, committed)| *committed && row.at > after)
@@ -352,11 +375,11 @@ mod tests {
             rows.sort_by_key(|row| row.at);
             let complete = rows.len() <= limit;
             rows.truncate(limit);
-            Batch {
+            LogBatch {
                 rows,
                 horizon: self.open.first().copied().unwrap_or(self.next_txn + 1),
                 complete,
-                ..Batch::default()
+                ..LogBatch::default()
             }
         }
     }
@@ -389,7 +412,7 @@ mod tests {
             ops in proptest::collection::vec(op(), 1..160),
         ) {
             let mut log = Log::default();
-            let mut tail = Tail::new(Position::default());
+            let mut tail = Tail::new(LogPosition::default());
             let mut open: Vec<u64> = Vec::new();
             let mut applied = BTreeSet::new();
             // As the driver does: read on after a cut-off batch; at the end of the log without
@@ -444,10 +467,10 @@ mod tests {
     #[test]
     fn a_row_of_the_horizon_transaction_does_not_move_the_cursor() {
         let mut tail = Tail::new(at(100, 0));
-        let b = Batch {
+        let b = LogBatch {
             rows: vec![row(100, 1)],
             horizon: 100,
-            ..Batch::default()
+            ..LogBatch::default()
         };
         assert_eq!(seqs(&tail.handle(&b)), [1]);
         assert_eq!(tail.cursor(), at(100, 0));

@@ -310,6 +310,7 @@ pub struct ClusterBuilder {
     network: Arc<dyn Network>,
     time_source: TimeSource,
     rng_seed: Option<u64>,
+    incarnation: Option<u64>,
     name: Option<String>,
     listen: SocketAddr,
     advertise: Option<SocketAddr>,
@@ -349,6 +350,7 @@ impl Default for ClusterBuilder {
             network: Arc::new(Tcp),
             time_source: TimeSource::System,
             rng_seed: None,
+            incarnation: None,
             name: None,
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             advertise: None,
@@ -608,6 +610,23 @@ impl ClusterBuilder {
         self
     }
 
+    /// Which life of its name this process is: peers take a higher incarnation for a restart
+    /// (they drop the old process's state and flush what it may have changed unseen) and refuse a
+    /// lower one. Set it only where the system clock is not the clock, as in a simulation; it must
+    /// grow with every start of the name, or peers take the new process for the old one and drop
+    /// its events as duplicates.
+    ///
+    /// ```
+    /// let mut builder = cohort::Cluster::builder();
+    /// builder.incarnation(42);
+    /// ```
+    ///
+    /// Defaults to: microseconds since the Unix epoch when the node starts.
+    pub fn incarnation(&mut self, incarnation: u64) -> &mut Self {
+        self.incarnation = Some(incarnation);
+        self
+    }
+
     /// Breaks the staleness bound on purpose: caches serve whatever they hold, whether or not the
     /// node can vouch for it (no change-log or peer lease is checked). It exists so that a
     /// consistency checker can show that it catches the staleness that follows. Never use it to
@@ -630,6 +649,9 @@ impl ClusterBuilder {
         }
         if self.name.as_ref().is_some_and(|n| n.len() > MAX_NAME_BYTES) {
             return invalid("node_name", "must be at most 128 bytes");
+        }
+        if self.incarnation == Some(0) {
+            return invalid("incarnation", "must be positive");
         }
         if self.max_members == 0 {
             return invalid("max_members", "must be positive");
@@ -1067,9 +1089,11 @@ impl Node {
         builder: &ClusterBuilder,
     ) -> (Self, SwimTimers) {
         // Microseconds since the Unix epoch: a restarted process gets a higher incarnation.
-        let incarnation = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(1, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+        let incarnation = builder.incarnation.unwrap_or_else(|| {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(1, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+        });
         let rng_seed = builder.rng_seed.unwrap_or_else(rand::random);
         let (swim_timers, timers) = mpsc::unbounded_channel();
         let membership = Membership::new(
