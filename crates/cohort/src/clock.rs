@@ -17,14 +17,30 @@ pub(crate) type Millis = u64;
 
 /// Which clock a node reads for its leases and expiries; see
 /// [`ClusterBuilder::time_source`](crate::ClusterBuilder::time_source).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+///
+/// ```
+/// use std::time::Duration;
+///
+/// fn simulated() -> Duration {
+///     Duration::from_secs(1) // e.g. turmoil::sim_elapsed().unwrap_or_default()
+/// }
+///
+/// let mut builder = cohort::Cluster::builder();
+/// builder.time_source(cohort::TimeSource::Custom(simulated));
+/// ```
+#[derive(Clone, Copy, Debug, Default)]
 #[non_exhaustive]
 pub enum TimeSource {
     /// The operating system's monotonic clock, at coarse resolution (a few nanoseconds a read).
     #[default]
     System,
-    /// tokio's clock, which tests can pause and simulations (turmoil) drive. Slower to read.
+    /// tokio's clock, which tests can pause. Slower to read.
     Tokio,
+    /// The time since some fixed origin, as the function says; it must never go back. For a
+    /// simulation whose hosts each run their own tokio clock (turmoil's: a host restarted
+    /// mid-run starts a clock of its own), where caches are called from other hosts: every host
+    /// then reads the one simulated time, e.g. `turmoil::sim_elapsed`.
+    Custom(fn() -> Duration),
 }
 
 /// Where a node reads the time on its hit path.
@@ -35,6 +51,8 @@ pub(crate) enum Clock {
     System,
     /// tokio's clock, counted from `origin`.
     Tokio(tokio::time::Instant),
+    /// The application's clock.
+    Custom(fn() -> Duration),
     /// A clock that moves only when told to.
     #[cfg(test)]
     Manual(Arc<AtomicU64>),
@@ -45,6 +63,7 @@ impl From<TimeSource> for Clock {
         match source {
             TimeSource::System => Self::System,
             TimeSource::Tokio => Self::Tokio(tokio::time::Instant::now()),
+            TimeSource::Custom(now) => Self::Custom(now),
         }
     }
 }
@@ -70,6 +89,7 @@ impl Clock {
         match self {
             Self::System => system_now(),
             Self::Tokio(origin) => millis(origin.elapsed()),
+            Self::Custom(now) => millis(now()),
             #[cfg(test)]
             Self::Manual(now) => now.load(Ordering::Relaxed),
         }
@@ -79,7 +99,7 @@ impl Clock {
     pub(crate) fn resolution(&self) -> Millis {
         match self {
             Self::System => system_resolution(),
-            Self::Tokio(_) => 0,
+            Self::Tokio(_) | Self::Custom(_) => 0,
             #[cfg(test)]
             Self::Manual(_) => 0,
         }

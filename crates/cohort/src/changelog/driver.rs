@@ -20,9 +20,10 @@ pub(crate) fn spawn(node: &Arc<Node>, log: Arc<LogRuntime>) {
             std::future::pending::<()>().await;
         };
         tokio::select! {
+            biased;
+            _ = shutdown.wait_for(|stop| *stop) => {}
             () = tail(&node, &log) => {}
             () = wake_ups => {}
-            _ = shutdown.wait_for(|stop| *stop) => {}
         }
     });
 }
@@ -45,6 +46,7 @@ async fn tail(node: &Node, log: &LogRuntime) {
             }
         }
         tokio::select! {
+            biased;
             () = tokio::time::sleep_until(next_tick) => {}
             () = log.kick.notified() => {}
         }

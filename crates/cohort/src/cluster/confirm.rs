@@ -19,9 +19,19 @@
 //! confirmed only while it and its live members are a strict majority of every member it has
 //! known (itself included). A member that never comes back keeps counting: with three nodes one
 //! may crash for good, with two neither may.
+//!
+//! Retiring is itself a decision only the majority side may take, and hearing a majority is not
+//! proof enough: two nodes that lost each other while both still reach a third (a link between
+//! them cut, or not yet remade after a partition healed) would each retire the other, then each
+//! serve with the third as its majority while the other writes unseen. So a member is retired
+//! only on testimony: every pong lists the members its sender has not heard from within twice the
+//! bound, and a node retires a silent member only while it and the members that confirmed it
+//! within the bound *and* last testified that member silent are a strict majority. A third node
+//! that hears both of two estranged nodes testifies against neither, and both wait for the link;
+//! two nodes that each retire the other would need testimony from a common member that heard
+//! neither, within the bound of confirmations it gave both, which cannot be.
 
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::hash::Hash;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use crate::clock::Millis;
 
@@ -29,7 +39,7 @@ use crate::clock::Millis;
 const OUTSTANDING: usize = 16;
 
 #[derive(Debug)]
-struct Member {
+struct Member<N> {
     /// (nonce, sent at) of pings not yet answered, oldest first.
     outstanding: VecDeque<(u64, Millis)>,
     /// Send time of the newest confirmed ping.
@@ -38,9 +48,11 @@ struct Member {
     live: bool,
     /// SWIM holds it up (reached directly or through other members).
     swim_up: bool,
+    /// The members it had not heard from, by its newest confirming pong.
+    unheard: Vec<N>,
 }
 
-impl Member {
+impl<N> Member<N> {
     fn revive(&mut self) {
         if !self.live {
             self.live = true;
@@ -68,20 +80,26 @@ pub(crate) enum PongVerdict {
 /// [`expire`](Self::expire) periodically; read [`confirmed_since`](Self::confirmed_since).
 #[derive(Debug)]
 pub(crate) struct Confirmations<N> {
-    members: HashMap<N, Member>,
+    members: BTreeMap<N, Member<N>>,
     /// Peers this node knows to exist, contacted or not (its seeds, addresses it was told of).
     known_peers: usize,
     next_nonce: u64,
+    /// How recent a confirmation must be for the member to count towards a majority that may
+    /// retire others: the bound.
+    bound: Millis,
     dead_after: Millis,
 }
 
-impl<N: Hash + Eq + Clone> Confirmations<N> {
-    pub(crate) fn new(dead_after: Millis) -> Self {
+impl<N: Ord + Clone> Confirmations<N> {
+    /// Confirmations for a node whose bound is `bound`: members silent for twice the bound (and
+    /// not held up by SWIM) may be retired.
+    pub(crate) fn new(bound: Millis) -> Self {
         Self {
-            members: HashMap::new(),
+            members: BTreeMap::new(),
             known_peers: 0,
             next_nonce: 0,
-            dead_after,
+            bound,
+            dead_after: bound.saturating_mul(2),
         }
     }
 
@@ -101,7 +119,7 @@ impl<N: Hash + Eq + Clone> Confirmations<N> {
 
     /// SWIM holds exactly the members `up` up. Those become live (unconfirmed if they were not);
     /// the others may be retired once silent.
-    pub(crate) fn swim_up(&mut self, up: &HashSet<N>, now: Millis) {
+    pub(crate) fn swim_up(&mut self, up: &BTreeSet<N>, now: Millis) {
         for member in up {
             self.entry(member, now).revive();
         }
@@ -110,13 +128,14 @@ impl<N: Hash + Eq + Clone> Confirmations<N> {
         }
     }
 
-    fn entry(&mut self, member: &N, now: Millis) -> &mut Member {
+    fn entry(&mut self, member: &N, now: Millis) -> &mut Member<N> {
         self.members.entry(member.clone()).or_insert(Member {
             outstanding: VecDeque::new(),
             confirmed: None,
             last_contact: now,
             live: false,
             swim_up: false,
+            unheard: Vec::new(),
         })
     }
 
@@ -138,14 +157,15 @@ impl<N: Hash + Eq + Clone> Confirmations<N> {
         nonce
     }
 
-    /// A pong from `member` answering `nonce` says its latest event is `peer_seq`; this node has
-    /// applied up to `applied` of it.
+    /// A pong from `member` answering `nonce` says its latest event is `peer_seq` and that it has
+    /// not heard from the members `unheard`; this node has applied up to `applied` of it.
     pub(crate) fn pong(
         &mut self,
         member: &N,
         nonce: u64,
         peer_seq: u64,
         applied: Option<u64>,
+        unheard: Vec<N>,
         now: Millis,
     ) -> PongVerdict {
         let Some(m) = self.members.get_mut(member) else {
@@ -162,31 +182,72 @@ impl<N: Hash + Eq + Clone> Confirmations<N> {
         // Older pings are answered by this one too.
         m.outstanding.drain(..=index);
         m.live = true;
-        m.confirmed = Some(m.confirmed.map_or(sent, |c| c.max(sent)));
+        if m.confirmed.is_none_or(|c| c <= sent) {
+            m.confirmed = Some(sent);
+            m.unheard = unheard;
+        }
         PongVerdict::Confirmed
     }
 
     /// Members silent for longer than `dead_after` that SWIM does not hold up stop counting as
-    /// live; returns them.
+    /// live, each only on a majority's [testimony](Self::testified_silent); returns them.
     pub(crate) fn expire(&mut self, now: Millis) -> Vec<N> {
-        let mut dead = Vec::new();
-        for (name, m) in &mut self.members {
-            if m.live && !m.swim_up && now.saturating_sub(m.last_contact) > self.dead_after {
+        let dead: Vec<N> = self
+            .members
+            .iter()
+            .filter(|(_, m)| {
+                m.live && !m.swim_up && now.saturating_sub(m.last_contact) > self.dead_after
+            })
+            .map(|(name, _)| name.clone())
+            .filter(|name| self.testified_silent(name, now))
+            .collect();
+        for name in &dead {
+            if let Some(m) = self.members.get_mut(name) {
                 m.live = false;
                 m.confirmed = None;
                 m.outstanding.clear();
-                dead.push(name.clone());
+                m.unheard.clear();
             }
         }
         dead
     }
 
+    /// Whether this node and the members that confirmed it within the bound and, in that
+    /// confirmation, said they had not heard from `silent` either, are a strict majority of every
+    /// member it counts.
+    pub(crate) fn testified_silent(&self, silent: &N, now: Millis) -> bool {
+        let witnesses = self
+            .fresh(now)
+            .filter(|(name, m)| *name != silent && m.unheard.contains(silent))
+            .count();
+        (witnesses + 1) * 2 > self.counted()
+    }
+
+    /// Live members that confirmed within the bound.
+    fn fresh(&self, now: Millis) -> impl Iterator<Item = (&N, &Member<N>)> {
+        self.members.iter().filter(move |(_, m)| {
+            m.live
+                && m.confirmed
+                    .is_some_and(|at| now.saturating_sub(at) <= self.bound)
+        })
+    }
+
+    /// Every member this node counts, itself included.
+    fn counted(&self) -> usize {
+        self.members.len().max(self.known_peers) + 1
+    }
+
     /// Whether this node and its live members are a strict majority of every member it counts
     /// (itself included).
     pub(crate) fn has_majority(&self) -> bool {
-        let known = self.members.len().max(self.known_peers) + 1;
-        let live = self.live().count() + 1;
-        live * 2 > known
+        (self.live().count() + 1) * 2 > self.counted()
+    }
+
+    /// Whether this node and the members it confirmed within the bound are a strict majority of
+    /// every member it counts: the proof of being on the majority side that retiring and
+    /// forgetting members need.
+    pub(crate) fn has_fresh_majority(&self, now: Millis) -> bool {
+        (self.fresh(now).count() + 1) * 2 > self.counted()
     }
 
     /// Since when every live member is confirmed: the oldest of their confirmations. `None` while
@@ -214,46 +275,64 @@ mod tests {
 
     use super::*;
 
-    const DEAD_AFTER: Millis = 1_000;
+    const BOUND: Millis = 500;
 
     #[test]
     fn a_lone_node_is_always_confirmed() {
-        let c: Confirmations<&str> = Confirmations::new(DEAD_AFTER);
+        let c: Confirmations<&str> = Confirmations::new(BOUND);
         assert_eq!(c.confirmed_since(), Some(Millis::MAX));
     }
 
     #[test]
     fn a_new_member_is_unconfirmed_until_its_pong() {
-        let mut c = Confirmations::new(DEAD_AFTER);
+        let mut c = Confirmations::new(BOUND);
         c.contact(&"b", 100);
         assert_eq!(c.confirmed_since(), None);
         let nonce = c.ping(&"b", 110);
-        assert_eq!(c.pong(&"b", nonce, 5, Some(5), 120), PongVerdict::Confirmed);
+        assert_eq!(
+            c.pong(&"b", nonce, 5, Some(5), vec![], 120),
+            PongVerdict::Confirmed
+        );
         assert_eq!(c.confirmed_since(), Some(110), "as of the ping's send time");
     }
 
     #[test]
     fn a_pong_ahead_of_the_applied_events_does_not_confirm() {
-        let mut c = Confirmations::new(DEAD_AFTER);
+        let mut c = Confirmations::new(BOUND);
         c.contact(&"b", 0);
         let nonce = c.ping(&"b", 10);
-        assert_eq!(c.pong(&"b", nonce, 7, Some(6), 20), PongVerdict::Behind);
-        assert_eq!(c.pong(&"b", nonce, 7, None, 20), PongVerdict::Behind);
+        assert_eq!(
+            c.pong(&"b", nonce, 7, Some(6), vec![], 20),
+            PongVerdict::Behind
+        );
+        assert_eq!(
+            c.pong(&"b", nonce, 7, None, vec![], 20),
+            PongVerdict::Behind
+        );
         assert_eq!(c.confirmed_since(), None);
-        assert_eq!(c.pong(&"b", nonce, 7, Some(7), 25), PongVerdict::Confirmed);
+        assert_eq!(
+            c.pong(&"b", nonce, 7, Some(7), vec![], 25),
+            PongVerdict::Confirmed
+        );
     }
 
     #[test]
     fn unknown_and_repeated_pongs_change_nothing() {
-        let mut c = Confirmations::new(DEAD_AFTER);
+        let mut c = Confirmations::new(BOUND);
         c.contact(&"b", 0);
-        assert_eq!(c.pong(&"b", 99, 0, Some(0), 5), PongVerdict::Unknown);
-        assert_eq!(c.pong(&"x", 1, 0, Some(0), 5), PongVerdict::Unknown);
+        assert_eq!(
+            c.pong(&"b", 99, 0, Some(0), vec![], 5),
+            PongVerdict::Unknown
+        );
+        assert_eq!(c.pong(&"x", 1, 0, Some(0), vec![], 5), PongVerdict::Unknown);
         let first = c.ping(&"b", 10);
         let second = c.ping(&"b", 20);
-        assert_eq!(c.pong(&"b", second, 0, Some(0), 25), PongVerdict::Confirmed);
         assert_eq!(
-            c.pong(&"b", first, 0, Some(0), 26),
+            c.pong(&"b", second, 0, Some(0), vec![], 25),
+            PongVerdict::Confirmed
+        );
+        assert_eq!(
+            c.pong(&"b", first, 0, Some(0), vec![], 26),
             PongVerdict::Unknown,
             "answered by the newer one"
         );
@@ -262,28 +341,28 @@ mod tests {
 
     #[test]
     fn the_oldest_confirmation_of_all_live_members_counts() {
-        let mut c = Confirmations::new(DEAD_AFTER);
+        let mut c = Confirmations::new(BOUND);
         for member in ["b", "c"] {
             c.contact(&member, 0);
         }
         let b = c.ping(&"b", 100);
         let cc = c.ping(&"c", 200);
-        c.pong(&"b", b, 0, Some(0), 210);
+        c.pong(&"b", b, 0, Some(0), vec![], 210);
         assert_eq!(c.confirmed_since(), None, "c still unconfirmed");
-        c.pong(&"c", cc, 0, Some(0), 210);
+        c.pong(&"c", cc, 0, Some(0), vec![], 210);
         assert_eq!(c.confirmed_since(), Some(100));
     }
 
     #[test]
     fn a_silent_member_stops_counting_and_comes_back_unconfirmed() {
-        let mut c = Confirmations::new(DEAD_AFTER);
+        let mut c = Confirmations::new(BOUND);
         for member in ["b", "c"] {
             c.contact(&member, 0);
             let nonce = c.ping(&member, 0);
-            c.pong(&member, nonce, 0, Some(0), 10);
+            c.pong(&member, nonce, 0, Some(0), vec![], 10);
         }
         let nonce = c.ping(&"c", 900);
-        c.pong(&"c", nonce, 0, Some(0), 910);
+        c.pong(&"c", nonce, 0, Some(0), vec!["b"], 910);
         assert!(c.expire(1_010).is_empty(), "silent for exactly dead_after");
         assert_eq!(c.expire(1_011), vec!["b"]);
         assert_eq!(
@@ -298,21 +377,23 @@ mod tests {
 
     #[test]
     fn a_silent_member_swim_holds_up_is_waited_for_not_retired() {
-        let mut c = Confirmations::new(DEAD_AFTER);
+        let mut c = Confirmations::new(BOUND);
         for member in ["b", "c"] {
             c.contact(&member, 0);
         }
-        c.swim_up(&HashSet::from(["b", "c"]), 0);
+        c.swim_up(&BTreeSet::from(["b", "c"]), 0);
         assert!(
             c.expire(5_000).is_empty(),
             "b and c are reached through others"
         );
         assert_eq!(c.confirmed_since(), None, "and still awaited");
-        c.swim_up(&HashSet::from(["c"]), 5_000);
+        c.swim_up(&BTreeSet::from(["c"]), 5_000);
+        let nonce = c.ping(&"c", 4_900);
+        c.pong(&"c", nonce, 0, Some(0), vec!["b"], 4_910);
         assert_eq!(c.expire(5_001), vec!["b"], "down by SWIM and silent");
-        c.swim_up(&HashSet::from(["b", "c"]), 6_000);
+        c.swim_up(&BTreeSet::from(["b", "c"]), 6_000);
         assert_eq!(c.live().count(), 2, "b is back through SWIM, unconfirmed");
-        c.swim_up(&HashSet::from(["b", "c", "d"]), 6_000);
+        c.swim_up(&BTreeSet::from(["b", "c", "d"]), 6_000);
         assert_eq!(
             c.live().count(),
             3,
@@ -322,7 +403,7 @@ mod tests {
 
     #[test]
     fn a_member_that_left_no_longer_counts() {
-        let mut c = Confirmations::new(DEAD_AFTER);
+        let mut c = Confirmations::new(BOUND);
         c.contact(&"b", 0);
         assert_eq!(c.confirmed_since(), None);
         c.leave(&"b");
@@ -335,30 +416,75 @@ mod tests {
 
     #[test]
     fn a_node_that_knows_of_peers_is_not_alone_before_contact() {
-        let mut c: Confirmations<&str> = Confirmations::new(DEAD_AFTER);
+        let mut c: Confirmations<&str> = Confirmations::new(BOUND);
         c.set_known_peers(1);
         assert_eq!(c.confirmed_since(), None);
         c.contact(&"b", 0);
         let nonce = c.ping(&"b", 5);
-        c.pong(&"b", nonce, 0, Some(0), 6);
+        c.pong(&"b", nonce, 0, Some(0), vec![], 6);
         assert_eq!(c.confirmed_since(), Some(5));
     }
 
     #[test]
     fn a_node_cut_off_from_the_majority_is_never_confirmed() {
-        let mut c = Confirmations::new(DEAD_AFTER);
+        let mut c = Confirmations::new(BOUND);
         for member in ["b", "c"] {
             c.contact(&member, 0);
         }
-        let mut dead = c.expire(2_000);
-        dead.sort_unstable();
-        assert_eq!(dead, ["b", "c"]);
-        assert_eq!(c.confirmed_since(), None, "alone, one of three");
+        assert!(
+            c.expire(2_000).is_empty(),
+            "a node hearing no majority retires nobody"
+        );
+        assert_eq!(c.confirmed_since(), None, "and is not confirmed");
 
-        let mut pair = Confirmations::new(DEAD_AFTER);
+        let mut pair = Confirmations::new(BOUND);
         pair.contact(&"b", 0);
-        pair.expire(2_000);
+        assert!(pair.expire(2_000).is_empty());
         assert_eq!(pair.confirmed_since(), None, "one of two is no majority");
+    }
+
+    /// Two nodes lost each other while a third still counted as live for both: the one whose
+    /// last confirmation of the third is older than the bound may be the one cut off, and must
+    /// not retire the other (which, with the third, may retire it).
+    #[test]
+    fn only_a_fresh_majority_retires() {
+        let mut c = Confirmations::new(BOUND);
+        for member in ["b", "c"] {
+            c.contact(&member, 0);
+            let nonce = c.ping(&member, 0);
+            c.pong(&member, nonce, 0, Some(0), vec![], 10);
+        }
+        let nonce = c.ping(&"c", 1_000);
+        c.pong(&"c", nonce, 0, Some(0), vec!["b"], 1_010);
+        assert!(
+            c.expire(1_600).is_empty(),
+            "b silent and c live, but c last confirmed 600 ms ago"
+        );
+        assert!(!c.has_fresh_majority(1_600));
+        let nonce = c.ping(&"c", 1_650);
+        c.pong(&"c", nonce, 0, Some(0), vec!["b"], 1_660);
+        assert_eq!(c.expire(1_700), vec!["b"], "c confirmed again: a majority");
+    }
+
+    /// A member that still hears the silent one testifies against retiring it: the link between
+    /// the two is what failed, and the silent one may be serving.
+    #[test]
+    fn a_member_that_hears_the_silent_one_keeps_it_awaited() {
+        let mut c = Confirmations::new(BOUND);
+        for member in ["b", "c"] {
+            c.contact(&member, 0);
+            let nonce = c.ping(&member, 0);
+            c.pong(&member, nonce, 0, Some(0), vec![], 10);
+        }
+        let nonce = c.ping(&"c", 1_900);
+        c.pong(&"c", nonce, 0, Some(0), vec![], 1_910);
+        assert!(c.has_fresh_majority(2_000));
+        assert!(c.expire(2_000).is_empty(), "c heard b");
+        assert_eq!(c.live().count(), 2, "b is awaited");
+        assert_eq!(c.confirmed_since(), Some(0), "as of its last confirmation");
+        let nonce = c.ping(&"c", 2_100);
+        c.pong(&"c", nonce, 0, Some(0), vec!["b"], 2_110);
+        assert_eq!(c.expire(2_200), vec!["b"], "c no longer hears b");
     }
 
     proptest! {
@@ -368,17 +494,17 @@ mod tests {
         fn confirmations_come_only_from_answered_pings(
             steps in proptest::collection::vec((0_u8..4, 0_u64..3, 0_u64..4), 1..80),
         ) {
-            let mut c = Confirmations::new(DEAD_AFTER);
+            let mut c = Confirmations::new(BOUND);
             let mut now = 0;
             let mut sent = Vec::new();
-            let mut confirming = std::collections::HashSet::new();
+            let mut confirming = std::collections::BTreeSet::new();
             for (kind, member, arg) in steps {
                 now += 7;
                 match kind {
                     0 => c.contact(&member, now),
                     1 => sent.push((member, c.ping(&member, now), now)),
                     2 => if let Some(&(m, nonce, at)) = sent.get(arg as usize % sent.len().max(1))
-                        && c.pong(&m, nonce, arg, Some(2), now) == PongVerdict::Confirmed
+                        && c.pong(&m, nonce, arg, Some(2), vec![], now) == PongVerdict::Confirmed
                     {
                         confirming.insert(at);
                     },
@@ -396,28 +522,31 @@ mod tests {
     /// interval: a pong to an older ping still outstanding confirms as of that ping.
     #[test]
     fn a_pong_to_an_older_outstanding_ping_confirms() {
-        let mut c = Confirmations::new(DEAD_AFTER);
+        let mut c = Confirmations::new(BOUND);
         c.contact(&"b", 0);
         let first = c.ping(&"b", 10);
         let _second = c.ping(&"b", 20);
-        assert_eq!(c.pong(&"b", first, 0, Some(0), 25), PongVerdict::Confirmed);
+        assert_eq!(
+            c.pong(&"b", first, 0, Some(0), vec![], 25),
+            PongVerdict::Confirmed
+        );
         assert_eq!(c.confirmed_since(), Some(10));
     }
 
     #[test]
     fn at_most_outstanding_pings_are_awaited_per_member() {
-        let mut c = Confirmations::new(DEAD_AFTER);
+        let mut c = Confirmations::new(BOUND);
         c.contact(&"b", 0);
         let nonces: Vec<u64> = (0..=OUTSTANDING as Millis)
             .map(|at| c.ping(&"b", at))
             .collect();
         assert_eq!(
-            c.pong(&"b", nonces[0], 0, Some(0), 100),
+            c.pong(&"b", nonces[0], 0, Some(0), vec![], 100),
             PongVerdict::Unknown,
             "the oldest was forgotten"
         );
         assert_eq!(
-            c.pong(&"b", nonces[1], 0, Some(0), 100),
+            c.pong(&"b", nonces[1], 0, Some(0), vec![], 100),
             PongVerdict::Confirmed
         );
         assert_eq!(c.confirmed_since(), Some(1));

@@ -1,11 +1,15 @@
 //! The tasks that drive a node: one accepting links, one reading each inbound link, one dialing
 //! and writing each outbound link. They hold no protocol logic of their own: frames go to the
 //! [`Node`], whose decisions come from the pure sequence tracker.
+//!
+//! Every `select!` is biased (shutdown first), as are the change-log tailer's: tokio picks among
+//! ready branches at random otherwise, and a simulation would not replay exactly from its seed.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BinaryHeap};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::SinkExt;
@@ -31,8 +35,9 @@ pub(super) fn spawn_listener(node: &Arc<Node>, listener: Box<dyn Listener>) {
     tasks.spawn(async move {
         loop {
             let accepted = tokio::select! {
-                accepted = listener.accept() => accepted,
+                biased;
                 _ = shutdown.wait_for(|stop| *stop) => return,
+                accepted = listener.accept() => accepted,
             };
             match accepted {
                 Ok((stream, from)) => {
@@ -61,8 +66,9 @@ pub(super) fn spawn_listener(node: &Arc<Node>, listener: Box<dyn Listener>) {
 async fn inbound(node: Arc<Node>, stream: BoxConnection, from: SocketAddr) {
     let mut shutdown = node.shutdown.subscribe();
     let result = tokio::select! {
-        result = serve_inbound(&node, stream) => result,
+        biased;
         _ = shutdown.wait_for(|stop| *stop) => Ok(()),
+        result = serve_inbound(&node, stream) => result,
     };
     if let Err(error) = result {
         node.count_link_error(&error);
@@ -119,9 +125,7 @@ async fn serve_inbound(node: &Arc<Node>, stream: BoxConnection) -> Result<(), Li
     drop(body);
     transport::accept_frames(&mut reader, node.config.max_frame_bytes);
 
-    // A live peer pings every quarter of the bound; a link silent for twice the bound is stuck (a
-    // partition that never closed it) and is dropped, so that a fresh one can replace it.
-    let idle = node.config.max_staleness * 2;
+    let idle = silence_limit(node);
     loop {
         let Some(body) = tokio::time::timeout(idle, transport::next_frame(&mut reader))
             .await
@@ -145,7 +149,8 @@ async fn serve_inbound(node: &Arc<Node>, stream: BoxConnection) -> Result<(), Li
                 nonce,
                 incarnation,
                 seq,
-            } => node.on_pong(&origin, nonce, incarnation, seq),
+                unheard,
+            } => node.on_pong(&origin, nonce, incarnation, seq, &unheard),
             Frame::IntentAck { seq } => node.on_intent_ack(&origin, seq),
             Frame::Leave => {
                 node.on_leave(&origin, origin_addr);
@@ -200,8 +205,9 @@ pub(super) fn spawn_heartbeat(node: &Arc<Node>) {
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = ticks.tick() => node.heartbeat(),
+                biased;
                 _ = shutdown.wait_for(|stop| *stop) => return,
+                _ = ticks.tick() => node.heartbeat(),
             }
         }
     });
@@ -217,6 +223,8 @@ pub(super) fn spawn_swim_timers(node: &Arc<Node>, mut timers: SwimTimers) {
         loop {
             let next = pending.next_deadline();
             tokio::select! {
+                biased;
+                _ = shutdown.wait_for(|stop| *stop) => return,
                 scheduled = timers.recv() => match scheduled {
                     Some((after, timer)) => pending.push(Instant::now() + after, timer),
                     None => return,
@@ -226,7 +234,6 @@ pub(super) fn spawn_swim_timers(node: &Arc<Node>, mut timers: SwimTimers) {
                         node.swim(|membership| membership.timer(timer));
                     }
                 }
-                _ = shutdown.wait_for(|stop| *stop) => return,
             }
         }
     });
@@ -244,7 +251,7 @@ async fn sleep_until(deadline: Option<Instant>) {
 #[derive(Default)]
 struct TimerQueue {
     heap: BinaryHeap<Reverse<(Instant, u64)>>,
-    timers: HashMap<u64, Timer<Identity>>,
+    timers: BTreeMap<u64, Timer<Identity>>,
     next_id: u64,
 }
 
@@ -281,8 +288,9 @@ pub(super) fn spawn_seed_refresh(node: &Arc<Node>, seeds: Vec<String>, every: st
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = ticks.tick() => {}
+                biased;
                 _ = shutdown.wait_for(|stop| *stop) => return,
+                _ = ticks.tick() => {}
             }
             for seed in &seeds {
                 match node.network.resolve(seed).await {
@@ -334,8 +342,9 @@ pub(super) fn spawn_dialer(node: &Arc<Node>, addr: SocketAddr) {
             }
             let delay = backoff.next_delay(&mut rng);
             tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
+                biased;
                 _ = shutdown.wait_for(|stop| *stop) => return,
+                _ = tokio::time::sleep(delay) => {}
             }
         }
     });
@@ -365,8 +374,9 @@ async fn outbound(
     shutdown: &mut tokio::sync::watch::Receiver<bool>,
 ) -> Result<Outbound, LinkError> {
     let link = tokio::select! {
-        link = handshake(node, addr, attempt) => link?,
+        biased;
         _ = shutdown.wait_for(|stop| *stop) => return Ok(Outbound::Closed),
+        link = handshake(node, addr, attempt) => link?,
     };
     let Some(Link {
         mut reader,
@@ -380,18 +390,37 @@ async fn outbound(
         return Ok(Outbound::Myself);
     };
     node.counters.connects.incr();
+    tracing::debug!(node = %node.id, %peer, %addr, "linked");
     node.link_ready(addr, &peer, incarnation);
     node.set_connected(addr, &peer, true);
-    let result = pump(
-        &mut reader,
-        &mut writer,
-        replay,
-        queue,
-        node.config.handshake_timeout,
-    )
-    .await;
+    let result = tokio::select! {
+        biased;
+        () = goes_silent(node, &peer) => Err(LinkError::Idle),
+        result = pump(&mut reader, &mut writer, replay, queue, node.config.handshake_timeout) => result,
+    };
     node.set_connected(addr, &peer, false);
     result.map(|()| Outbound::Closed)
+}
+
+/// A live peer pings every quarter of the bound; a link silent for twice the bound is stuck (a
+/// partition that never closed it) and is dropped, so that a fresh one can replace it.
+fn silence_limit(node: &Node) -> Duration {
+    node.config.max_staleness * 2
+}
+
+/// Returns once `peer` has been silent on every link for twice the bound, as the inbound side
+/// does. Nothing comes back on an outgoing link, so without this a connection the peer dropped
+/// without a word (a half-open one: its end closed during a partition, or a peer that forgot
+/// this node) would look healthy for as long as writes fit in the socket's buffer, and the peer
+/// would never hear this node's hello again.
+async fn goes_silent(node: &Node, peer: &NodeId) {
+    let idle = silence_limit(node);
+    loop {
+        tokio::time::sleep(idle / 4).await;
+        if !node.heard_within(peer, idle) {
+            return;
+        }
+    }
 }
 
 /// An established outgoing link.
@@ -485,6 +514,7 @@ async fn pump(
     }
     loop {
         tokio::select! {
+            biased;
             frame = queue.recv() => {
                 let Some(frame) = frame else { return Ok(()) };
                 let write = async {

@@ -20,7 +20,7 @@ mod link_queue;
 mod replay;
 pub(crate) mod sequence;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::ops::RangeInclusive;
@@ -1054,7 +1054,7 @@ pub(crate) struct Node {
     pub(crate) config: NodeConfig,
     outbox: Mutex<Outbox>,
     tracker: Mutex<SequenceTracker<NodeId>>,
-    caches: RwLock<HashMap<Arc<str>, Arc<dyn Sink>>>,
+    caches: RwLock<BTreeMap<Arc<str>, Arc<dyn Sink>>>,
     pub(crate) events: broadcast::Sender<ClusterEvent>,
     pub(crate) counters: ClusterCounters,
     pub(crate) shutdown: watch::Sender<bool>,
@@ -1064,7 +1064,7 @@ pub(crate) struct Node {
     roster: Mutex<Roster>,
     confirmations: Mutex<Confirmations<NodeId>>,
     /// Strong updates awaiting acknowledgements: intent sequence → who has yet to answer.
-    intents: Mutex<HashMap<u64, PendingIntent>>,
+    intents: Mutex<BTreeMap<u64, PendingIntent>>,
     membership: Mutex<Membership>,
     swim_timers: mpsc::UnboundedSender<(Duration, Timer<Identity>)>,
     /// The lease of caches with no change log: every live member confirmed within Δ.
@@ -1076,7 +1076,7 @@ pub(crate) struct Node {
 
 /// A strong update's intent: the members yet to acknowledge it, and whom to tell when none is
 /// left.
-type PendingIntent = (HashSet<NodeId>, oneshot::Sender<()>);
+type PendingIntent = (BTreeSet<NodeId>, oneshot::Sender<()>);
 
 /// Membership timers for the node's timer task: each is handed back after its delay.
 type SwimTimers = mpsc::UnboundedReceiver<(Duration, Timer<Identity>)>;
@@ -1134,19 +1134,19 @@ impl Node {
                 ring: ReplayRing::new(builder.replay_buffer),
             }),
             tracker: Mutex::new(SequenceTracker::default()),
-            caches: RwLock::new(HashMap::new()),
+            caches: RwLock::new(BTreeMap::new()),
             roster: Mutex::new(roster),
             events: broadcast::channel(64 * 1024).0,
             counters: ClusterCounters::default(),
             shutdown: watch::channel(false).0,
             tasks: TaskTracker::new(),
-            confirmations: Mutex::new(Confirmations::new(millis(builder.max_staleness * 2))),
+            confirmations: Mutex::new(Confirmations::new(millis(builder.max_staleness))),
             peer_lease: Arc::new(Lease::default()),
             clock: Clock::from(builder.time_source),
             network: Arc::clone(&builder.network),
             rng_seed,
             membership: Mutex::new(membership),
-            intents: Mutex::new(HashMap::new()),
+            intents: Mutex::new(BTreeMap::new()),
             swim_timers,
             log: builder.change_log.clone().map(|log| {
                 Arc::new(LogRuntime::new(
@@ -1411,7 +1411,7 @@ impl Node {
         let (outputs, up) = {
             let mut membership = self.membership.lock();
             step(&mut membership);
-            let up: HashSet<NodeId> = membership.up().map(|id| id.node.clone()).collect();
+            let up: BTreeSet<NodeId> = membership.up().map(|id| id.node.clone()).collect();
             (membership.drain(), up)
         };
         let now = self.clock.now();
@@ -1442,7 +1442,7 @@ impl Node {
             }
         }
         // SWIM may hold up names the member table refused (full): those are not waited for.
-        let up: HashSet<NodeId> = {
+        let up: BTreeSet<NodeId> = {
             let roster = self.roster.lock();
             up.into_iter().filter(|n| roster.get(n).is_some()).collect()
         };
@@ -1470,7 +1470,7 @@ impl Node {
     /// pings, which travel behind the announcement.
     pub(crate) async fn announce_intent(self: &Arc<Self>, cache: &str, key: &[u8]) {
         let (done, acked) = oneshot::channel();
-        let waiting: HashSet<NodeId> = self.live_members().into_iter().collect();
+        let waiting: BTreeSet<NodeId> = self.live_members().into_iter().collect();
         let seq = {
             let mut intents = self.intents.lock();
             let event = self.publish(cache, Change::Intent { key });
@@ -1511,11 +1511,23 @@ impl Node {
 
     /// Answers a ping from the node listening at `to`, behind every event already queued to it.
     pub(crate) fn pong(&self, to: SocketAddr, nonce: u64) {
+        let unheard: Vec<NodeId> = {
+            let roster = self.roster.lock();
+            // Half a frame of names: a testimony cut short only keeps members awaited.
+            let budget = self.config.max_frame_bytes / 2;
+            let window = millis(self.config.max_staleness * 2);
+            roster
+                .unheard(self.clock.now(), window, budget)
+                .into_iter()
+                .cloned()
+                .collect()
+        };
         let outbox = self.outbox.lock();
         let frame = Frame::Pong {
             nonce,
             incarnation: self.incarnation,
             seq: outbox.seq,
+            unheard: unheard.iter().map(NodeId::as_str).collect(),
         }
         .encode();
         for link in outbox.links.iter().filter(|l| l.addr == to) {
@@ -1560,8 +1572,19 @@ impl Node {
     /// state kept for each. Those this node reached go only if it is in a majority now, counting
     /// them.
     fn forget_due(self: &Arc<Self>, now: crate::clock::Millis) {
-        let majority = self.confirmations.lock().has_majority();
-        let forgotten = self.roster.lock().expire(now, majority);
+        // A reached member goes only once retired (on testimony), and only while this node
+        // still hears a majority.
+        let (majority, live): (bool, BTreeSet<NodeId>) = {
+            let confirmations = self.confirmations.lock();
+            (
+                confirmations.has_fresh_majority(now),
+                confirmations.live().cloned().collect(),
+            )
+        };
+        let forgotten = self
+            .roster
+            .lock()
+            .expire(now, |node| majority && !live.contains(node));
         if forgotten.is_empty() {
             return;
         }
@@ -1611,18 +1634,38 @@ impl Node {
         }
     }
 
+    /// Whether `peer` showed signs of life within `window`.
+    pub(crate) fn heard_within(&self, peer: &NodeId, window: Duration) -> bool {
+        let now = self.clock.now();
+        self.roster
+            .lock()
+            .get(peer)
+            .is_some_and(|entry| now.saturating_sub(entry.last_heard) <= millis(window))
+    }
+
     /// A pong from `origin` arrived on its link.
-    pub(crate) fn on_pong(&self, origin: &NodeId, nonce: u64, incarnation: u64, seq: u64) {
+    pub(crate) fn on_pong(
+        &self,
+        origin: &NodeId,
+        nonce: u64,
+        incarnation: u64,
+        seq: u64,
+        unheard: &[&str],
+    ) {
         self.roster.lock().heard(origin, self.clock.now());
         let applied = self
             .tracker
             .lock()
             .applied(origin)
             .and_then(|(known, applied)| (known == incarnation).then_some(applied));
-        let verdict = self
-            .confirmations
-            .lock()
-            .pong(origin, nonce, seq, applied, self.clock.now());
+        let verdict = self.confirmations.lock().pong(
+            origin,
+            nonce,
+            seq,
+            applied,
+            unheard.iter().map(|&name| NodeId::from(name)).collect(),
+            self.clock.now(),
+        );
         if verdict == PongVerdict::Confirmed {
             self.refresh_peer_lease();
             self.notify(ClusterEvent::Confirmed {
@@ -1699,7 +1742,7 @@ impl Node {
     /// The members, as [`Cluster::members`] shows them.
     fn members(&self) -> Vec<Member> {
         let now = self.clock.now();
-        let live: HashSet<NodeId> = self.live_members().into_iter().collect();
+        let live: BTreeSet<NodeId> = self.live_members().into_iter().collect();
         let membership = self.membership.lock();
         let roster = self.roster.lock();
         let mut members: Vec<Member> = roster

@@ -10,8 +10,8 @@
 //! (it flushes what no change log covers) and applies the later event anyway. Events a broken link
 //! lost are not gaps: the link's successor replays them, starting where the tracker left off.
 
-use std::collections::HashMap;
-use std::collections::hash_map::Entry;
+use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
 use std::ops::RangeInclusive;
 
 /// What to do with one delivery.
@@ -42,18 +42,18 @@ struct Track {
 /// [`SequenceTracker::event`] for each event it carries, in arrival order.
 #[derive(Debug)]
 pub(crate) struct SequenceTracker<N> {
-    origins: HashMap<N, Track>,
+    origins: BTreeMap<N, Track>,
 }
 
 impl<N> Default for SequenceTracker<N> {
     fn default() -> Self {
         Self {
-            origins: HashMap::new(),
+            origins: BTreeMap::new(),
         }
     }
 }
 
-impl<N: std::hash::Hash + Eq + Clone> SequenceTracker<N> {
+impl<N: Ord + Clone> SequenceTracker<N> {
     /// A link from `origin` opened; it will carry events after `seq`.
     ///
     /// Events up to `seq` not yet applied were sent while this node had no link; they are
@@ -129,7 +129,7 @@ fn missed(first: u64, next: u64) -> Delivery {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashSet;
+    use std::collections::BTreeSet;
 
     use proptest::prelude::*;
 
@@ -205,8 +205,8 @@ mod tests {
             hello_at in 0_u64..5,
         ) {
             let mut t = SequenceTracker::default();
-            let mut applied = HashSet::new();
-            let mut covered = HashSet::new();
+            let mut applied = BTreeSet::new();
+            let mut covered = BTreeSet::new();
             let first = t.hello(&"a", 1, hello_at);
             if let Delivery::Gap { missed } = first {
                 covered.extend(missed);

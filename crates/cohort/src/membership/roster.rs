@@ -29,7 +29,7 @@
 //! peer that has not forgotten them yet cannot gossip them back; meeting one directly (a
 //! handshake) always readmits it.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 
 use crate::clock::Millis;
@@ -121,12 +121,12 @@ pub(crate) struct Roster {
     me: NodeId,
     my_addr: SocketAddr,
     config: RosterConfig,
-    members: HashMap<NodeId, Entry>,
-    seeds: HashMap<SocketAddr, Seed>,
+    members: BTreeMap<NodeId, Entry>,
+    seeds: BTreeMap<SocketAddr, Seed>,
     /// Forgotten names: the incarnation forgotten and when.
-    tombstones: HashMap<NodeId, (u64, Millis)>,
+    tombstones: BTreeMap<NodeId, (u64, Millis)>,
     /// Addresses with a dialer running.
-    dialing: HashSet<SocketAddr>,
+    dialing: BTreeSet<SocketAddr>,
     /// Members evicted to make room, for [`expire`](Self::expire) to report.
     evicted: Vec<(NodeId, Entry)>,
 }
@@ -138,10 +138,10 @@ impl Roster {
             me,
             my_addr,
             config,
-            members: HashMap::new(),
-            seeds: HashMap::new(),
-            tombstones: HashMap::new(),
-            dialing: HashSet::new(),
+            members: BTreeMap::new(),
+            seeds: BTreeMap::new(),
+            tombstones: BTreeMap::new(),
+            dialing: BTreeSet::new(),
             evicted: Vec::new(),
         }
     }
@@ -270,18 +270,22 @@ impl Roster {
     }
 
     /// Forgets the members due (see the module docs): those never reached and unheard of for
-    /// `forget_after`, and, if `majority` (this node and its live members are a strict majority
-    /// of [`counted`](Self::counted)), those silent and not held up by SWIM for as long. Also
-    /// drops old tombstones and seed addresses no name resolves to any more. Returns the
-    /// forgotten members, and those evicted to make room since the last call.
-    pub(crate) fn expire(&mut self, now: Millis, majority: bool) -> Vec<(NodeId, Entry)> {
+    /// `forget_after`, and those silent and not held up by SWIM for as long that
+    /// `may_forget_reached` allows (the majority rule: see `cluster::confirm`). Also drops old
+    /// tombstones and seed addresses no name resolves to any more. Returns the forgotten members,
+    /// and those evicted to make room since the last call.
+    pub(crate) fn expire(
+        &mut self,
+        now: Millis,
+        may_forget_reached: impl Fn(&NodeId) -> bool,
+    ) -> Vec<(NodeId, Entry)> {
         let grace = self.config.forget_after;
         let due: Vec<NodeId> = self
             .members
             .iter()
-            .filter(|(_, e)| {
+            .filter(|(name, e)| {
                 let quiet = now.saturating_sub(e.last_heard) > grace;
-                quiet && (!e.reached || (majority && !e.swim_up))
+                quiet && (!e.reached || (!e.swim_up && may_forget_reached(name)))
             })
             .map(|(name, _)| name.clone())
             .collect();
@@ -304,6 +308,23 @@ impl Roster {
     /// member has been found at.
     pub(crate) fn counted(&self) -> usize {
         self.members.len() + self.unresolved_seeds().count()
+    }
+
+    /// The members not heard from within `window`, then the names forgotten lately, as many as
+    /// fit in `budget` bytes of names.
+    pub(crate) fn unheard(&self, now: Millis, window: Millis, budget: usize) -> Vec<&NodeId> {
+        let mut budget = budget;
+        self.members
+            .iter()
+            .filter(|(_, e)| now.saturating_sub(e.last_heard) > window)
+            .map(|(name, _)| name)
+            .chain(self.tombstones.keys())
+            .take_while(|name| {
+                let fits = name.as_str().len() < budget;
+                budget = budget.saturating_sub(name.as_str().len() + 1);
+                fits
+            })
+            .collect()
     }
 
     /// Whether a dialer should keep trying `addr`: a member accepts links there, or a seed no
@@ -546,8 +567,8 @@ mod tests {
     fn a_member_never_reached_is_forgotten_after_the_grace_majority_or_not() {
         let mut r = roster(8);
         r.hear_of(&name("ghost"), 1, addr(2), 0).unwrap();
-        assert!(r.expire(GRACE, false).is_empty());
-        let forgotten = r.expire(GRACE + 1, false);
+        assert!(r.expire(GRACE, |_| false).is_empty());
+        let forgotten = r.expire(GRACE + 1, |_| false);
         assert_eq!(forgotten.len(), 1);
         assert_eq!(r.counted(), 0);
         assert_eq!(
@@ -567,14 +588,14 @@ mod tests {
         let mut r = roster(8);
         r.meet(&name("b"), 1, addr(2), Some(addr(2)), 0).unwrap();
         r.swim_up(&name("b"), 1, addr(2), 0).unwrap();
-        assert!(r.expire(GRACE * 5, true).is_empty(), "SWIM holds it up");
+        assert!(r.expire(GRACE * 5, |_| true).is_empty(), "SWIM holds it up");
         r.swim_down(&name("b"), 1);
         assert!(
-            r.expire(GRACE * 5, false).is_empty(),
+            r.expire(GRACE * 5, |_| false).is_empty(),
             "a node with no majority never shrinks its set"
         );
         assert_eq!(r.counted(), 1);
-        let forgotten = r.expire(GRACE * 5, true);
+        let forgotten = r.expire(GRACE * 5, |_| true);
         assert_eq!(forgotten.len(), 1);
         assert_eq!(r.counted(), 0);
         assert!(!r.keep_dialing(addr(2)));
@@ -610,7 +631,7 @@ mod tests {
             r.get(&name("real")).is_some(),
             "a member reached is never evicted"
         );
-        assert_eq!(r.expire(4, false).len(), 1, "the eviction is reported");
+        assert_eq!(r.expire(4, |_| false).len(), 1, "the eviction is reported");
         r.meet(&name("fake-3"), 1, addr(5), Some(addr(5)), 5)
             .unwrap();
         assert_eq!(
@@ -625,7 +646,7 @@ mod tests {
         r.add_seeds(&[addr(2)], false, 0);
         r.add_seeds(&[addr(3)], true, 0);
         assert_eq!(r.counted(), 2);
-        r.expire(GRACE + 1, false);
+        r.expire(GRACE + 1, |_| false);
         assert_eq!(r.counted(), 1, "the fixed seed stays");
         assert!(!r.keep_dialing(addr(2)));
         assert!(r.keep_dialing(addr(3)));
@@ -684,7 +705,7 @@ mod tests {
             let mut r = roster(8);
             r.add_seeds(&[addr(2)], fixed_first, 0);
             r.add_seeds(&[addr(2)], !fixed_first, 0);
-            r.expire(GRACE + 1, false);
+            r.expire(GRACE + 1, |_| false);
             assert_eq!(r.counted(), 1, "fixed first: {fixed_first}");
             assert!(r.keep_dialing(addr(2)));
         }
@@ -703,8 +724,8 @@ mod tests {
         let mut r = roster(8);
         r.meet(&name("b"), 1, addr(2), Some(addr(2)), 0).unwrap();
         r.heard(&name("b"), GRACE);
-        assert!(r.expire(GRACE + 1, true).is_empty(), "heard at GRACE");
-        assert_eq!(r.expire(2 * GRACE + 1, true).len(), 1);
+        assert!(r.expire(GRACE + 1, |_| true).is_empty(), "heard at GRACE");
+        assert_eq!(r.expire(2 * GRACE + 1, |_| true).len(), 1);
     }
 
     #[test]
@@ -775,7 +796,7 @@ mod tests {
         for (port, ghost) in (2..).zip(ghosts) {
             r.hear_of(&name(ghost), 1, addr(port), 0).unwrap();
         }
-        assert_eq!(r.expire(GRACE + 1, false).len(), 3);
+        assert_eq!(r.expire(GRACE + 1, |_| false).len(), 3);
         for (port, ghost) in (2..).zip(ghosts) {
             assert_eq!(
                 r.hear_of(&name(ghost), 1, addr(port), GRACE + 2),

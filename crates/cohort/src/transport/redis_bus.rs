@@ -321,6 +321,7 @@ impl Hub {
             }
         };
         tokio::select! {
+            biased;
             () = outgoing => {}
             () = incoming => {}
         }

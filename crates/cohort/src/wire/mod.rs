@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::codec::LengthDelimitedCodec;
 
 /// The protocol version this build speaks. A peer with another version is refused.
-pub(crate) const PROTOCOL_VERSION: u16 = 2;
+pub(crate) const PROTOCOL_VERSION: u16 = 3;
 
 /// Magic bytes that open every link.
 const MAGIC: [u8; 4] = *b"COHO";
@@ -89,11 +89,14 @@ pub(crate) enum Frame<'a> {
     /// Asks the receiver to confirm; sent by a dialer on its link.
     Ping { nonce: u64 },
     /// Answers a ping, queued behind the sender's events on its own link: `seq` is the sender's
-    /// latest event when it answered.
+    /// latest event when it answered; `unheard`, the members it counts and has not heard from
+    /// within twice the bound (its testimony for retiring them: see `cluster::confirm`).
     Pong {
         nonce: u64,
         incarnation: u64,
         seq: u64,
+        #[serde(borrow)]
+        unheard: Vec<&'a str>,
     },
     /// The sender is shutting down: stop waiting for it.
     Leave,
@@ -270,6 +273,7 @@ mod tests {
             nonce: 7,
             incarnation: 2,
             seq: 40,
+            unheard: vec!["node-c"],
         };
         for frame in [
             hello,
@@ -340,8 +344,8 @@ mod tests {
         assert!(matches!(
             check_preamble(future, false),
             Err(WireError::UnsupportedVersion {
-                version: 3,
-                supported: 2
+                version: 4,
+                supported: 3
             })
         ));
     }

@@ -30,17 +30,25 @@ async fn ten_thousand_idle_connections_leave_the_node_serving() {
     let db = Db::with(&[(1, "ada")]);
 
     let before = resident_bytes();
+    let started = std::time::Instant::now();
     let mut idle = Vec::with_capacity(10_000);
     for _ in 0..10_000 {
         idle.push(TcpStream::connect(a.local_addr()).await.unwrap());
     }
+    // A slot frees when its handshake times out: on a loaded machine the loop may outlast it.
+    let timeouts = started.elapsed().as_secs() / cohort::DEFAULT_HANDSHAKE_TIMEOUT.as_secs();
+    let admitted = 256 * (timeouts + 1);
     let grown = resident_bytes().saturating_sub(before);
     eprintln!(
         "10,000 idle connections: resident memory +{} KiB",
         grown / 1024
     );
     assert!(grown < 64 << 20, "grew by {grown} bytes");
-    assert!(a.stats().links_refused >= 10_000 - 256, "{:?}", a.stats());
+    assert!(
+        a.stats().links_refused >= 10_000 - admitted,
+        "{:?}",
+        a.stats()
+    );
 
     load(&on_a, &db, 1).await;
     let mut a_events = a.subscribe();
