@@ -18,7 +18,9 @@ mod net;
 use std::time::Duration;
 
 use cohort::Mode;
-use harness::{BOUND, Fault, Run, Scheduled, Setup, THREE, at, simulate};
+use harness::{
+    BOUND, Effects, Fault, Run, Scheduled, Setup, THREE, at, simulate, simulate_expecting,
+};
 use history::reads_and_updates;
 use proptest::prelude::*;
 
@@ -479,7 +481,7 @@ proptest! {
                 at(at_ms, lasts_ms, fault)
             })
             .collect();
-        if let Err(e) = simulate(setup, seed, schedule, secs(6)) {
+        if let Err(e) = simulate_expecting(setup, seed, schedule, secs(6), Effects::Any) {
             return Err(TestCaseError::fail(e));
         }
     }

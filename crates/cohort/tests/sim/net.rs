@@ -16,7 +16,7 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// The share of writes a lossy host drops.
+/// The share of writes a lossy host drops, after the first, which it always drops.
 const LOSS_RATE: f64 = 0.05;
 
 /// turmoil's simulated TCP, with the faults of the host's [`Wire`].
@@ -27,6 +27,7 @@ pub(crate) struct Wire {
     generation: AtomicU64,
     wakers: Mutex<Vec<std::sync::Weak<AtomicWaker>>>,
     lossy: AtomicBool,
+    drop_next: AtomicBool,
     dropped: AtomicU64,
     rng: Mutex<StdRng>,
 }
@@ -38,6 +39,7 @@ impl Wire {
             generation: AtomicU64::new(0),
             wakers: Mutex::default(),
             lossy: AtomicBool::new(false),
+            drop_next: AtomicBool::new(false),
             dropped: AtomicU64::new(0),
             rng: Mutex::new(StdRng::seed_from_u64(seed)),
         })
@@ -55,6 +57,7 @@ impl Wire {
     /// Starts or stops dropping a share of the writes.
     pub(crate) fn set_lossy(&self, lossy: bool) {
         self.lossy.store(lossy, Ordering::SeqCst);
+        self.drop_next.store(lossy, Ordering::SeqCst);
     }
 
     /// Writes dropped so far.
@@ -63,7 +66,9 @@ impl Wire {
     }
 
     fn drops_write(&self) -> bool {
-        let drops = self.lossy.load(Ordering::SeqCst) && self.rng.lock().random_bool(LOSS_RATE);
+        let drops = self.lossy.load(Ordering::SeqCst)
+            && (self.drop_next.swap(false, Ordering::SeqCst)
+                || self.rng.lock().random_bool(LOSS_RATE));
         if drops {
             self.dropped.fetch_add(1, Ordering::SeqCst);
         }
