@@ -64,8 +64,8 @@ struct Node {
 /// What one client did.
 #[derive(Default)]
 struct ClientLog {
-    reads: Vec<Read>,
-    updates: Vec<Update>,
+    reads: Vec<Read<()>>,
+    updates: Vec<Update<()>>,
     /// When each update's `update` call returned, by the event that carried it.
     returned: Vec<(EventId, Instant)>,
 }
@@ -108,7 +108,11 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<bool> {
     progress.finish_and_clear();
 
     let propagation = propagation(&nodes, &log, collectors).await;
-    let verdict = history::judge(&log.updates, &log.reads, bound);
+    let updates = log.updates.iter().map(|u| Update {
+        promise: bound,
+        ..*u
+    });
+    let (_, verdict) = history::judge(updates, log.reads.iter().copied());
     print_report(&nodes, &log, &propagation, &verdict, bound, elapsed);
 
     let (hits, misses) = nodes.iter().fold((0, 0), |(h, m), n| {
@@ -208,6 +212,9 @@ async fn client(
                 key,
                 version: receipt.value.version,
                 returned,
+                // Set by the judgment, which knows the bound.
+                promise: Duration::ZERO,
+                by: (),
             });
             log.returned.push((receipt.event, returned));
         } else {
@@ -221,6 +228,8 @@ async fn client(
                 key,
                 version: user.version,
                 started,
+                ended: Instant::now(),
+                by: (),
             });
         }
         progress.inc(1);

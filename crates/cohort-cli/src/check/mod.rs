@@ -6,6 +6,10 @@
 //! partitions, slows and drops, and writes rows with plain SQL through no node. Each read is then
 //! checked: it must show a version at least as new as every update that returned more than the
 //! bound before the read started (bounded mode), or before it started at all (strong mode).
+//!
+//! Operations are judged as they complete and written to the history file at once, so the
+//! checker's memory does not grow with the length of the run, and the verdict comes as soon as
+//! the workload ends.
 
 mod dbproxy;
 mod faults;
@@ -15,8 +19,9 @@ mod nodes;
 mod proxy;
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::path::PathBuf;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,16 +32,16 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use serde_json::json;
 
-use crate::history::{self, Read, Update};
+use crate::history::{Judge, Late, Read, Update};
 use crate::serve::{Consistency, parse_duration};
 use crate::users_db::UsersDb;
-
-/// The name plain-SQL writers give users.
-const PLAIN_SQL_NAME: &str = "set by plain SQL";
 use dbproxy::DbProxy;
 use faults::{Action, FaultKind, Planned};
 use nodes::{Node, NodeSpec};
 use proxy::Proxy;
+
+/// The name plain-SQL writers give users.
+const PLAIN_SQL_NAME: &str = "set by plain SQL";
 
 /// Rows beyond the clients' keys that an outside writer changes while a node is paused: a backlog
 /// of change-log rows the node must work through when it resumes, before it may serve again.
@@ -45,6 +50,18 @@ const BACKLOG_ROWS: u64 = 50_000;
 /// How long a client waits for one answer. Reads sent to a paused node in its last second are
 /// answered, and judged, once it resumes; the others give up, so the workload goes on.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How long after an operation completes the judge waits for those that completed before it:
+/// clients record an answer under one lock right after it comes, so this only covers a thread
+/// descheduled in between.
+const JUDGE_WINDOW: Duration = Duration::from_secs(1);
+
+/// How long after it started a read may reach the judge and still be judged: far beyond
+/// [`REQUEST_TIMEOUT`]. Lags longer than this are reported as lower bounds.
+const JUDGE_HORIZON: Duration = Duration::from_secs(30);
+
+/// The late reads the report shows, the longest lags beyond the bound.
+const WORST: usize = 5;
 
 /// Options of `cohort check`.
 #[derive(clap::Args, Debug)]
@@ -92,14 +109,18 @@ pub(crate) struct Args {
 }
 
 /// Who performed an operation.
-#[derive(Clone, Debug)]
+#[derive(Clone, Copy, Debug)]
 enum Actor {
-    Client { client: u16, node: String },
+    /// A client, through node `n{node}`.
+    Client {
+        client: u16,
+        node: usize,
+    },
     Sql,
 }
 
 /// One recorded operation.
-#[derive(Clone, Debug)]
+#[derive(Clone, Copy, Debug)]
 struct Op {
     actor: Actor,
     key: u64,
@@ -110,6 +131,17 @@ struct Op {
     ended: Instant,
 }
 
+/// Who made an update, or performed a read, as the judge hands them back to the report.
+#[derive(Clone, Copy, Debug)]
+enum By {
+    /// A client's PUT through node `n{node}`.
+    Put { node: usize },
+    /// Plain SQL, through no node.
+    Sql,
+    /// A read on node `n{node}`; as an update, the first read that returned the version.
+    Read { node: usize, cache: bool },
+}
+
 /// What the nodes running at the end say their mesh did.
 #[derive(Clone, Copy, Debug, Default)]
 struct Mesh {
@@ -117,13 +149,180 @@ struct Mesh {
     gaps: u64,
 }
 
-/// Everything a run recorded.
-#[derive(Default)]
+/// What a run recorded: operations are counted, written to the history file and handed to the
+/// judge as they complete, then forgotten.
 struct Recorded {
-    reads: Vec<Op>,
-    updates: Vec<Op>,
-    failed: u64,
+    judge: Judge<By>,
+    /// What an update through a node promises: the bound (bounded mode) or at once (strong).
+    bound: Duration,
+    /// What a plain-SQL update, which no node hears of before it commits, and a version a read
+    /// returned promise.
+    max_staleness: Duration,
+    counts: Counts,
     faults: BTreeMap<&'static str, u64>,
+    /// The late reads with the longest lags beyond the bound, longest first.
+    worst: Vec<Late<By>>,
+    history: Option<HistoryFile>,
+}
+
+/// Operations by kind.
+#[derive(Clone, Copy, Debug, Default)]
+struct Counts {
+    reads: u64,
+    from_cache: u64,
+    updates: u64,
+    by_sql: u64,
+    failed: u64,
+}
+
+impl Recorded {
+    fn new(bound: Duration, max_staleness: Duration, history: Option<HistoryFile>) -> Self {
+        Self {
+            judge: Judge::new(JUDGE_WINDOW, JUDGE_HORIZON),
+            bound,
+            max_staleness,
+            counts: Counts::default(),
+            faults: BTreeMap::new(),
+            worst: Vec::new(),
+            history,
+        }
+    }
+
+    /// A read that returned: the read, and the version it returned, known to have committed.
+    fn read(&mut self, op: Op) {
+        // Only clients read.
+        let Actor::Client { node, .. } = op.actor else {
+            return;
+        };
+        let cache = op.from_cache == Some(true);
+        self.counts.reads += 1;
+        self.counts.from_cache += u64::from(cache);
+        if let Some(history) = &mut self.history {
+            history.write("read", &op);
+        }
+        let by = By::Read { node, cache };
+        self.judge.handle_update(Update {
+            key: op.key,
+            version: op.version,
+            returned: op.ended,
+            promise: self.max_staleness,
+            by,
+        });
+        self.judge.handle_read(Read {
+            key: op.key,
+            version: op.version,
+            started: op.started,
+            ended: op.ended,
+            by,
+        });
+    }
+
+    /// An update that returned.
+    fn update(&mut self, op: Op) {
+        self.counts.updates += 1;
+        if let Some(history) = &mut self.history {
+            history.write("update", &op);
+        }
+        let (promise, by) = match op.actor {
+            Actor::Client { node, .. } => (self.bound, By::Put { node }),
+            Actor::Sql => {
+                self.counts.by_sql += 1;
+                (self.max_staleness, By::Sql)
+            }
+        };
+        self.judge.handle_update(Update {
+            key: op.key,
+            version: op.version,
+            returned: op.ended,
+            promise,
+            by,
+        });
+    }
+
+    /// Judges the reads whose window has passed.
+    fn tick(&mut self, now: Instant) {
+        self.judge.handle_timeout(now);
+        self.collect_late();
+    }
+
+    /// The workload is over: judges every read left, closes the history file.
+    fn finish(&mut self, problems: &mut Vec<String>) {
+        self.judge.finish();
+        self.collect_late();
+        if let Some(problem) = self.history.as_mut().and_then(HistoryFile::finish) {
+            problems.push(problem);
+        }
+    }
+
+    fn collect_late(&mut self) {
+        while let Some(late) = self.judge.poll_late() {
+            if !late.beyond {
+                continue;
+            }
+            let at = self.worst.partition_point(|w| w.lag >= late.lag);
+            if at < WORST {
+                self.worst.insert(at, late);
+                self.worst.truncate(WORST);
+            }
+        }
+    }
+}
+
+/// The history file, one JSON line per operation, written as operations complete.
+struct HistoryFile {
+    path: PathBuf,
+    file: BufWriter<File>,
+    /// Times are written from here.
+    origin: Instant,
+    /// The first write that failed; nothing is written after it.
+    error: Option<std::io::Error>,
+}
+
+impl HistoryFile {
+    /// Creates `history.jsonl` in `dir`, creating `dir` if missing.
+    fn create(dir: &Path, origin: Instant) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let path = dir.join("history.jsonl");
+        let file =
+            File::create(&path).with_context(|| format!("cannot write {}", path.display()))?;
+        Ok(Self {
+            path,
+            file: BufWriter::new(file),
+            origin,
+            error: None,
+        })
+    }
+
+    fn write(&mut self, kind: &str, op: &Op) {
+        if self.error.is_some() {
+            return;
+        }
+        let us = |at: Instant| at.saturating_duration_since(self.origin).as_micros() as u64;
+        let (client, node) = match op.actor {
+            Actor::Client { client, node } => (Some(client), Some(format!("n{node}"))),
+            Actor::Sql => (None, None),
+        };
+        let line = json!({
+            "kind": kind,
+            "client": client,
+            "node": node,
+            "key": op.key,
+            "version": op.version,
+            "source": op.from_cache.map(|c| if c { "cache" } else { "db" }),
+            "start_us": us(op.started),
+            "end_us": us(op.ended),
+        });
+        if let Err(e) = writeln!(self.file, "{line}") {
+            self.error = Some(e);
+        }
+    }
+
+    /// Flushes the file; a problem for the report if any write failed.
+    fn finish(&mut self) -> Option<String> {
+        let flushed = self.file.flush();
+        let error = self.error.take().or(flushed.err())?;
+        Some(format!("cannot write {}: {error}", self.path.display()))
+    }
 }
 
 /// The running nodes, by index; `None` while one is killed.
@@ -198,7 +397,19 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<bool> {
     );
     let origin = Instant::now();
     let deadline = origin + args.duration;
-    let recorded = Arc::new(Mutex::new(Recorded::default()));
+    let history = match &args.out {
+        Some(dir) => Some(HistoryFile::create(dir, origin)?),
+        None => None,
+    };
+    let bound = match args.mode {
+        Consistency::Bounded => args.max_staleness,
+        Consistency::Strong => Duration::ZERO,
+    };
+    let recorded = Arc::new(Mutex::new(Recorded::new(
+        bound,
+        args.max_staleness,
+        history,
+    )));
     let mut clients = Vec::new();
     for client in 0..args.clients {
         let (cluster, recorded) = (Arc::clone(&cluster), Arc::clone(&recorded));
@@ -239,10 +450,11 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<bool> {
                     }
                 }
             }
-            let r = recorded.lock();
+            let mut r = recorded.lock();
+            r.tick(Instant::now());
             progress.set_message(format!(
                 "{} ops, {} faults",
-                r.reads.len() + r.updates.len(),
+                r.counts.reads + r.counts.updates,
                 r.faults.values().sum::<u64>()
             ));
         }
@@ -251,8 +463,10 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<bool> {
     for client in clients {
         client.await.context("a client panicked")?;
     }
+    let workload_ended = Instant::now();
     progress.finish_and_clear();
     let mut problems = Vec::new();
+    recorded.lock().finish(&mut problems);
     if let Err(e) = scheduled {
         problems.push(format!("fault injection failed: {e:#}"));
     }
@@ -279,16 +493,13 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<bool> {
         }
     }
 
-    let recorded = std::mem::take(&mut *recorded.lock());
-    if let Some(out) = &args.out {
-        write_history(out, &recorded, origin)?;
-    }
     for (i, samples) in memory.iter().enumerate() {
         if let Some(summary) = samples.summary() {
             println!("memory      n{i}: {summary}");
         }
     }
-    let passed = report(&args, &recorded, mesh, origin, &problems);
+    let recorded = recorded.lock();
+    let passed = report(&args, &recorded, mesh, origin, workload_ended, &problems);
     Ok(passed)
 }
 
@@ -324,11 +535,9 @@ async fn run_client(
     let mut rng = StdRng::seed_from_u64(seed);
     let mut renames = 0_u64;
     while Instant::now() < deadline {
-        let index = rng.random_range(0..cluster.lock().len());
-        let target = cluster.lock()[index]
-            .as_ref()
-            .map(|n| (n.http, n.name.clone()));
-        let Some((http, node)) = target else {
+        let node = rng.random_range(0..cluster.lock().len());
+        let target = cluster.lock()[node].as_ref().map(|n| n.http);
+        let Some(http) = target else {
             tokio::time::sleep(Duration::from_millis(5)).await;
             continue;
         };
@@ -347,7 +556,7 @@ async fn run_client(
         let mut recorded = recorded.lock();
         let answer = answer.ok();
         let Some(version) = answer.as_ref().and_then(|a| a["version"].as_u64()) else {
-            recorded.failed += 1;
+            recorded.counts.failed += 1;
             continue;
         };
         let op = Op {
@@ -359,9 +568,9 @@ async fn run_client(
             ended,
         };
         if read {
-            recorded.reads.push(op);
+            recorded.read(op);
         } else {
-            recorded.updates.push(op);
+            recorded.update(op);
         }
     }
 }
@@ -496,7 +705,7 @@ async fn rename_by_sql(db: &UsersDb, key: u64, recorded: &Mutex<Recorded>) -> an
         .rename(i64::try_from(key)?, PLAIN_SQL_NAME)
         .await
         .context("an outside write failed")?;
-    recorded.lock().updates.push(Op {
+    recorded.lock().update(Op {
         actor: Actor::Sql,
         key,
         version: version.unsigned_abs(),
@@ -516,41 +725,6 @@ async fn signal(cluster: &Cluster, node: usize, signal: &str) -> anyhow::Result<
     }
 }
 
-fn write_history(out: &PathBuf, recorded: &Recorded, origin: Instant) -> anyhow::Result<()> {
-    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
-    let path = out.join("history.jsonl");
-    let mut file = std::io::BufWriter::new(
-        std::fs::File::create(&path).with_context(|| format!("cannot write {}", path.display()))?,
-    );
-    let us = |at: Instant| at.duration_since(origin).as_micros() as u64;
-    let mut ops: Vec<(&str, &Op)> = recorded
-        .reads
-        .iter()
-        .map(|op| ("read", op))
-        .chain(recorded.updates.iter().map(|op| ("update", op)))
-        .collect();
-    ops.sort_by_key(|(_, op)| op.started);
-    for (kind, op) in ops {
-        let (client, node) = match &op.actor {
-            Actor::Client { client, node } => (Some(*client), Some(node.as_str())),
-            Actor::Sql => (None, None),
-        };
-        let line = json!({
-            "kind": kind,
-            "client": client,
-            "node": node,
-            "key": op.key,
-            "version": op.version,
-            "source": op.from_cache.map(|c| if c { "cache" } else { "db" }),
-            "start_us": us(op.started),
-            "end_us": us(op.ended),
-        });
-        writeln!(file, "{line}")?;
-    }
-    file.flush()?;
-    Ok(())
-}
-
 /// Prints the report and the final line; returns whether the check passed. In bounded mode
 /// every update is promised within the bound; in strong mode an update through a node is
 /// promised at once, one by plain SQL (which no node hears of before it commits) within the bound.
@@ -559,61 +733,14 @@ fn report(
     recorded: &Recorded,
     mesh: Mesh,
     origin: Instant,
+    workload_ended: Instant,
     problems: &[String],
 ) -> bool {
-    let bound = match args.mode {
-        Consistency::Bounded => args.max_staleness,
-        Consistency::Strong => Duration::ZERO,
-    };
-    let updates: Vec<Update> = recorded
-        .updates
-        .iter()
-        .map(|op| Update {
-            key: op.key,
-            version: op.version,
-            returned: op.ended,
-        })
-        .collect();
-    let reads: Vec<Read> = recorded
-        .reads
-        .iter()
-        .map(|op| Read {
-            key: op.key,
-            version: op.version,
-            started: op.started,
-        })
-        .collect();
-    // Then the versions reads returned, which cover writes whose outcome their caller never
-    // learned: each promised within the bound from the first read that returned it.
-    let seen = history::first_seen(
-        recorded
-            .reads
-            .iter()
-            .map(|op| (op.key, op.version, op.ended)),
-    );
-    let updates = [updates, seen].concat();
-    let late = history::late_reads(&updates, &reads, |i| {
-        recorded
-            .updates
-            .get(i)
-            .map_or(args.max_staleness, |op| match op.actor {
-                Actor::Client { .. } => bound,
-                Actor::Sql => args.max_staleness,
-            })
-    });
-    let verdict = history::verdict(&late);
-    let ops = recorded.reads.len() + recorded.updates.len();
+    let bound = recorded.bound;
+    let verdict = recorded.judge.verdict();
+    let counts = recorded.counts;
+    let ops = counts.reads + counts.updates;
     let secs = args.duration.as_secs_f64().max(0.001);
-    let from_cache = recorded
-        .reads
-        .iter()
-        .filter(|op| op.from_cache == Some(true))
-        .count();
-    let outside = recorded
-        .updates
-        .iter()
-        .filter(|op| matches!(op.actor, Actor::Sql))
-        .count();
     let faults: u64 = recorded.faults.values().sum();
     let kinds: Vec<String> = recorded
         .faults
@@ -621,13 +748,15 @@ fn report(
         .map(|(kind, count)| format!("{kind} {count}"))
         .collect();
     println!(
-        "operations  {ops} ({:.0}/s): reads {} ({from_cache} from cache, {} from the database), \
-         updates {} ({outside} by plain SQL), {} failed or timed out",
+        "operations  {ops} ({:.0}/s): reads {} ({} from cache, {} from the database), \
+         updates {} ({} by plain SQL), {} failed or timed out",
         ops as f64 / secs,
-        recorded.reads.len(),
-        recorded.reads.len() - from_cache,
-        recorded.updates.len(),
-        recorded.failed,
+        counts.reads,
+        counts.from_cache,
+        counts.reads - counts.from_cache,
+        counts.updates,
+        counts.by_sql,
+        counts.failed,
     );
     println!(
         "faults      {}",
@@ -642,52 +771,72 @@ fn report(
         mesh.applied, mesh.gaps
     );
     println!(
-        "staleness   reads behind a returned update: {} within the bound, {} beyond; max {} ms \
+        "staleness   reads behind a returned update: {} within the bound, {} beyond; max {}{} ms \
          (bound {} ms)",
         verdict.stale_within_bound,
         verdict.stale_beyond_bound,
+        if verdict.max_staleness_at_least {
+            "at least "
+        } else {
+            ""
+        },
         verdict.max_staleness.as_millis(),
         bound.as_millis(),
     );
-    let mut worst: Vec<_> = late.iter().filter(|l| l.beyond).collect();
-    worst.sort_by_key(|l| std::cmp::Reverse(l.lag));
-    let at = |i: Instant| i.duration_since(origin).as_secs_f64();
-    for l in worst.iter().take(5) {
-        let read = &recorded.reads[l.read];
-        let missed = &updates[l.missed];
-        let by = match recorded.updates.get(l.missed).map(|op| &op.actor) {
-            Some(Actor::Client { node, .. }) => format!("PUT on {node}"),
-            Some(Actor::Sql) => "plain SQL".to_owned(),
-            None => "a read that returned it".to_owned(),
+    let at = |i: Instant| i.saturating_duration_since(origin).as_secs_f64();
+    for late in &recorded.worst {
+        let (read, missed) = (&late.read, &late.missed);
+        let (node, cache) = match read.by {
+            By::Read { node, cache } => (node, cache),
+            By::Put { node } => (node, false),
+            By::Sql => (usize::MAX, false),
+        };
+        let by = match missed.by {
+            By::Put { node } => format!("PUT on n{node}"),
+            By::Sql => "plain SQL".to_owned(),
+            By::Read { node, .. } => format!("a read on n{node} that returned it"),
         };
         println!(
-            "worst       key {}: read on {} started {:.3}s, saw v{} ({}); v{} had returned \
-             {:.3}s by {}: {} ms late",
+            "worst       key {}: read on n{node} started {:.3}s, saw v{} ({}); v{} had returned \
+             {:.3}s by {by}: {}{} ms late",
             read.key,
-            match &read.actor {
-                Actor::Client { node, .. } => node.as_str(),
-                Actor::Sql => "-",
-            },
             at(read.started),
             read.version,
-            if read.from_cache == Some(true) {
-                "cache"
-            } else {
-                "db"
-            },
+            if cache { "cache" } else { "db" },
             missed.version,
             at(missed.returned),
-            by,
-            l.lag.as_millis(),
+            if late.at_least { "at least " } else { "" },
+            late.lag.as_millis(),
         );
     }
-    for problem in problems {
+    let mut problems = problems.to_vec();
+    if verdict.too_old > 0 {
+        problems.push(format!(
+            "{} reads reached the judge more than {} s after they started, and were not judged",
+            verdict.too_old,
+            JUDGE_HORIZON.as_secs()
+        ));
+    }
+    if verdict.recorded_late > 0 {
+        problems.push(format!(
+            "{} updates were recorded more than {} s after they returned, after reads they bear \
+             on were judged",
+            verdict.recorded_late,
+            JUDGE_WINDOW.as_secs()
+        ));
+    }
+    for problem in &problems {
         println!("problem     {problem}");
     }
+    println!(
+        "verdict     {} reads judged, {:.2} s after the workload ended",
+        verdict.judged,
+        workload_ended.elapsed().as_secs_f64()
+    );
     let passed = verdict.stale_beyond_bound == 0
         && problems.is_empty()
-        && !recorded.reads.is_empty()
-        && !recorded.updates.is_empty();
+        && counts.reads > 0
+        && counts.updates > 0;
     println!(
         "check: ops={ops} faults={faults} stale_beyond_bound={} max_staleness_ms={} bound_ms={} \
          result={}",
