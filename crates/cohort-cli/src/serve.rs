@@ -26,6 +26,9 @@ use crate::http_limits::{self, GuardedListener};
 use crate::keys;
 use crate::users_db::{UserRow, UsersDb};
 
+/// Database connections a node opens.
+pub(crate) const DB_CONNECTIONS: u32 = 8;
+
 /// Options of `cohort serve`.
 #[derive(clap::Args, Debug)]
 pub(crate) struct Args {
@@ -131,7 +134,7 @@ struct App {
 
 /// Runs the service until SIGTERM or ctrl-c.
 pub(crate) async fn run(args: Args) -> anyhow::Result<bool> {
-    let db = UsersDb::connect(&args.db, 8).await?;
+    let db = UsersDb::connect(&args.db, DB_CONNECTIONS).await?;
     db.ensure_users(args.users).await?;
     let mut builder = Cluster::builder();
     builder

@@ -33,7 +33,7 @@ use rand::{RngExt, SeedableRng};
 use serde_json::json;
 
 use crate::history::{Judge, Late, Read, Update};
-use crate::serve::{Consistency, parse_duration};
+use crate::serve::{self, Consistency, parse_duration};
 use crate::users_db::UsersDb;
 use dbproxy::DbProxy;
 use faults::{Action, FaultKind, Planned};
@@ -62,6 +62,12 @@ const JUDGE_HORIZON: Duration = Duration::from_secs(30);
 
 /// The late reads the report shows, the longest lags beyond the bound.
 const WORST: usize = 5;
+
+/// SQLite's page cache on each database connection (its default `cache_size`, 2,000 KiB).
+const SQLITE_PAGE_CACHE: u64 = 2_000 << 10;
+
+/// What a node's users may take in its cache, each, at most (a small row, a key, bookkeeping).
+const CACHED_USER: u64 = 1 << 10;
 
 /// Options of `cohort check`.
 #[derive(clap::Args, Debug)]
@@ -493,14 +499,33 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<bool> {
         }
     }
 
+    let bounded = bounded_buffers(args.keys);
     for (i, samples) in memory.iter().enumerate() {
         if let Some(summary) = samples.summary() {
             println!("memory      n{i}: {summary}");
+            if let Some(growing) = summary.still_growing(bounded) {
+                problems.push(format!("n{i}: {growing}"));
+            }
         }
+    }
+    if let Some(peak) = memory::own_peak() {
+        println!(
+            "memory      checker: peak {:.1} MB",
+            peak as f64 / (1 << 20) as f64
+        );
     }
     let recorded = recorded.lock();
     let passed = report(&args, &recorded, mesh, origin, workload_ended, &problems);
     Ok(passed)
+}
+
+/// What a node's bounded buffers may take in all, for judging whether its memory still grows:
+/// its replay buffer, SQLite's page cache on each of its database connections (counted on
+/// Postgres too), and the users the clients read, in its cache.
+fn bounded_buffers(keys: u64) -> u64 {
+    cohort::DEFAULT_REPLAY_BUFFER as u64
+        + u64::from(serve::DB_CONNECTIONS) * SQLITE_PAGE_CACHE
+        + keys * CACHED_USER
 }
 
 /// Waits until every node serves from its cache: linked, confirmed, its log tailed.
