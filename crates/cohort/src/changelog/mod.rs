@@ -124,6 +124,29 @@ pub enum ChangeLogError {
     Backend(Box<dyn std::error::Error + Send + Sync>),
 }
 
+/// Rows one pruning statement deletes: a whole retention's worth at once (a busy log holds
+/// hundreds of thousands) would hold the write lock that long and leave every connection thread
+/// that ran it with as much allocator memory for good.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+const PRUNE_BATCH: u64 = 1_000;
+
+/// Runs `batch` until it deletes less than [`PRUNE_BATCH`] rows; returns how many it deleted.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+async fn prune_in_batches<F, Fut>(batch: F) -> Result<u64, ChangeLogError>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<u64, ChangeLogError>>,
+{
+    let mut deleted = 0;
+    loop {
+        let rows = batch().await?;
+        deleted += rows;
+        if rows < PRUNE_BATCH {
+            return Ok(deleted);
+        }
+    }
+}
+
 /// `retention` in whole milliseconds, as the SQL backends take it.
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 fn retention_ms(retention: Duration) -> i64 {

@@ -48,7 +48,9 @@ use sqlx::postgres::{PgConnection, PgListener, PgPool};
 use sqlx::{Acquire as _, Executor as _, Row as _};
 
 use super::tail::{LogBatch, LogPosition, LogRow};
-use super::{ChangeLogError, LogBackend, WatchedTable, retention_ms};
+use super::{
+    ChangeLogError, LogBackend, PRUNE_BATCH, WatchedTable, prune_in_batches, retention_ms,
+};
 use crate::transport::BoxFuture;
 use crate::transport::backoff::Backoff;
 
@@ -301,14 +303,21 @@ impl PostgresLog {
         Ok(batch)
     }
 
-    /// Deletes final rows older than `retention_ms` by the database's clock and advances the
-    /// watermark over them, in one statement. Returns how many rows it deleted.
+    /// Deletes final rows older than `retention_ms` by the database's clock, oldest first, and
+    /// advances the watermark over them, [`PRUNE_BATCH`] rows per statement. Returns how many
+    /// rows it deleted.
     pub(crate) async fn prune(&self, retention_ms: i64) -> Result<u64, ChangeLogError> {
+        prune_in_batches(|| self.prune_batch(retention_ms)).await
+    }
+
+    async fn prune_batch(&self, retention_ms: i64) -> Result<u64, ChangeLogError> {
         let deleted: i64 = sqlx::query_scalar(
             "WITH gone AS ( \
-                 DELETE FROM cohort_changes \
-                 WHERE at < now() - make_interval(secs => $1) \
-                   AND xid < pg_snapshot_xmin(pg_current_snapshot()) \
+                 DELETE FROM cohort_changes WHERE (xid, seq) IN ( \
+                     SELECT xid, seq FROM cohort_changes \
+                     WHERE at < now() - make_interval(secs => $1) \
+                       AND xid < pg_snapshot_xmin(pg_current_snapshot()) \
+                     ORDER BY xid, seq LIMIT $2) \
                  RETURNING xid, seq), \
              last AS (SELECT xid, seq FROM gone ORDER BY xid DESC, seq DESC LIMIT 1), \
              moved AS ( \
@@ -318,6 +327,7 @@ impl PostgresLog {
              SELECT count(*) FROM gone",
         )
         .bind(retention_ms as f64 / 1_000.0)
+        .bind(PRUNE_BATCH as i64)
         .fetch_one(&self.pool)
         .await?;
         Ok(deleted.unsigned_abs())

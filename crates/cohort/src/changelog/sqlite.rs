@@ -26,7 +26,9 @@ use sqlx::sqlite::SqlitePool;
 use sqlx::{Row as _, SqliteConnection};
 
 use super::tail::{LogBatch, LogPosition, LogRow};
-use super::{ChangeLogError, LogBackend, WatchedTable, retention_ms};
+use super::{
+    ChangeLogError, LogBackend, PRUNE_BATCH, WatchedTable, prune_in_batches, retention_ms,
+};
 use crate::transport::BoxFuture;
 
 /// The log's tables; installing them is idempotent. Times are Unix milliseconds computed with
@@ -121,18 +123,24 @@ impl SqliteLog {
         Ok(batch)
     }
 
-    /// Deletes rows older than `retention_ms` by the database's clock and advances the watermark.
-    /// Returns how many rows it deleted.
+    /// Deletes rows older than `retention_ms` by the database's clock, oldest first, and advances
+    /// the watermark, [`PRUNE_BATCH`] rows per statement. Returns how many rows it deleted.
     pub(crate) async fn prune(&self, retention_ms: i64) -> Result<u64, ChangeLogError> {
-        let deleted = sqlx::query(
-            "DELETE FROM cohort_changes \
-             WHERE at_ms < CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER) - ?",
-        )
-        .bind(retention_ms)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        Ok(deleted)
+        prune_in_batches(|| async {
+            let deleted = sqlx::query(
+                "DELETE FROM cohort_changes WHERE seq IN ( \
+                     SELECT seq FROM cohort_changes \
+                     WHERE at_ms < CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER) - ? \
+                     ORDER BY seq LIMIT ?)",
+            )
+            .bind(retention_ms)
+            .bind(PRUNE_BATCH as i64)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+            Ok(deleted)
+        })
+        .await
     }
 }
 
@@ -316,6 +324,28 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(logged, ["7"]);
+    }
+
+    /// More rows than one statement deletes: all go, oldest first, and the watermark ends at the
+    /// last.
+    #[tokio::test]
+    async fn pruning_goes_batch_by_batch_to_the_end() {
+        let (log, watch) = log().await;
+        log.install(&watch).await.unwrap();
+        let rows = PRUNE_BATCH * 2 + 17;
+        sqlx::query(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?) \
+             INSERT INTO users SELECT i, 'x' FROM n",
+        )
+        .bind(rows as i64)
+        .execute(&log.pool)
+        .await
+        .unwrap();
+        assert_eq!(log.prune(60_000).await.unwrap(), 0, "nothing is old yet");
+        assert_eq!(log.prune(-60_000).await.unwrap(), rows);
+        let batch = log.read(LogPosition::default(), 10).await.unwrap();
+        assert!(batch.rows.is_empty());
+        assert_eq!(batch.pruned_through, LogPosition::in_commit_order(rows));
     }
 
     #[tokio::test]
