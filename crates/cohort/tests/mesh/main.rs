@@ -492,7 +492,9 @@ async fn bad_configuration_is_refused() {
 /// nothing when it wakes.
 #[test]
 fn a_frozen_peer_stops_everyone_serving_until_it_is_retired() {
-    const BOUND: Duration = Duration::from_millis(300);
+    // The check below runs between the bound and twice the bound after the freeze: a bound of a
+    // second leaves it most of a second of slack on a loaded machine.
+    const BOUND: Duration = Duration::from_secs(1);
     let here = tokio::runtime::Runtime::new().unwrap();
     let there = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
