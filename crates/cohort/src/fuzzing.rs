@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
-use crate::cluster::NodeId;
+use crate::id::NodeId;
 use crate::membership::{Identity, Membership};
 use crate::{Cache, Cluster};
 

@@ -52,6 +52,8 @@ mod cache;
 mod changelog;
 mod clock;
 mod cluster;
+mod event;
+mod id;
 mod lease;
 mod membership;
 mod metrics;
@@ -69,12 +71,13 @@ pub use changelog::{
 };
 pub use clock::TimeSource;
 pub use cluster::{
-    Cluster, ClusterBuilder, ClusterEvent, ConfigError, DEFAULT_FORGET_AFTER,
-    DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_LINK_QUEUE, DEFAULT_LINK_QUEUE_BYTES,
-    DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_INBOUND_LINKS, DEFAULT_MAX_MEMBERS, DEFAULT_MAX_STALENESS,
-    DEFAULT_RECONNECT_MAX, DEFAULT_RECONNECT_MIN, DEFAULT_REPLAY_BUFFER, DEFAULT_SEED_REFRESH,
-    EventId, Member, NodeId, StartError,
+    Cluster, ClusterBuilder, ConfigError, DEFAULT_FORGET_AFTER, DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_LINK_QUEUE, DEFAULT_LINK_QUEUE_BYTES, DEFAULT_MAX_FRAME_BYTES,
+    DEFAULT_MAX_INBOUND_LINKS, DEFAULT_MAX_MEMBERS, DEFAULT_MAX_STALENESS, DEFAULT_RECONNECT_MAX,
+    DEFAULT_RECONNECT_MIN, DEFAULT_REPLAY_BUFFER, DEFAULT_SEED_REFRESH, Member, StartError,
 };
+pub use event::ClusterEvent;
+pub use id::{EventId, NodeId};
 pub use membership::SwimState;
 pub use metrics::{CacheStats, ClusterStats};
 #[cfg(feature = "redis")]

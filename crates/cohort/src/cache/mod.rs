@@ -23,7 +23,8 @@ use serde::de::DeserializeOwned;
 
 use crate::changelog::WatchedTable;
 use crate::clock::Millis;
-use crate::cluster::{ConfigError, EventId, Node, Running, Sink};
+use crate::cluster::{ConfigError, Node, Running, Sink};
+use crate::id::EventId;
 use crate::lease::Lease;
 use crate::metrics::{CacheCounters, CacheStats};
 use crate::store::{Bound, Entry, Lookup, NEVER, Store, WeighFn};

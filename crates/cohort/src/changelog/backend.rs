@@ -49,9 +49,9 @@ impl WatchedTable {
 
 /// A change log the node tails: rows of (cache, key) written in the same transaction as every
 /// change of a watched table, readable in [`LogPosition`] order. cohort ships SQLite and Postgres
-/// logs ([`ChangeLog::sqlite`](crate::ChangeLog::sqlite),
-/// [`ChangeLog::postgres`](crate::ChangeLog::postgres)); implement this for another database, or
-/// for a simulated one, and pass it to [`ChangeLog::custom`](crate::ChangeLog::custom).
+/// logs (`ChangeLog::sqlite`, `ChangeLog::postgres`, with the features of those names); implement
+/// this for another database, or for a simulated one, and pass it to
+/// [`ChangeLog::custom`](crate::ChangeLog::custom).
 ///
 /// The staleness bound rests on two properties: every committed change of a watched table is
 /// logged, and a read from a position returns every row after it that will ever exist there,

@@ -7,7 +7,8 @@ use tokio::time::Instant;
 
 use super::tail::Tail;
 use super::{BATCH_ROWS, ChangeLogError, LogRuntime};
-use crate::cluster::{ClusterEvent, Node};
+use crate::cluster::Node;
+use crate::event::ClusterEvent;
 
 /// Starts the node's tailer.
 pub(crate) fn spawn(node: &Arc<Node>, log: Arc<LogRuntime>) {

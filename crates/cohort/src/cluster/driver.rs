@@ -19,7 +19,9 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use super::link_queue::QueueRx;
-use super::{LinkStart, Node, NodeId, SwimTimers};
+use super::node::SwimTimers;
+use super::{LinkStart, Node};
+use crate::id::NodeId;
 use crate::membership::{Identity, Timer};
 use crate::transport::{
     self, Backoff, BoxConnection, FrameReader, FrameWriter, LinkError, Listener, Role,

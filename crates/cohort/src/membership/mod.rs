@@ -26,7 +26,7 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
 
-use crate::cluster::NodeId;
+use crate::id::NodeId;
 
 mod roster;
 

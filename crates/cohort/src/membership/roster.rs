@@ -33,7 +33,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 
 use crate::clock::Millis;
-use crate::cluster::NodeId;
+use crate::id::NodeId;
 
 /// The longest node name accepted, in bytes.
 pub(crate) const MAX_NAME_BYTES: usize = 128;
