@@ -538,3 +538,89 @@ async fn pump(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::cluster::link_queue;
+    use crate::wire::{Change, Event};
+
+    const TIMEOUT: Duration = Duration::from_secs(10);
+    const MAX_FRAME: usize = 1 << 16;
+
+    fn event(seq: u64) -> Bytes {
+        Frame::Event(Event {
+            node: "a",
+            incarnation: 1,
+            seq,
+            cache: "users",
+            change: Change::Invalidate { key: &[1] },
+        })
+        .encode()
+    }
+
+    /// A link sends what it carries in order: the replay, then the queue as it was queued, many
+    /// frames per flush. A pong queued behind events reaches the peer behind them, as it must:
+    /// it vouches for them.
+    #[tokio::test]
+    async fn a_link_sends_the_replay_then_the_queue_in_order() {
+        let (near, far) = tokio::io::duplex(MAX_FRAME);
+        let dialer = Role::Dialer {
+            me: "a",
+            attempt: 0,
+        };
+        let (near, far) = tokio::join!(
+            transport::open(Box::new(near), dialer, None, MAX_FRAME, TIMEOUT),
+            transport::open(Box::new(far), Role::Acceptor, None, MAX_FRAME, TIMEOUT),
+        );
+        let ((mut reader, mut writer), (mut far_reader, _far_writer)) =
+            (near.unwrap(), far.unwrap());
+        let (queue, queued) = link_queue::channel(16, MAX_FRAME);
+        let pong = Frame::Pong {
+            nonce: 7,
+            incarnation: 1,
+            seq: 4,
+            unheard: Vec::new(),
+        };
+        for frame in [event(3), event(4), pong.encode(), event(5)] {
+            queue.try_send(frame).unwrap();
+        }
+        // The queue closes once drained, which ends the link.
+        drop(queue);
+        pump(
+            &mut reader,
+            &mut writer,
+            vec![event(1), event(2)],
+            queued,
+            TIMEOUT,
+        )
+        .await
+        .unwrap();
+
+        let mut sent = Vec::new();
+        for _ in 0..6 {
+            let body = transport::next_frame(&mut far_reader)
+                .await
+                .unwrap()
+                .expect("a frame");
+            sent.push(match wire::decode(&body).unwrap() {
+                Frame::Event(event) => format!("event {}", event.seq),
+                Frame::Pong { seq, .. } => format!("pong after {seq}"),
+                other => panic!("unexpected {other:?}"),
+            });
+        }
+        assert_eq!(
+            sent,
+            [
+                "event 1",
+                "event 2",
+                "event 3",
+                "event 4",
+                "pong after 4",
+                "event 5"
+            ]
+        );
+    }
+}

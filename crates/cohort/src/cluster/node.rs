@@ -965,3 +965,55 @@ impl Node {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Cluster;
+    use crate::wire;
+
+    /// A pong vouches for every event its sender had queued on the link when it answered: it is
+    /// queued behind them and names the latest, so the pinging peer confirms this node (and
+    /// renews the lease its peer-only and strong caches serve under) only once it has applied
+    /// them.
+    #[tokio::test]
+    async fn a_pong_is_queued_behind_the_events_before_it_and_names_the_latest() {
+        let cluster = Cluster::builder().node_name("a").start().await.unwrap();
+        let node = &cluster.node;
+        let peer = SocketAddr::from(([127, 0, 0, 1], 9));
+        let (start, mut queue) = node.attach(peer);
+        let published: Vec<u64> = (0..3_u8)
+            .map(|key| {
+                node.publish("users", Change::Invalidate { key: &[key] })
+                    .seq
+            })
+            .collect();
+        assert_eq!(published, [start.seq + 1, start.seq + 2, start.seq + 3]);
+        node.pong(peer, 42);
+
+        let mut events = Vec::new();
+        let pong = loop {
+            let frame = queue.try_recv().expect("the pong was queued");
+            match wire::decode(&frame).unwrap() {
+                Frame::Event(event) => events.push(event.seq),
+                Frame::Pong {
+                    nonce,
+                    incarnation,
+                    seq,
+                    ..
+                } => break (nonce, incarnation, seq),
+                // Gossip or SWIM on the same link says nothing about the order of the two.
+                _ => {}
+            }
+        };
+        assert_eq!(
+            events, published,
+            "the events queued before the pong precede it"
+        );
+        assert_eq!(
+            pong,
+            (42, node.incarnation, start.seq + 3),
+            "the pong names the latest event"
+        );
+    }
+}
