@@ -113,6 +113,14 @@ async fn an_answer_claiming_unsent_events_is_refused() {
         .await
         .unwrap();
     closed(stream).await;
+    // The dialer closes the socket as it gives up, and counts the refusal just after.
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while node.stats().frames_rejected == 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the refusal is counted");
     assert_eq!(node.stats().frames_rejected, 1);
     assert!(
         node.members().iter().all(|m| m.node.is_none()),
