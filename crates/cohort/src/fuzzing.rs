@@ -108,7 +108,7 @@ pub fn seed_frames() -> Vec<Vec<u8>> {
             nonce: 1,
             incarnation: 1,
             seq: 1,
-            unheard: vec!["a"],
+            heard: Some(vec!["a"]),
         },
         Frame::IntentAck { seq: 1 },
         Frame::Swim(b"\x00"),

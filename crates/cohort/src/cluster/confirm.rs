@@ -24,12 +24,16 @@
 //! proof enough: two nodes that lost each other while both still reach a third (a link between
 //! them cut, or not yet remade after a partition healed) would each retire the other, then each
 //! serve with the third as its majority while the other writes unseen. So a member is retired
-//! only on testimony: every pong lists the members its sender has not heard from within twice the
-//! bound, and a node retires a silent member only while it and the members that confirmed it
-//! within the bound *and* last testified that member silent are a strict majority. A third node
-//! that hears both of two estranged nodes testifies against neither, and both wait for the link;
-//! two nodes that each retire the other would need testimony from a common member that heard
-//! neither, within the bound of confirmations it gave both, which cannot be.
+//! only on testimony: every pong lists the members its sender heard from within twice the bound,
+//! and a node retires a silent member only while it and the members that confirmed it within the
+//! bound *and* did not list that member are a strict majority. A third node that hears both of
+//! two estranged nodes testifies against neither, and both wait for the link; two nodes that each
+//! retire the other would need testimony from a common member that heard neither, within the
+//! bound of confirmations it gave both, which cannot be. A retirement holds only while that
+//! testimony does: once a member that confirmed this node within the bound hears a retired member
+//! again and the silent testimony is no longer a majority, the retired member is waited for again
+//! (a partition that healed while this node was cut off from the rest must not leave it serving
+//! without a member the others hear).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -48,8 +52,9 @@ struct Member<N> {
     live: bool,
     /// SWIM holds it up (reached directly or through other members).
     swim_up: bool,
-    /// The members it had not heard from, by its newest confirming pong.
-    unheard: Vec<N>,
+    /// The members it had heard from lately, by its newest confirming pong; `None` if that pong
+    /// testified nothing.
+    hears: Option<Vec<N>>,
 }
 
 impl<N> Member<N> {
@@ -135,7 +140,7 @@ impl<N: Ord + Clone> Confirmations<N> {
             last_contact: now,
             live: false,
             swim_up: false,
-            unheard: Vec::new(),
+            hears: None,
         })
     }
 
@@ -157,15 +162,15 @@ impl<N: Ord + Clone> Confirmations<N> {
         nonce
     }
 
-    /// A pong from `member` answering `nonce` says its latest event is `peer_seq` and that it has
-    /// not heard from the members `unheard`; this node has applied up to `applied` of it.
+    /// A pong from `member` answering `nonce` says its latest event is `peer_seq` and that it
+    /// heard lately from the members `heard`; this node has applied up to `applied` of it.
     pub(crate) fn pong(
         &mut self,
         member: &N,
         nonce: u64,
         peer_seq: u64,
         applied: Option<u64>,
-        unheard: Vec<N>,
+        heard: Option<Vec<N>>,
         now: Millis,
     ) -> PongVerdict {
         let Some(m) = self.members.get_mut(member) else {
@@ -184,14 +189,16 @@ impl<N: Ord + Clone> Confirmations<N> {
         m.live = true;
         if m.confirmed.is_none_or(|c| c <= sent) {
             m.confirmed = Some(sent);
-            m.unheard = unheard;
+            m.hears = heard;
         }
+        self.revive_heard(now);
         PongVerdict::Confirmed
     }
 
     /// Members silent for longer than `dead_after` that SWIM does not hold up stop counting as
     /// live, each only on a majority's [testimony](Self::testified_silent); returns them.
     pub(crate) fn expire(&mut self, now: Millis) -> Vec<N> {
+        self.revive_heard(now);
         let dead: Vec<N> = self
             .members
             .iter()
@@ -206,19 +213,44 @@ impl<N: Ord + Clone> Confirmations<N> {
                 m.live = false;
                 m.confirmed = None;
                 m.outstanding.clear();
-                m.unheard.clear();
+                m.hears = None;
             }
         }
         dead
     }
 
+    /// Retired members that a member which confirmed this node within the bound hears again,
+    /// and that are no longer [testified silent](Self::testified_silent), count again
+    /// (unconfirmed).
+    fn revive_heard(&mut self, now: Millis) {
+        let heard_again: Vec<N> = self
+            .members
+            .iter()
+            .filter(|(_, m)| !m.live)
+            .map(|(name, _)| name)
+            .filter(|name| {
+                self.fresh(now).any(|(witness, m)| {
+                    witness != *name && m.hears.as_ref().is_some_and(|h| h.contains(name))
+                }) && !self.testified_silent(name, now)
+            })
+            .cloned()
+            .collect();
+        for name in heard_again {
+            if let Some(m) = self.members.get_mut(&name) {
+                m.revive();
+            }
+        }
+    }
+
     /// Whether this node and the members that confirmed it within the bound and, in that
-    /// confirmation, said they had not heard from `silent` either, are a strict majority of every
+    /// confirmation, did not list `silent` among those they heard, are a strict majority of every
     /// member it counts.
     pub(crate) fn testified_silent(&self, silent: &N, now: Millis) -> bool {
         let witnesses = self
             .fresh(now)
-            .filter(|(name, m)| *name != silent && m.unheard.contains(silent))
+            .filter(|(name, m)| {
+                *name != silent && m.hears.as_ref().is_some_and(|h| !h.contains(silent))
+            })
             .count();
         (witnesses + 1) * 2 > self.counted()
     }
@@ -290,7 +322,7 @@ mod tests {
         assert_eq!(c.confirmed_since(), None);
         let nonce = c.ping(&"b", 110);
         assert_eq!(
-            c.pong(&"b", nonce, 5, Some(5), vec![], 120),
+            c.pong(&"b", nonce, 5, Some(5), Some(vec!["b", "c"]), 120),
             PongVerdict::Confirmed
         );
         assert_eq!(c.confirmed_since(), Some(110), "as of the ping's send time");
@@ -302,16 +334,16 @@ mod tests {
         c.contact(&"b", 0);
         let nonce = c.ping(&"b", 10);
         assert_eq!(
-            c.pong(&"b", nonce, 7, Some(6), vec![], 20),
+            c.pong(&"b", nonce, 7, Some(6), Some(vec!["b", "c"]), 20),
             PongVerdict::Behind
         );
         assert_eq!(
-            c.pong(&"b", nonce, 7, None, vec![], 20),
+            c.pong(&"b", nonce, 7, None, Some(vec!["b", "c"]), 20),
             PongVerdict::Behind
         );
         assert_eq!(c.confirmed_since(), None);
         assert_eq!(
-            c.pong(&"b", nonce, 7, Some(7), vec![], 25),
+            c.pong(&"b", nonce, 7, Some(7), Some(vec!["b", "c"]), 25),
             PongVerdict::Confirmed
         );
     }
@@ -321,18 +353,21 @@ mod tests {
         let mut c = Confirmations::new(BOUND);
         c.contact(&"b", 0);
         assert_eq!(
-            c.pong(&"b", 99, 0, Some(0), vec![], 5),
+            c.pong(&"b", 99, 0, Some(0), Some(vec!["b", "c"]), 5),
             PongVerdict::Unknown
         );
-        assert_eq!(c.pong(&"x", 1, 0, Some(0), vec![], 5), PongVerdict::Unknown);
+        assert_eq!(
+            c.pong(&"x", 1, 0, Some(0), Some(vec!["b", "c"]), 5),
+            PongVerdict::Unknown
+        );
         let first = c.ping(&"b", 10);
         let second = c.ping(&"b", 20);
         assert_eq!(
-            c.pong(&"b", second, 0, Some(0), vec![], 25),
+            c.pong(&"b", second, 0, Some(0), Some(vec!["b", "c"]), 25),
             PongVerdict::Confirmed
         );
         assert_eq!(
-            c.pong(&"b", first, 0, Some(0), vec![], 26),
+            c.pong(&"b", first, 0, Some(0), Some(vec!["b", "c"]), 26),
             PongVerdict::Unknown,
             "answered by the newer one"
         );
@@ -347,9 +382,9 @@ mod tests {
         }
         let b = c.ping(&"b", 100);
         let cc = c.ping(&"c", 200);
-        c.pong(&"b", b, 0, Some(0), vec![], 210);
+        c.pong(&"b", b, 0, Some(0), Some(vec!["b", "c"]), 210);
         assert_eq!(c.confirmed_since(), None, "c still unconfirmed");
-        c.pong(&"c", cc, 0, Some(0), vec![], 210);
+        c.pong(&"c", cc, 0, Some(0), Some(vec!["b", "c"]), 210);
         assert_eq!(c.confirmed_since(), Some(100));
     }
 
@@ -359,10 +394,10 @@ mod tests {
         for member in ["b", "c"] {
             c.contact(&member, 0);
             let nonce = c.ping(&member, 0);
-            c.pong(&member, nonce, 0, Some(0), vec![], 10);
+            c.pong(&member, nonce, 0, Some(0), Some(vec!["b", "c"]), 10);
         }
         let nonce = c.ping(&"c", 900);
-        c.pong(&"c", nonce, 0, Some(0), vec!["b"], 910);
+        c.pong(&"c", nonce, 0, Some(0), Some(vec![]), 910);
         assert!(c.expire(1_010).is_empty(), "silent for exactly dead_after");
         assert_eq!(c.expire(1_011), vec!["b"]);
         assert_eq!(
@@ -389,7 +424,7 @@ mod tests {
         assert_eq!(c.confirmed_since(), None, "and still awaited");
         c.swim_up(&BTreeSet::from(["c"]), 5_000);
         let nonce = c.ping(&"c", 4_900);
-        c.pong(&"c", nonce, 0, Some(0), vec!["b"], 4_910);
+        c.pong(&"c", nonce, 0, Some(0), Some(vec![]), 4_910);
         assert_eq!(c.expire(5_001), vec!["b"], "down by SWIM and silent");
         c.swim_up(&BTreeSet::from(["b", "c"]), 6_000);
         assert_eq!(c.live().count(), 2, "b is back through SWIM, unconfirmed");
@@ -421,7 +456,7 @@ mod tests {
         assert_eq!(c.confirmed_since(), None);
         c.contact(&"b", 0);
         let nonce = c.ping(&"b", 5);
-        c.pong(&"b", nonce, 0, Some(0), vec![], 6);
+        c.pong(&"b", nonce, 0, Some(0), Some(vec!["b", "c"]), 6);
         assert_eq!(c.confirmed_since(), Some(5));
     }
 
@@ -452,17 +487,17 @@ mod tests {
         for member in ["b", "c"] {
             c.contact(&member, 0);
             let nonce = c.ping(&member, 0);
-            c.pong(&member, nonce, 0, Some(0), vec![], 10);
+            c.pong(&member, nonce, 0, Some(0), Some(vec!["b", "c"]), 10);
         }
         let nonce = c.ping(&"c", 1_000);
-        c.pong(&"c", nonce, 0, Some(0), vec!["b"], 1_010);
+        c.pong(&"c", nonce, 0, Some(0), Some(vec![]), 1_010);
         assert!(
             c.expire(1_600).is_empty(),
             "b silent and c live, but c last confirmed 600 ms ago"
         );
         assert!(!c.has_fresh_majority(1_600));
         let nonce = c.ping(&"c", 1_650);
-        c.pong(&"c", nonce, 0, Some(0), vec!["b"], 1_660);
+        c.pong(&"c", nonce, 0, Some(0), Some(vec![]), 1_660);
         assert_eq!(c.expire(1_700), vec!["b"], "c confirmed again: a majority");
     }
 
@@ -474,16 +509,16 @@ mod tests {
         for member in ["b", "c"] {
             c.contact(&member, 0);
             let nonce = c.ping(&member, 0);
-            c.pong(&member, nonce, 0, Some(0), vec![], 10);
+            c.pong(&member, nonce, 0, Some(0), Some(vec!["b", "c"]), 10);
         }
         let nonce = c.ping(&"c", 1_900);
-        c.pong(&"c", nonce, 0, Some(0), vec![], 1_910);
+        c.pong(&"c", nonce, 0, Some(0), Some(vec!["b", "c"]), 1_910);
         assert!(c.has_fresh_majority(2_000));
         assert!(c.expire(2_000).is_empty(), "c heard b");
         assert_eq!(c.live().count(), 2, "b is awaited");
         assert_eq!(c.confirmed_since(), Some(0), "as of its last confirmation");
         let nonce = c.ping(&"c", 2_100);
-        c.pong(&"c", nonce, 0, Some(0), vec!["b"], 2_110);
+        c.pong(&"c", nonce, 0, Some(0), Some(vec![]), 2_110);
         assert_eq!(c.expire(2_200), vec!["b"], "c no longer hears b");
     }
 
@@ -504,7 +539,7 @@ mod tests {
                     0 => c.contact(&member, now),
                     1 => sent.push((member, c.ping(&member, now), now)),
                     2 => if let Some(&(m, nonce, at)) = sent.get(arg as usize % sent.len().max(1))
-                        && c.pong(&m, nonce, arg, Some(2), vec![], now) == PongVerdict::Confirmed
+                        && c.pong(&m, nonce, arg, Some(2), Some(vec![0, 1, 2]), now) == PongVerdict::Confirmed
                     {
                         confirming.insert(at);
                     },
@@ -527,7 +562,7 @@ mod tests {
         let first = c.ping(&"b", 10);
         let _second = c.ping(&"b", 20);
         assert_eq!(
-            c.pong(&"b", first, 0, Some(0), vec![], 25),
+            c.pong(&"b", first, 0, Some(0), Some(vec!["b", "c"]), 25),
             PongVerdict::Confirmed
         );
         assert_eq!(c.confirmed_since(), Some(10));
@@ -541,12 +576,12 @@ mod tests {
             .map(|at| c.ping(&"b", at))
             .collect();
         assert_eq!(
-            c.pong(&"b", nonces[0], 0, Some(0), vec![], 100),
+            c.pong(&"b", nonces[0], 0, Some(0), Some(vec!["b", "c"]), 100),
             PongVerdict::Unknown,
             "the oldest was forgotten"
         );
         assert_eq!(
-            c.pong(&"b", nonces[1], 0, Some(0), vec![], 100),
+            c.pong(&"b", nonces[1], 0, Some(0), Some(vec!["b", "c"]), 100),
             PongVerdict::Confirmed
         );
         assert_eq!(c.confirmed_since(), Some(1));

@@ -151,8 +151,8 @@ async fn serve_inbound(node: &Arc<Node>, stream: BoxConnection) -> Result<(), Li
                 nonce,
                 incarnation,
                 seq,
-                unheard,
-            } => node.on_pong(&origin, nonce, incarnation, seq, &unheard),
+                heard,
+            } => node.on_pong(&origin, nonce, incarnation, seq, heard.as_deref()),
             Frame::IntentAck { seq } => node.on_intent_ack(&origin, seq),
             Frame::Leave => {
                 node.on_leave(&origin, origin_addr);
@@ -582,7 +582,7 @@ mod tests {
             nonce: 7,
             incarnation: 1,
             seq: 4,
-            unheard: Vec::new(),
+            heard: Some(Vec::new()),
         };
         for frame in [event(3), event(4), pong.encode(), event(5)] {
             queue.try_send(frame).unwrap();

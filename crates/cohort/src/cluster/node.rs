@@ -566,23 +566,23 @@ impl Node {
 
     /// Answers a ping from the node listening at `to`, behind every event already queued to it.
     pub(crate) fn pong(&self, to: SocketAddr, nonce: u64) {
-        let unheard: Vec<NodeId> = {
+        let heard: Option<Vec<NodeId>> = {
             let roster = self.roster.lock();
-            // Half a frame of names: a testimony cut short only keeps members awaited.
+            // At most half a frame of names; more, and the pong testifies nothing.
             let budget = self.config.max_frame_bytes / 2;
             let window = millis(self.config.max_staleness * 2);
             roster
-                .unheard(self.clock.now(), window, budget)
-                .into_iter()
-                .cloned()
-                .collect()
+                .heard_lately(self.clock.now(), window, budget)
+                .map(|heard| heard.into_iter().cloned().collect())
         };
         let outbox = self.outbox.lock();
         let frame = Frame::Pong {
             nonce,
             incarnation: self.incarnation,
             seq: outbox.seq,
-            unheard: unheard.iter().map(NodeId::as_str).collect(),
+            heard: heard
+                .as_ref()
+                .map(|heard| heard.iter().map(NodeId::as_str).collect()),
         }
         .encode();
         for link in outbox.links.iter().filter(|l| l.addr == to) {
@@ -705,7 +705,7 @@ impl Node {
         nonce: u64,
         incarnation: u64,
         seq: u64,
-        unheard: &[&str],
+        heard: Option<&[&str]>,
     ) {
         self.roster.lock().heard(origin, self.clock.now());
         let applied = self
@@ -718,7 +718,7 @@ impl Node {
             nonce,
             seq,
             applied,
-            unheard.iter().map(|&name| NodeId::from(name)).collect(),
+            heard.map(|heard| heard.iter().map(|&name| NodeId::from(name)).collect()),
             self.clock.now(),
         );
         if verdict == PongVerdict::Confirmed {

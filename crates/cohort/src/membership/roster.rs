@@ -310,21 +310,21 @@ impl Roster {
         self.members.len() + self.unresolved_seeds().count()
     }
 
-    /// The members not heard from within `window`, then the names forgotten lately, as many as
-    /// fit in `budget` bytes of names.
-    pub(crate) fn unheard(&self, now: Millis, window: Millis, budget: usize) -> Vec<&NodeId> {
-        let mut budget = budget;
-        self.members
+    /// The members heard from within `window`, if their names fit in `budget` bytes.
+    pub(crate) fn heard_lately(
+        &self,
+        now: Millis,
+        window: Millis,
+        budget: usize,
+    ) -> Option<Vec<&NodeId>> {
+        let heard: Vec<&NodeId> = self
+            .members
             .iter()
-            .filter(|(_, e)| now.saturating_sub(e.last_heard) > window)
+            .filter(|(_, e)| now.saturating_sub(e.last_heard) <= window)
             .map(|(name, _)| name)
-            .chain(self.tombstones.keys())
-            .take_while(|name| {
-                let fits = name.as_str().len() < budget;
-                budget = budget.saturating_sub(name.as_str().len() + 1);
-                fits
-            })
-            .collect()
+            .collect();
+        let bytes: usize = heard.iter().map(|name| name.as_str().len() + 1).sum();
+        (bytes <= budget).then_some(heard)
     }
 
     /// Whether a dialer should keep trying `addr`: a member accepts links there, or a seed no

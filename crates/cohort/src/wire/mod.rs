@@ -89,14 +89,14 @@ pub(crate) enum Frame<'a> {
     /// Asks the receiver to confirm; sent by a dialer on its link.
     Ping { nonce: u64 },
     /// Answers a ping, queued behind the sender's events on its own link: `seq` is the sender's
-    /// latest event when it answered; `unheard`, the members it counts and has not heard from
-    /// within twice the bound (its testimony for retiring them: see `cluster::confirm`).
+    /// latest event when it answered; `heard`, the members it heard from within twice the bound
+    /// (its testimony: see `cluster::confirm`), or `None` when they did not fit half a frame.
     Pong {
         nonce: u64,
         incarnation: u64,
         seq: u64,
         #[serde(borrow)]
-        unheard: Vec<&'a str>,
+        heard: Option<Vec<&'a str>>,
     },
     /// The sender is shutting down: stop waiting for it.
     Leave,
@@ -273,7 +273,7 @@ mod tests {
             nonce: 7,
             incarnation: 2,
             seq: 40,
-            unheard: vec!["node-c"],
+            heard: Some(vec!["node-c"]),
         };
         for frame in [
             hello,

@@ -489,3 +489,23 @@ proptest! {
         }
     }
 }
+
+/// Five strong nodes: two split from the other three (who retire them), then, just after that
+/// heals and before every link is remade, one of the three cut off from everyone (whom the rest
+/// retire and forget). After both heal, the node that was cut off must not go on without the one
+/// it had retired, which the others hear again, nor that one without it: both are awaited again
+/// until their links are back. (Found by a random schedule: a strong write unseen by a node that
+/// kept serving.)
+#[test]
+fn retirements_lapse_when_the_others_hear_the_member_again() {
+    let setup = Setup {
+        nodes: 5,
+        mode: Mode::Strong,
+        ..THREE
+    };
+    let schedule = vec![
+        at(261, 1_401, Fault::Split(0b00110)),
+        at(2_016, 2_595, Fault::Isolate(0)),
+    ];
+    simulate(setup, 120_729, schedule, secs(6)).unwrap();
+}
