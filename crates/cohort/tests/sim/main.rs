@@ -158,34 +158,19 @@ fn frames_lost_on_the_wire() {
 /// everyone serves again after the heal.
 #[test]
 fn splits_with_and_without_a_majority() {
-    let four = Setup { nodes: 4, ..THREE };
-    let run = simulate(
-        four,
-        12,
-        vec![at(1_000, 3_000, Fault::Split(0b0011))],
-        secs(8),
-    )
-    .unwrap();
-    assert!(run.serving_again_after.is_some());
-    let run = simulate(
-        FIVE,
-        13,
-        vec![at(1_000, 3_000, Fault::Split(0b00110))],
-        secs(8),
-    )
-    .unwrap();
-    assert!(run.serving_again_after.is_some());
-    let run = simulate(
-        THREE,
-        14,
-        vec![
-            at(1_000, 3_000, Fault::Isolate(0)),
-            at(1_000, 3_000, Fault::Partition(1, 2)),
-        ],
-        secs(8),
-    )
-    .unwrap();
-    assert!(run.serving_again_after.is_some());
+    let cases = [
+        (Setup { nodes: 4, ..THREE }, 12, vec![Fault::Split(0b0011)]),
+        (FIVE, 13, vec![Fault::Split(0b00110)]),
+        (THREE, 14, vec![Fault::Isolate(0), Fault::Partition(1, 2)]),
+    ];
+    for (setup, seed, faults) in cases {
+        let schedule = faults
+            .into_iter()
+            .map(|fault| at(1_000, 3_000, fault))
+            .collect();
+        let run = simulate(setup, seed, schedule, secs(8)).unwrap();
+        assert!(run.serving_again_after.is_some(), "{setup:?}");
+    }
 }
 
 #[test]
