@@ -52,11 +52,13 @@ mod cache;
 mod changelog;
 mod clock;
 mod cluster;
+mod config;
 mod event;
 mod id;
 mod lease;
 mod membership;
 mod metrics;
+mod node;
 mod store;
 mod transport;
 mod wire;
@@ -70,15 +72,16 @@ pub use changelog::{
     LogStatus, WatchedTable,
 };
 pub use clock::TimeSource;
-pub use cluster::{
-    Cluster, ClusterBuilder, ConfigError, DEFAULT_FORGET_AFTER, DEFAULT_HANDSHAKE_TIMEOUT,
-    DEFAULT_LINK_QUEUE, DEFAULT_LINK_QUEUE_BYTES, DEFAULT_MAX_FRAME_BYTES,
-    DEFAULT_MAX_INBOUND_LINKS, DEFAULT_MAX_MEMBERS, DEFAULT_MAX_STALENESS, DEFAULT_RECONNECT_MAX,
-    DEFAULT_RECONNECT_MIN, DEFAULT_REPLAY_BUFFER, DEFAULT_SEED_REFRESH, Member, StartError,
+pub use cluster::{Cluster, ClusterBuilder, StartError};
+pub use config::{
+    ConfigError, DEFAULT_FORGET_AFTER, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_LINK_QUEUE,
+    DEFAULT_LINK_QUEUE_BYTES, DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_INBOUND_LINKS,
+    DEFAULT_MAX_MEMBERS, DEFAULT_MAX_STALENESS, DEFAULT_RECONNECT_MAX, DEFAULT_RECONNECT_MIN,
+    DEFAULT_REPLAY_BUFFER, DEFAULT_SEED_REFRESH,
 };
 pub use event::ClusterEvent;
 pub use id::{EventId, NodeId};
-pub use membership::SwimState;
+pub use membership::{Member, SwimState};
 pub use metrics::{CacheStats, ClusterStats};
 #[cfg(feature = "redis")]
 pub use transport::RedisBus;

@@ -23,10 +23,11 @@ use serde::de::DeserializeOwned;
 
 use crate::changelog::WatchedTable;
 use crate::clock::Millis;
-use crate::cluster::{ConfigError, Node, Running, Sink};
+use crate::config::ConfigError;
 use crate::id::EventId;
 use crate::lease::Lease;
 use crate::metrics::{CacheCounters, CacheStats};
+use crate::node::{Node, Running, Sink};
 use crate::store::{Bound, Entry, Lookup, NEVER, Store, WeighFn};
 use crate::wire::{self, Change};
 

@@ -5,31 +5,47 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
+
 use super::tail::Tail;
 use super::{BATCH_ROWS, ChangeLogError, LogRuntime};
-use crate::cluster::Node;
 use crate::event::ClusterEvent;
 
-/// Starts the node's tailer.
-pub(crate) fn spawn(node: &Arc<Node>, log: Arc<LogRuntime>) {
-    let node = Arc::clone(node);
-    let tasks = node.tasks.clone();
+/// What the tailer feeds: the node's caches, and its subscribers.
+pub(crate) trait LogTarget: Send + Sync + 'static {
+    /// The node's name, for logs and for the backend's wake-up channel.
+    fn name(&self) -> &str;
+    /// Applies a change-log row: `key`, as text, changed in `cache`.
+    fn apply_logged(&self, cache: &str, key: &str);
+    /// Empties the caches that watch tables: the log lost rows they needed.
+    fn flush_watching(&self);
+    /// Tells the node's subscribers.
+    fn notify(&self, event: ClusterEvent);
+}
+
+/// Starts a node's tailer among its `tasks`; it ends when `shutdown` turns true.
+pub(crate) fn spawn<T: LogTarget>(
+    tasks: &TaskTracker,
+    mut shutdown: watch::Receiver<bool>,
+    node: Arc<T>,
+    log: Arc<LogRuntime>,
+) {
     tasks.spawn(async move {
-        let mut shutdown = node.shutdown.subscribe();
         let wake_ups = async {
-            log.backend.listen(node.id.as_str(), &|| log.kick()).await;
+            log.backend.listen(node.name(), &|| log.kick()).await;
             std::future::pending::<()>().await;
         };
         tokio::select! {
             biased;
             _ = shutdown.wait_for(|stop| *stop) => {}
-            () = tail(&node, &log) => {}
+            () = tail(node.as_ref(), &log) => {}
             () = wake_ups => {}
         }
     });
 }
 
-async fn tail(node: &Node, log: &LogRuntime) {
+async fn tail(node: &impl LogTarget, log: &LogRuntime) {
     let interval = log.bound / 4;
     let mut tail: Option<Tail> = None;
     let mut last_prune: Option<Instant> = None;
@@ -42,7 +58,7 @@ async fn tail(node: &Node, log: &LogRuntime) {
             last_prune = Some(Instant::now());
             match log.backend.prune(log.retention).await {
                 Ok(0) => {}
-                Ok(rows) => tracing::debug!(node = %node.id, rows, "pruned the change log"),
+                Ok(rows) => tracing::debug!(node = node.name(), rows, "pruned the change log"),
                 Err(error) => record_error(node, log, &error),
             }
         }
@@ -61,7 +77,7 @@ fn prune_every(log: &LogRuntime) -> Duration {
 
 /// Finds the log's head once, installs waiting watches, then polls to the end of the log.
 async fn step(
-    node: &Node,
+    node: &impl LogTarget,
     log: &LogRuntime,
     tail: &mut Option<Tail>,
 ) -> Result<(), ChangeLogError> {
@@ -99,7 +115,11 @@ async fn install_pending(log: &LogRuntime) -> Result<(), ChangeLogError> {
 /// (see [`tail`](super::tail)): the poll then reads once more from the cursor, and if that does not
 /// catch up either (a long-open transaction holds the cursor back behind more than a batch of
 /// rows), it ends without renewing, and the next tick tries again.
-async fn poll(node: &Node, log: &LogRuntime, tail: &mut Tail) -> Result<(), ChangeLogError> {
+async fn poll(
+    node: &impl LogTarget,
+    log: &LogRuntime,
+    tail: &mut Tail,
+) -> Result<(), ChangeLogError> {
     let mut applied = 0;
     let mut restarted = false;
     tail.begin_poll();
@@ -109,7 +129,10 @@ async fn poll(node: &Node, log: &LogRuntime, tail: &mut Tail) -> Result<(), Chan
         let batch = log.backend.read(tail.read_from(), BATCH_ROWS).await?;
         let step = tail.handle(&batch);
         if step.flush {
-            tracing::warn!(node = %node.id, "change-log rows were pruned before this node read them; flushing");
+            tracing::warn!(
+                node = node.name(),
+                "change-log rows were pruned before this node read them; flushing"
+            );
             log.progress.lock().pruned_flushes += 1;
             node.flush_watching();
         }
@@ -148,14 +171,14 @@ async fn poll(node: &Node, log: &LogRuntime, tail: &mut Tail) -> Result<(), Chan
     }
 }
 
-fn record_error(node: &Node, log: &LogRuntime, error: &ChangeLogError) {
+fn record_error(node: &impl LogTarget, log: &LogRuntime, error: &ChangeLogError) {
     let error = error.to_string();
     {
         let mut progress = log.progress.lock();
         progress.errors += 1;
         // One line per failure streak, not one per poll.
         if progress.last_error.is_none() {
-            tracing::warn!(node = %node.id, %error, "change log unavailable; caches bypass until a poll succeeds");
+            tracing::warn!(node = node.name(), %error, "change log unavailable; caches bypass until a poll succeeds");
         }
         progress.last_error = Some(error.clone());
     }

@@ -41,7 +41,7 @@ pub use tail::{LogBatch, LogPosition, LogRow};
 pub const DEFAULT_LOG_RETENTION: Duration = Duration::from_secs(600);
 
 /// Rows read per query while catching up.
-const BATCH_ROWS: u32 = 10_000;
+pub(crate) const BATCH_ROWS: u32 = 10_000;
 
 /// Where a node's change log lives; pass it to
 /// [`ClusterBuilder::change_log`](crate::ClusterBuilder::change_log).

@@ -1,60 +1,19 @@
-//! Configuring and starting a node: every setting, its default and its bounds.
+//! Configuring and starting a node: the builder over [`Config`].
 
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::changelog::{self, ChangeLog, DEFAULT_LOG_RETENTION};
+use crate::changelog::ChangeLog;
 use crate::clock::TimeSource;
-use crate::membership::MAX_NAME_BYTES;
-use crate::transport::{ClusterKey, Network, Tcp};
-
-use super::node::Node;
-use super::{Cluster, Running, driver};
+use crate::config::Config;
+use crate::config::ConfigError;
 use crate::id::NodeId;
+use crate::node::{self, Running};
+use crate::transport::{ClusterKey, Network};
 
-/// Default for [`ClusterBuilder::max_staleness`].
-pub const DEFAULT_MAX_STALENESS: Duration = Duration::from_millis(500);
-/// Default for [`ClusterBuilder::max_frame_bytes`].
-pub const DEFAULT_MAX_FRAME_BYTES: usize = 4 << 20;
-/// Default for [`ClusterBuilder::link_queue`].
-pub const DEFAULT_LINK_QUEUE: usize = 64 * 1024;
-/// Default for [`ClusterBuilder::link_queue_bytes`].
-pub const DEFAULT_LINK_QUEUE_BYTES: usize = 64 << 20;
-/// Default for [`ClusterBuilder::max_inbound_links`].
-pub const DEFAULT_MAX_INBOUND_LINKS: usize = 1024;
-/// Default for [`ClusterBuilder::reconnect_backoff`]: first delay ceiling.
-pub const DEFAULT_RECONNECT_MIN: Duration = Duration::from_millis(20);
-/// Default for [`ClusterBuilder::reconnect_backoff`]: largest delay.
-pub const DEFAULT_RECONNECT_MAX: Duration = Duration::from_secs(2);
-/// Default for [`ClusterBuilder::seed_refresh`].
-pub const DEFAULT_SEED_REFRESH: Duration = Duration::from_secs(30);
-/// Default for [`ClusterBuilder::replay_buffer`].
-pub const DEFAULT_REPLAY_BUFFER: usize = 16 << 20;
-/// Default for [`ClusterBuilder::handshake_timeout`].
-pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Default for [`ClusterBuilder::max_members`].
-pub const DEFAULT_MAX_MEMBERS: usize = 1024;
-/// Default for [`ClusterBuilder::forget_after`].
-pub const DEFAULT_FORGET_AFTER: Duration = Duration::from_secs(30);
-
-/// Why a configuration was refused. Nothing was started.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ConfigError {
-    /// A setting is out of its range.
-    #[error("invalid {setting}: {reason}")]
-    Invalid {
-        /// The setting's name.
-        setting: &'static str,
-        /// What is wrong with it.
-        reason: String,
-    },
-    /// A cache of this name already exists on this node.
-    #[error("a cache named {0:?} already exists")]
-    DuplicateCache(String),
-}
+use super::Cluster;
 
 /// Why a node could not start. Nothing was left running.
 #[derive(Debug, thiserror::Error)]
@@ -92,73 +51,14 @@ pub enum StartError {
 }
 
 /// Configures and starts a node. Every setting has a default; see [`Cluster::builder`].
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct ClusterBuilder {
-    pub(super) network: Arc<dyn Network>,
-    pub(super) time_source: TimeSource,
-    pub(super) rng_seed: Option<u64>,
-    pub(super) incarnation: Option<u64>,
-    pub(super) name: Option<String>,
-    pub(super) listen: SocketAddr,
-    pub(super) advertise: Option<SocketAddr>,
-    pub(super) seeds: Vec<String>,
-    pub(super) max_staleness: Duration,
-    pub(super) max_frame_bytes: usize,
-    pub(super) link_queue: usize,
-    pub(super) link_queue_bytes: usize,
-    pub(super) max_inbound_links: usize,
-    pub(super) replay_buffer: usize,
-    pub(super) reconnect: (Duration, Duration),
-    pub(super) handshake_timeout: Duration,
-    pub(super) change_log: Option<ChangeLog>,
-    pub(super) log_retention: Duration,
-    pub(super) seed_refresh: Duration,
-    pub(super) max_members: usize,
-    pub(super) forget_after: Option<Duration>,
-    pub(super) cluster_keys: Vec<ClusterKey>,
-    pub(super) insecure: bool,
-    pub(super) unsafe_ignore_leases: bool,
+    config: Config,
 }
 
 impl fmt::Debug for ClusterBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ClusterBuilder")
-            .field("name", &self.name)
-            .field("listen", &self.listen)
-            .field("seeds", &self.seeds)
-            .field("max_staleness", &self.max_staleness)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Default for ClusterBuilder {
-    fn default() -> Self {
-        Self {
-            network: Arc::new(Tcp),
-            time_source: TimeSource::System,
-            rng_seed: None,
-            incarnation: None,
-            name: None,
-            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            advertise: None,
-            seeds: Vec::new(),
-            max_staleness: DEFAULT_MAX_STALENESS,
-            max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
-            link_queue: DEFAULT_LINK_QUEUE,
-            link_queue_bytes: DEFAULT_LINK_QUEUE_BYTES,
-            max_inbound_links: DEFAULT_MAX_INBOUND_LINKS,
-            replay_buffer: DEFAULT_REPLAY_BUFFER,
-            reconnect: (DEFAULT_RECONNECT_MIN, DEFAULT_RECONNECT_MAX),
-            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
-            change_log: None,
-            log_retention: DEFAULT_LOG_RETENTION,
-            seed_refresh: DEFAULT_SEED_REFRESH,
-            max_members: DEFAULT_MAX_MEMBERS,
-            forget_after: None,
-            cluster_keys: Vec::new(),
-            insecure: false,
-            unsafe_ignore_leases: false,
-        }
+        self.config.fmt(f)
     }
 }
 
@@ -170,7 +70,7 @@ impl ClusterBuilder {
     ///
     /// Defaults to: `node-` followed by the listen port once bound.
     pub fn node_name(&mut self, name: impl Into<String>) -> &mut Self {
-        self.name = Some(name.into());
+        self.config.name = Some(name.into());
         self
     }
 
@@ -178,7 +78,7 @@ impl ClusterBuilder {
     ///
     /// Defaults to: `127.0.0.1:0` (a free loopback port; see [`Cluster::local_addr`]).
     pub fn listen(&mut self, addr: SocketAddr) -> &mut Self {
-        self.listen = addr;
+        self.config.listen = addr;
         self
     }
 
@@ -186,7 +86,7 @@ impl ClusterBuilder {
     ///
     /// Defaults to: the bound listen address.
     pub fn advertise(&mut self, addr: SocketAddr) -> &mut Self {
-        self.advertise = Some(addr);
+        self.config.advertise = Some(addr);
         self
     }
 
@@ -202,7 +102,7 @@ impl ClusterBuilder {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        self.seeds = seeds.into_iter().map(Into::into).collect();
+        self.config.seeds = seeds.into_iter().map(Into::into).collect();
         self
     }
 
@@ -212,7 +112,7 @@ impl ClusterBuilder {
     ///
     /// Defaults to: [`DEFAULT_MAX_MEMBERS`] (1024).
     pub fn max_members(&mut self, members: usize) -> &mut Self {
-        self.max_members = members;
+        self.config.max_members = members;
         self
     }
 
@@ -226,14 +126,8 @@ impl ClusterBuilder {
     /// Defaults to: [`DEFAULT_FORGET_AFTER`] (30 s), or 4 × `max_staleness` if that is longer;
     /// at least 4 × `max_staleness`.
     pub fn forget_after(&mut self, grace: Duration) -> &mut Self {
-        self.forget_after = Some(grace);
+        self.config.forget_after = Some(grace);
         self
-    }
-
-    /// The grace before a member is forgotten: as set, or the default for the bound.
-    pub(super) fn grace(&self) -> Duration {
-        self.forget_after
-            .unwrap_or_else(|| DEFAULT_FORGET_AFTER.max(self.max_staleness.saturating_mul(4)))
     }
 
     /// The cluster keys: every link is then authenticated and encrypted (Noise, with the key as a
@@ -258,7 +152,7 @@ impl ClusterBuilder {
     /// Defaults to: none. Links are then plaintext and unauthenticated, and a node refuses to
     /// start where others could reach it unless [`insecure`](Self::insecure) says so.
     pub fn cluster_keys(&mut self, keys: impl IntoIterator<Item = ClusterKey>) -> &mut Self {
-        self.cluster_keys = keys.into_iter().collect();
+        self.config.cluster_keys = keys.into_iter().collect();
         self
     }
 
@@ -269,7 +163,7 @@ impl ClusterBuilder {
     ///
     /// Defaults to: `false`.
     pub fn insecure(&mut self, insecure: bool) -> &mut Self {
-        self.insecure = insecure;
+        self.config.insecure = insecure;
         self
     }
 
@@ -277,7 +171,7 @@ impl ClusterBuilder {
     ///
     /// Defaults to: [`DEFAULT_SEED_REFRESH`] (30 s).
     pub fn seed_refresh(&mut self, every: Duration) -> &mut Self {
-        self.seed_refresh = every;
+        self.config.seed_refresh = every;
         self
     }
 
@@ -285,7 +179,7 @@ impl ClusterBuilder {
     ///
     /// Defaults to: [`DEFAULT_MAX_STALENESS`] (500 ms).
     pub fn max_staleness(&mut self, bound: Duration) -> &mut Self {
-        self.max_staleness = bound;
+        self.config.max_staleness = bound;
         self
     }
 
@@ -294,7 +188,7 @@ impl ClusterBuilder {
     ///
     /// Defaults to: [`DEFAULT_MAX_FRAME_BYTES`] (4 MiB).
     pub fn max_frame_bytes(&mut self, bytes: usize) -> &mut Self {
-        self.max_frame_bytes = bytes;
+        self.config.max_frame_bytes = bytes;
         self
     }
 
@@ -303,7 +197,7 @@ impl ClusterBuilder {
     ///
     /// Defaults to: [`DEFAULT_LINK_QUEUE`].
     pub fn link_queue(&mut self, frames: usize) -> &mut Self {
-        self.link_queue = frames;
+        self.config.link_queue = frames;
         self
     }
 
@@ -312,7 +206,7 @@ impl ClusterBuilder {
     ///
     /// Defaults to: [`DEFAULT_LINK_QUEUE_BYTES`] (64 MiB); at least `max_frame_bytes`.
     pub fn link_queue_bytes(&mut self, bytes: usize) -> &mut Self {
-        self.link_queue_bytes = bytes;
+        self.config.link_queue_bytes = bytes;
         self
     }
 
@@ -322,7 +216,7 @@ impl ClusterBuilder {
     ///
     /// Defaults to: [`DEFAULT_MAX_INBOUND_LINKS`] (1024).
     pub fn max_inbound_links(&mut self, links: usize) -> &mut Self {
-        self.max_inbound_links = links;
+        self.config.max_inbound_links = links;
         self
     }
 
@@ -333,7 +227,7 @@ impl ClusterBuilder {
     ///
     /// Defaults to: [`DEFAULT_REPLAY_BUFFER`] (16 MiB).
     pub fn replay_buffer(&mut self, bytes: usize) -> &mut Self {
-        self.replay_buffer = bytes;
+        self.config.replay_buffer = bytes;
         self
     }
 
@@ -341,7 +235,7 @@ impl ClusterBuilder {
     ///
     /// Defaults to: [`DEFAULT_RECONNECT_MIN`] to [`DEFAULT_RECONNECT_MAX`].
     pub fn reconnect_backoff(&mut self, min: Duration, max: Duration) -> &mut Self {
-        self.reconnect = (min, max);
+        self.config.reconnect = (min, max);
         self
     }
 
@@ -349,7 +243,7 @@ impl ClusterBuilder {
     ///
     /// Defaults to: [`DEFAULT_HANDSHAKE_TIMEOUT`].
     pub fn handshake_timeout(&mut self, timeout: Duration) -> &mut Self {
-        self.handshake_timeout = timeout;
+        self.config.handshake_timeout = timeout;
         self
     }
 
@@ -359,7 +253,7 @@ impl ClusterBuilder {
     ///
     /// Defaults to: none (changes travel over the mesh only).
     pub fn change_log(&mut self, log: ChangeLog) -> &mut Self {
-        self.change_log = Some(log);
+        self.config.change_log = Some(log);
         self
     }
 
@@ -368,7 +262,7 @@ impl ClusterBuilder {
     ///
     /// Defaults to: [`DEFAULT_LOG_RETENTION`] (10 minutes).
     pub fn log_retention(&mut self, retention: Duration) -> &mut Self {
-        self.log_retention = retention;
+        self.config.log_retention = retention;
         self
     }
 
@@ -377,7 +271,7 @@ impl ClusterBuilder {
     ///
     /// Defaults to: [`Tcp`].
     pub fn network(&mut self, network: impl Network) -> &mut Self {
-        self.network = Arc::new(network);
+        self.config.network = Arc::new(network);
         self
     }
 
@@ -385,7 +279,7 @@ impl ClusterBuilder {
     ///
     /// Defaults to: [`TimeSource::System`].
     pub fn time_source(&mut self, source: TimeSource) -> &mut Self {
-        self.time_source = source;
+        self.config.time_source = source;
         self
     }
 
@@ -393,7 +287,7 @@ impl ClusterBuilder {
     ///
     /// Defaults to: a random seed.
     pub fn rng_seed(&mut self, seed: u64) -> &mut Self {
-        self.rng_seed = Some(seed);
+        self.config.rng_seed = Some(seed);
         self
     }
 
@@ -410,7 +304,7 @@ impl ClusterBuilder {
     ///
     /// Defaults to: microseconds since the Unix epoch when the node starts.
     pub fn incarnation(&mut self, incarnation: u64) -> &mut Self {
-        self.incarnation = Some(incarnation);
+        self.config.incarnation = Some(incarnation);
         self
     }
 
@@ -420,63 +314,9 @@ impl ClusterBuilder {
     /// serve anyone.
     #[doc(hidden)]
     pub fn unsafe_ignore_leases(&mut self, ignore: bool) -> &mut Self {
-        self.unsafe_ignore_leases = ignore;
+        self.config.unsafe_ignore_leases = ignore;
         self
     }
-
-    fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |setting, reason: &str| {
-            Err(ConfigError::Invalid {
-                setting,
-                reason: reason.to_owned(),
-            })
-        };
-        if self.name.as_deref() == Some("") {
-            return invalid("node_name", "must not be empty");
-        }
-        if self.name.as_ref().is_some_and(|n| n.len() > MAX_NAME_BYTES) {
-            return invalid("node_name", "must be at most 128 bytes");
-        }
-        if self.incarnation == Some(0) {
-            return invalid("incarnation", "must be positive");
-        }
-        if self.max_members == 0 {
-            return invalid("max_members", "must be positive");
-        }
-        if self.grace() < self.max_staleness.saturating_mul(4) {
-            return invalid("forget_after", "must be at least 4 × max_staleness");
-        }
-        if self.max_staleness.is_zero() {
-            return invalid("max_staleness", "must be positive");
-        }
-        if self.max_frame_bytes < 64 << 10 || self.max_frame_bytes > u32::MAX as usize {
-            return invalid("max_frame_bytes", "must be between 64 KiB and 4 GiB");
-        }
-        if self.link_queue == 0 {
-            return invalid("link_queue", "must be positive");
-        }
-        if self.link_queue_bytes < self.max_frame_bytes {
-            return invalid("link_queue_bytes", "must be at least max_frame_bytes");
-        }
-        if self.max_inbound_links == 0 {
-            return invalid("max_inbound_links", "must be positive");
-        }
-        let (min, max) = self.reconnect;
-        if min.is_zero() || min > max {
-            return invalid("reconnect_backoff", "needs 0 < min <= max");
-        }
-        if self.handshake_timeout.is_zero() {
-            return invalid("handshake_timeout", "must be positive");
-        }
-        if self.seed_refresh.is_zero() {
-            return invalid("seed_refresh", "must be positive");
-        }
-        if self.log_retention < self.max_staleness * 4 {
-            return invalid("log_retention", "must be at least 4 × max_staleness");
-        }
-        Ok(())
-    }
-
     /// Binds the listen address and starts the node's tasks on the current tokio runtime.
     ///
     /// ```
@@ -487,67 +327,55 @@ impl ClusterBuilder {
     /// # Ok(()) }
     /// ```
     pub async fn start(&self) -> Result<Cluster, StartError> {
-        self.validate()?;
+        let config = &self.config;
+        config.validate()?;
         let (mut fixed, mut by_name) = (Vec::new(), Vec::new());
-        for seed in &self.seeds {
-            let resolved = self
-                .network
-                .resolve(seed)
-                .await
-                .map_err(|source| StartError::Seed {
-                    seed: seed.clone(),
-                    source,
-                })?;
+        for seed in &config.seeds {
+            let resolved =
+                config
+                    .network
+                    .resolve(seed)
+                    .await
+                    .map_err(|source| StartError::Seed {
+                        seed: seed.clone(),
+                        source,
+                    })?;
             if seed.parse::<SocketAddr>().is_ok() {
                 fixed.extend(resolved);
             } else {
                 by_name.extend(resolved);
             }
         }
-        let listener = self
-            .network
-            .bind(self.listen)
-            .await
-            .map_err(|source| StartError::Bind {
-                addr: self.listen,
-                source,
-            })?;
+        let listener =
+            config
+                .network
+                .bind(config.listen)
+                .await
+                .map_err(|source| StartError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
         let bound = listener.local_addr().map_err(|source| StartError::Bind {
-            addr: self.listen,
+            addr: config.listen,
             source,
         })?;
-        if self.cluster_keys.is_empty() && !self.insecure && !self.network.is_private(bound) {
+        if config.cluster_keys.is_empty() && !config.insecure && !config.network.is_private(bound) {
             return Err(StartError::Insecure { addr: bound });
         }
-        let advertised = self.advertise.unwrap_or(bound);
-        let name = self
+        let name = config
             .name
             .clone()
             .unwrap_or_else(|| format!("node-{}", bound.port()));
-        let (node, swim_timers) = Node::new(NodeId::from(name.as_str()), advertised, bound, self);
-        let node = Arc::new(node);
-        // With no peers yet, there is nothing to confirm: peer-only caches serve from the start.
-        node.refresh_peer_lease();
-        driver::spawn_listener(&node, listener);
-        driver::spawn_heartbeat(&node);
-        driver::spawn_swim_timers(&node, swim_timers);
-        let named: Vec<String> = self
-            .seeds
-            .iter()
-            .filter(|seed| seed.parse::<SocketAddr>().is_err())
-            .cloned()
-            .collect();
-        if !named.is_empty() {
-            driver::spawn_seed_refresh(&node, named, self.seed_refresh);
-        }
-        if let Some(log) = &node.log {
-            changelog::driver::spawn(&node, Arc::clone(log));
-        }
-        node.add_seeds(&fixed, true);
-        node.add_seeds(&by_name, false);
+        let node = node::start(
+            NodeId::from(name.as_str()),
+            listener,
+            bound,
+            config,
+            (&fixed, &by_name),
+        );
         Ok(Cluster {
             node: Arc::clone(&node),
-            _running: Arc::new(Running(node)),
+            _running: Arc::new(Running::new(node)),
         })
     }
 }

@@ -1,26 +1,8 @@
-//! The node runtime: who this node is, which peers it knows, and how events reach caches.
-//!
-//! [`Cluster`] (here) is the handle an application holds; [`ClusterBuilder`] (`builder`)
-//! configures, validates and starts it. Inside, a [`Node`] (`node`) owns the shared state:
-//! - the outbox, which numbers every event this node originates, queues it on every link and
-//!   keeps the latest in the replay ring (`replay`) for peers whose link broke;
-//! - the [`SequenceTracker`](sequence::SequenceTracker), the pure state machine that judges each
-//!   peer event (apply, duplicate, gap, retired incarnation);
-//! - the peer confirmations (`confirm`) behind the peer lease, vetoed by SWIM membership
-//!   (`crate::membership`) before a silent peer is retired;
-//! - strong updates' intents awaiting acknowledgement;
-//! - the registry of caches by name, through which peer events reach the right store.
-//!
-//! The tasks that move bytes (accepting, dialing, reading, writing, heartbeats, SWIM timers)
-//! live in `driver`.
+//! The handle an application holds: [`Cluster`], and [`ClusterBuilder`] (`builder`), which
+//! configures and starts it. Everything the handle does is asked of the running node
+//! (`crate::node`); nothing here holds protocol state.
 
 mod builder;
-mod confirm;
-mod driver;
-mod link_queue;
-mod node;
-mod replay;
-pub(crate) mod sequence;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -30,46 +12,15 @@ use tokio::sync::broadcast;
 
 use crate::cache::{CacheBuilder, Key, Value};
 use crate::changelog::LogStatus;
-use crate::membership::SwimState;
-use crate::metrics::{CacheStats, ClusterStats, NodeReport, render_prometheus};
-use crate::transport::ClusterKey;
-
+use crate::config::ConfigError;
 use crate::event::ClusterEvent;
 use crate::id::NodeId;
-pub use builder::{
-    ClusterBuilder, ConfigError, DEFAULT_FORGET_AFTER, DEFAULT_HANDSHAKE_TIMEOUT,
-    DEFAULT_LINK_QUEUE, DEFAULT_LINK_QUEUE_BYTES, DEFAULT_MAX_FRAME_BYTES,
-    DEFAULT_MAX_INBOUND_LINKS, DEFAULT_MAX_MEMBERS, DEFAULT_MAX_STALENESS, DEFAULT_RECONNECT_MAX,
-    DEFAULT_RECONNECT_MIN, DEFAULT_REPLAY_BUFFER, DEFAULT_SEED_REFRESH, StartError,
-};
-pub(crate) use node::{LinkStart, Node, Sink};
+use crate::membership::Member;
+use crate::metrics::{CacheStats, ClusterStats, NodeReport, render_prometheus};
+use crate::node::{Node, Running};
+use crate::transport::ClusterKey;
 
-/// A peer as this node knows it; from [`Cluster::members`].
-///
-/// A member is a node's name; a seed address no member has been found at yet is listed too,
-/// with no name.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Member {
-    /// Where the peer accepts links.
-    pub addr: SocketAddr,
-    /// Its name, once a link or a peer has told it.
-    pub node: Option<NodeId>,
-    /// Its process epoch, once known.
-    pub incarnation: Option<u64>,
-    /// What SWIM holds of this process; `None` before SWIM has heard of it.
-    pub swim: Option<SwimState>,
-    /// How long ago it last showed signs of life (or was learned of, never reached).
-    pub last_heard: Option<Duration>,
-    /// Whether this node's link to it is up.
-    pub connected: bool,
-    /// Whether this node's peer-only caches wait for its confirmation: it has been heard from
-    /// within twice the bound, or SWIM holds it up.
-    pub live: bool,
-    /// Whether SWIM holds it up: reached, directly or through other members, recently enough
-    /// not to be declared down.
-    pub up: bool,
-}
+pub use builder::{ClusterBuilder, StartError};
 
 /// A running node: the handle from which caches are made.
 ///
@@ -96,17 +47,8 @@ pub struct Member {
 /// ```
 #[derive(Clone)]
 pub struct Cluster {
-    node: Arc<Node>,
+    pub(crate) node: Arc<Node>,
     _running: Arc<Running>,
-}
-
-/// Stops the node when the last user-facing handle goes away.
-pub(crate) struct Running(Arc<Node>);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.0.stop();
-    }
 }
 
 impl Cluster {

@@ -34,6 +34,33 @@ pub(crate) use roster::{Admission, MAX_NAME_BYTES, Refusal, Roster, RosterConfig
 
 pub(crate) use foca::Timer;
 
+/// A peer as this node knows it; from [`Cluster::members`](crate::Cluster::members).
+///
+/// A member is a node's name; a seed address no member has been found at yet is listed too,
+/// with no name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Member {
+    /// Where the peer accepts links.
+    pub addr: SocketAddr,
+    /// Its name, once a link or a peer has told it.
+    pub node: Option<NodeId>,
+    /// Its process epoch, once known.
+    pub incarnation: Option<u64>,
+    /// What SWIM holds of this process; `None` before SWIM has heard of it.
+    pub swim: Option<SwimState>,
+    /// How long ago it last showed signs of life (or was learned of, never reached).
+    pub last_heard: Option<Duration>,
+    /// Whether this node's link to it is up.
+    pub connected: bool,
+    /// Whether this node's peer-only caches wait for its confirmation: it has been heard from
+    /// within twice the bound, or SWIM holds it up.
+    pub live: bool,
+    /// Whether SWIM holds it up: reached, directly or through other members, recently enough
+    /// not to be declared down.
+    pub up: bool,
+}
+
 /// A member as SWIM knows it: a node's name and address, the process (incarnation), and a bump
 /// that the process raises to rejoin after being declared down by mistake.
 #[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -18,8 +18,8 @@ use rand::rngs::StdRng;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
+use super::SwimTimers;
 use super::link_queue::QueueRx;
-use super::node::SwimTimers;
 use super::{LinkStart, Node};
 use crate::id::NodeId;
 use crate::membership::{Identity, Timer};
@@ -544,7 +544,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::cluster::link_queue;
+    use crate::node::link_queue;
     use crate::wire::{Change, Event};
 
     const TIMEOUT: Duration = Duration::from_secs(10);

@@ -1,5 +1,22 @@
-//! A running node's shared state and protocol: the outbox, sequence tracking, confirmations,
-//! intents, membership, and routing of events to caches.
+//! The running node: the state every cache, link and task of one node shares, and the tasks that
+//! drive it.
+//!
+//! - `Node` (here) is the shell: it owns the node's locks, tasks and channels, and routes what
+//!   the protocol decides (events to apply, caches to flush, links to dial) to the caches and the
+//!   drivers.
+//! - `sequence`: the pure tracker judging each peer event (apply, duplicate, gap, retired).
+//! - `replay`: the ring of this node's latest events, replayed to peers whose link broke.
+//! - `confirm`: peer confirmations, the majority rule and the peer lease they grant.
+//! - `link_queue`: the bounded queue of one outgoing link.
+//! - `driver`: the tasks moving bytes (accepting, dialing, reading, writing, heartbeats, SWIM
+//!   timers, seed refresh). The change log's tailer (`crate::changelog`) feeds the node through
+//!   `LogTarget`.
+
+mod confirm;
+mod driver;
+mod link_queue;
+mod replay;
+pub(crate) mod sequence;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -12,21 +29,21 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
-use super::confirm::{Confirmations, PongVerdict};
-use super::replay::{self, ReplayRing};
-use super::sequence::{Delivery, SequenceTracker};
-use super::{ClusterBuilder, ConfigError, Member, driver, link_queue};
-use crate::changelog::LogRuntime;
+use crate::changelog::{self, LogRuntime, driver::LogTarget};
 use crate::clock::{Clock, millis};
+use crate::config::{Config, ConfigError};
 use crate::event::ClusterEvent;
 use crate::id::{EventId, NodeId};
 use crate::lease::Lease;
 use crate::membership::{
-    self, Admission, Identity, Membership, Refusal, Roster, RosterConfig, Timer,
+    self, Admission, Identity, Member, Membership, Refusal, Roster, RosterConfig, Timer,
 };
 use crate::metrics::{CacheStats, ClusterCounters};
-use crate::transport::{self, Keyring, LinkError, Network};
+use crate::transport::{self, Keyring, LinkError, Listener, Network};
 use crate::wire::{Change, Event, Frame, PeerInfo, WireError};
+use confirm::{Confirmations, PongVerdict};
+use replay::ReplayRing;
+use sequence::{Delivery, SequenceTracker};
 
 /// Where an outgoing link's event stream starts, as its hello tells the peer.
 #[derive(Clone, Copy, Debug)]
@@ -99,17 +116,72 @@ struct OutLink {
     queue: link_queue::QueueTx,
 }
 
+/// Starts a node named `id` accepting links from `listener` (bound at `bound`): its tasks, and
+/// its dialers to the seeds resolved to `seeds` (given as addresses, found by name).
+pub(crate) fn start(
+    id: NodeId,
+    listener: Box<dyn Listener>,
+    bound: SocketAddr,
+    config: &Config,
+    seeds: (&[SocketAddr], &[SocketAddr]),
+) -> Arc<Node> {
+    let addr = config.advertise.unwrap_or(bound);
+    let (node, swim_timers) = Node::new(id, addr, bound, config);
+    let node = Arc::new(node);
+    // With no peers yet, there is nothing to confirm: peer-only caches serve from the start.
+    node.refresh_peer_lease();
+    driver::spawn_listener(&node, listener);
+    driver::spawn_heartbeat(&node);
+    driver::spawn_swim_timers(&node, swim_timers);
+    let named: Vec<String> = config
+        .seeds
+        .iter()
+        .filter(|seed| seed.parse::<SocketAddr>().is_err())
+        .cloned()
+        .collect();
+    if !named.is_empty() {
+        driver::spawn_seed_refresh(&node, named, config.seed_refresh);
+    }
+    if let Some(log) = &node.log {
+        changelog::driver::spawn(
+            &node.tasks,
+            node.shutdown.subscribe(),
+            Arc::clone(&node),
+            Arc::clone(log),
+        );
+    }
+    let (fixed, by_name) = seeds;
+    node.add_seeds(fixed, true);
+    node.add_seeds(by_name, false);
+    node
+}
+
+/// Stops the node when the last user-facing handle (a cluster or cache handle) goes away.
+pub(crate) struct Running(Arc<Node>);
+
+impl Running {
+    pub(crate) fn new(node: Arc<Node>) -> Self {
+        Self(node)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.stop();
+    }
+}
+
 /// The state shared by a node's handle, caches and tasks.
 pub(crate) struct Node {
     pub(crate) id: NodeId,
     pub(crate) incarnation: u64,
     pub(crate) addr: SocketAddr,
     /// Where the listener is bound; `addr` may differ (NAT, a proxy).
-    pub(super) bound: SocketAddr,
+    pub(crate) bound: SocketAddr,
     pub(crate) config: NodeConfig,
     outbox: Mutex<Outbox>,
     tracker: Mutex<SequenceTracker<NodeId>>,
-    pub(super) caches: RwLock<BTreeMap<Arc<str>, Arc<dyn Sink>>>,
+    pub(crate) caches: RwLock<BTreeMap<Arc<str>, Arc<dyn Sink>>>,
     pub(crate) events: broadcast::Sender<ClusterEvent>,
     pub(crate) counters: ClusterCounters,
     pub(crate) shutdown: watch::Sender<bool>,
@@ -134,36 +206,36 @@ pub(crate) struct Node {
 type PendingIntent = (BTreeSet<NodeId>, oneshot::Sender<()>);
 
 /// Membership timers for the node's timer task: each is handed back after its delay.
-pub(super) type SwimTimers = mpsc::UnboundedReceiver<(Duration, Timer<Identity>)>;
+pub(crate) type SwimTimers = mpsc::UnboundedReceiver<(Duration, Timer<Identity>)>;
 
 impl Node {
-    pub(super) fn new(
+    pub(crate) fn new(
         id: NodeId,
         addr: SocketAddr,
         bound: SocketAddr,
-        builder: &ClusterBuilder,
+        config: &Config,
     ) -> (Self, SwimTimers) {
         // Microseconds since the Unix epoch: a restarted process gets a higher incarnation.
-        let incarnation = builder.incarnation.unwrap_or_else(|| {
+        let incarnation = config.incarnation.unwrap_or_else(|| {
             SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(1, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
         });
-        let rng_seed = builder.rng_seed.unwrap_or_else(rand::random);
+        let rng_seed = config.rng_seed.unwrap_or_else(rand::random);
         let (swim_timers, timers) = mpsc::unbounded_channel();
         let membership = Membership::new(
             Identity::new(id.clone(), addr, incarnation),
-            builder.max_staleness,
-            builder.grace(),
+            config.max_staleness,
+            config.grace(),
             rng_seed,
         );
         let roster = Roster::new(
             id.clone(),
             addr,
             RosterConfig {
-                max_members: builder.max_members,
-                forget_after: millis(builder.grace()),
-                seed_ttl: millis(builder.grace().max(builder.seed_refresh * 2)),
+                max_members: config.max_members,
+                forget_after: millis(config.grace()),
+                seed_ttl: millis(config.grace().max(config.seed_refresh * 2)),
             },
         );
         let node = Self {
@@ -172,21 +244,21 @@ impl Node {
             addr,
             bound,
             config: NodeConfig {
-                max_staleness: builder.max_staleness,
-                max_frame_bytes: builder.max_frame_bytes,
-                link_queue: builder.link_queue,
-                link_queue_bytes: builder.link_queue_bytes,
-                max_inbound_links: builder.max_inbound_links,
-                reconnect: builder.reconnect,
-                handshake_timeout: builder.handshake_timeout,
-                keyring: (!builder.cluster_keys.is_empty())
-                    .then(|| Keyring::new(builder.cluster_keys.clone())),
-                unsafe_ignore_leases: builder.unsafe_ignore_leases,
+                max_staleness: config.max_staleness,
+                max_frame_bytes: config.max_frame_bytes,
+                link_queue: config.link_queue,
+                link_queue_bytes: config.link_queue_bytes,
+                max_inbound_links: config.max_inbound_links,
+                reconnect: config.reconnect,
+                handshake_timeout: config.handshake_timeout,
+                keyring: (!config.cluster_keys.is_empty())
+                    .then(|| Keyring::new(config.cluster_keys.clone())),
+                unsafe_ignore_leases: config.unsafe_ignore_leases,
             },
             outbox: Mutex::new(Outbox {
                 seq: 0,
                 links: Vec::new(),
-                ring: ReplayRing::new(builder.replay_buffer),
+                ring: ReplayRing::new(config.replay_buffer),
             }),
             tracker: Mutex::new(SequenceTracker::default()),
             caches: RwLock::new(BTreeMap::new()),
@@ -195,20 +267,20 @@ impl Node {
             counters: ClusterCounters::default(),
             shutdown: watch::channel(false).0,
             tasks: TaskTracker::new(),
-            confirmations: Mutex::new(Confirmations::new(millis(builder.max_staleness))),
+            confirmations: Mutex::new(Confirmations::new(millis(config.max_staleness))),
             peer_lease: Arc::new(Lease::default()),
-            clock: Clock::from(builder.time_source),
-            network: Arc::clone(&builder.network),
+            clock: Clock::from(config.time_source),
+            network: Arc::clone(&config.network),
             rng_seed,
             membership: Mutex::new(membership),
             intents: Mutex::new(BTreeMap::new()),
             swim_timers,
-            log: builder.change_log.clone().map(|log| {
+            log: config.change_log.clone().map(|log| {
                 Arc::new(LogRuntime::new(
                     log,
-                    Clock::from(builder.time_source),
-                    builder.max_staleness,
-                    builder.log_retention,
+                    Clock::from(config.time_source),
+                    config.max_staleness,
+                    config.log_retention,
                 ))
             }),
         };
@@ -217,7 +289,7 @@ impl Node {
 
     /// Stops the node: tells every peer it is leaving (each link's writer sends that last, then
     /// closes), and ends every other task.
-    pub(super) fn stop(&self) {
+    pub(crate) fn stop(&self) {
         self.shutdown.send_replace(true);
         self.tasks.close();
         let outputs = {
@@ -278,7 +350,7 @@ impl Node {
 
     /// Closes every outgoing link; each dialer opens a new one (with the current keys), and the
     /// peer says where its stream resumes.
-    pub(super) fn relink(&self) {
+    pub(crate) fn relink(&self) {
         self.outbox.lock().links.clear();
     }
 
@@ -729,7 +801,7 @@ impl Node {
         }
     }
 
-    pub(super) fn refresh_peer_lease(&self) {
+    pub(crate) fn refresh_peer_lease(&self) {
         let since = self.confirmations.lock().confirmed_since();
         self.peer_lease
             .set(&self.clock, since, self.config.max_staleness);
@@ -795,7 +867,7 @@ impl Node {
     }
 
     /// The members, as [`Cluster::members`] shows them.
-    pub(super) fn members(&self) -> Vec<Member> {
+    pub(crate) fn members(&self) -> Vec<Member> {
         let now = self.clock.now();
         let live: BTreeSet<NodeId> = self.live_members().into_iter().collect();
         let membership = self.membership.lock();
@@ -938,14 +1010,6 @@ impl Node {
         }
     }
 
-    /// Applies a change-log row to the cache it names, if this node has it.
-    pub(crate) fn apply_logged(&self, cache: &str, key: &str) {
-        let sink = self.caches.read().get(cache).cloned();
-        if let Some(sink) = sink {
-            sink.apply_logged(key);
-        }
-    }
-
     /// Empties the caches whose promise rests on the mesh: missed events left them unsure.
     /// Those are the caches that watch no tables and the strong ones; the others are not
     /// flushed, since the change log carries the same writes within Δ.
@@ -953,16 +1017,32 @@ impl Node {
         self.flush_caches(|sink| sink.is_peer_only() || sink.is_strong());
     }
 
-    /// Empties the caches that watch tables: the change log lost rows they needed.
-    pub(crate) fn flush_watching(&self) {
-        self.flush_caches(|sink| !sink.is_peer_only());
-    }
-
     fn flush_caches(&self, which: impl Fn(&dyn Sink) -> bool) {
         let sinks: Vec<_> = self.caches.read().values().cloned().collect();
         for sink in sinks.iter().filter(|sink| which(sink.as_ref())) {
             sink.flush();
         }
+    }
+}
+
+impl LogTarget for Node {
+    fn name(&self) -> &str {
+        self.id.as_str()
+    }
+
+    fn apply_logged(&self, cache: &str, key: &str) {
+        let sink = self.caches.read().get(cache).cloned();
+        if let Some(sink) = sink {
+            sink.apply_logged(key);
+        }
+    }
+
+    fn flush_watching(&self) {
+        self.flush_caches(|sink| !sink.is_peer_only());
+    }
+
+    fn notify(&self, event: ClusterEvent) {
+        Node::notify(self, event);
     }
 }
 

@@ -1,0 +1,187 @@
+//! A node's settings: their defaults, their bounds, and the one check that every setting is in
+//! range before anything starts.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::changelog::{ChangeLog, DEFAULT_LOG_RETENTION};
+use crate::clock::TimeSource;
+use crate::membership::MAX_NAME_BYTES;
+use crate::transport::{ClusterKey, Network, Tcp};
+
+/// Default for [`ClusterBuilder::max_staleness`].
+pub const DEFAULT_MAX_STALENESS: Duration = Duration::from_millis(500);
+/// Default for [`ClusterBuilder::max_frame_bytes`].
+pub const DEFAULT_MAX_FRAME_BYTES: usize = 4 << 20;
+/// Default for [`ClusterBuilder::link_queue`].
+pub const DEFAULT_LINK_QUEUE: usize = 64 * 1024;
+/// Default for [`ClusterBuilder::link_queue_bytes`].
+pub const DEFAULT_LINK_QUEUE_BYTES: usize = 64 << 20;
+/// Default for [`ClusterBuilder::max_inbound_links`].
+pub const DEFAULT_MAX_INBOUND_LINKS: usize = 1024;
+/// Default for [`ClusterBuilder::reconnect_backoff`]: first delay ceiling.
+pub const DEFAULT_RECONNECT_MIN: Duration = Duration::from_millis(20);
+/// Default for [`ClusterBuilder::reconnect_backoff`]: largest delay.
+pub const DEFAULT_RECONNECT_MAX: Duration = Duration::from_secs(2);
+/// Default for [`ClusterBuilder::seed_refresh`].
+pub const DEFAULT_SEED_REFRESH: Duration = Duration::from_secs(30);
+/// Default for [`ClusterBuilder::replay_buffer`].
+pub const DEFAULT_REPLAY_BUFFER: usize = 16 << 20;
+/// Default for [`ClusterBuilder::handshake_timeout`].
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default for [`ClusterBuilder::max_members`].
+pub const DEFAULT_MAX_MEMBERS: usize = 1024;
+/// Default for [`ClusterBuilder::forget_after`].
+pub const DEFAULT_FORGET_AFTER: Duration = Duration::from_secs(30);
+
+/// Why a configuration was refused. Nothing was started.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A setting is out of its range.
+    #[error("invalid {setting}: {reason}")]
+    Invalid {
+        /// The setting's name.
+        setting: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A cache of this name already exists on this node.
+    #[error("a cache named {0:?} already exists")]
+    DuplicateCache(String),
+}
+
+/// Every setting of a node, as the builder collects them; checked by [`Config::validate`]
+/// before a node starts.
+#[derive(Clone)]
+pub(crate) struct Config {
+    pub(crate) network: Arc<dyn Network>,
+    pub(crate) time_source: TimeSource,
+    pub(crate) rng_seed: Option<u64>,
+    pub(crate) incarnation: Option<u64>,
+    pub(crate) name: Option<String>,
+    pub(crate) listen: SocketAddr,
+    pub(crate) advertise: Option<SocketAddr>,
+    pub(crate) seeds: Vec<String>,
+    pub(crate) max_staleness: Duration,
+    pub(crate) max_frame_bytes: usize,
+    pub(crate) link_queue: usize,
+    pub(crate) link_queue_bytes: usize,
+    pub(crate) max_inbound_links: usize,
+    pub(crate) replay_buffer: usize,
+    pub(crate) reconnect: (Duration, Duration),
+    pub(crate) handshake_timeout: Duration,
+    pub(crate) change_log: Option<ChangeLog>,
+    pub(crate) log_retention: Duration,
+    pub(crate) seed_refresh: Duration,
+    pub(crate) max_members: usize,
+    pub(crate) forget_after: Option<Duration>,
+    pub(crate) cluster_keys: Vec<ClusterKey>,
+    pub(crate) insecure: bool,
+    pub(crate) unsafe_ignore_leases: bool,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("name", &self.name)
+            .field("listen", &self.listen)
+            .field("seeds", &self.seeds)
+            .field("max_staleness", &self.max_staleness)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            network: Arc::new(Tcp),
+            time_source: TimeSource::System,
+            rng_seed: None,
+            incarnation: None,
+            name: None,
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            advertise: None,
+            seeds: Vec::new(),
+            max_staleness: DEFAULT_MAX_STALENESS,
+            max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+            link_queue: DEFAULT_LINK_QUEUE,
+            link_queue_bytes: DEFAULT_LINK_QUEUE_BYTES,
+            max_inbound_links: DEFAULT_MAX_INBOUND_LINKS,
+            replay_buffer: DEFAULT_REPLAY_BUFFER,
+            reconnect: (DEFAULT_RECONNECT_MIN, DEFAULT_RECONNECT_MAX),
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            change_log: None,
+            log_retention: DEFAULT_LOG_RETENTION,
+            seed_refresh: DEFAULT_SEED_REFRESH,
+            max_members: DEFAULT_MAX_MEMBERS,
+            forget_after: None,
+            cluster_keys: Vec::new(),
+            insecure: false,
+            unsafe_ignore_leases: false,
+        }
+    }
+}
+
+impl Config {
+    /// The grace before a member is forgotten: as set, or the default for the bound.
+    pub(crate) fn grace(&self) -> Duration {
+        self.forget_after
+            .unwrap_or_else(|| DEFAULT_FORGET_AFTER.max(self.max_staleness.saturating_mul(4)))
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |setting, reason: &str| {
+            Err(ConfigError::Invalid {
+                setting,
+                reason: reason.to_owned(),
+            })
+        };
+        if self.name.as_deref() == Some("") {
+            return invalid("node_name", "must not be empty");
+        }
+        if self.name.as_ref().is_some_and(|n| n.len() > MAX_NAME_BYTES) {
+            return invalid("node_name", "must be at most 128 bytes");
+        }
+        if self.incarnation == Some(0) {
+            return invalid("incarnation", "must be positive");
+        }
+        if self.max_members == 0 {
+            return invalid("max_members", "must be positive");
+        }
+        if self.grace() < self.max_staleness.saturating_mul(4) {
+            return invalid("forget_after", "must be at least 4 × max_staleness");
+        }
+        if self.max_staleness.is_zero() {
+            return invalid("max_staleness", "must be positive");
+        }
+        if self.max_frame_bytes < 64 << 10 || self.max_frame_bytes > u32::MAX as usize {
+            return invalid("max_frame_bytes", "must be between 64 KiB and 4 GiB");
+        }
+        if self.link_queue == 0 {
+            return invalid("link_queue", "must be positive");
+        }
+        if self.link_queue_bytes < self.max_frame_bytes {
+            return invalid("link_queue_bytes", "must be at least max_frame_bytes");
+        }
+        if self.max_inbound_links == 0 {
+            return invalid("max_inbound_links", "must be positive");
+        }
+        let (min, max) = self.reconnect;
+        if min.is_zero() || min > max {
+            return invalid("reconnect_backoff", "needs 0 < min <= max");
+        }
+        if self.handshake_timeout.is_zero() {
+            return invalid("handshake_timeout", "must be positive");
+        }
+        if self.seed_refresh.is_zero() {
+            return invalid("seed_refresh", "must be positive");
+        }
+        if self.log_retention < self.max_staleness * 4 {
+            return invalid("log_retention", "must be at least 4 × max_staleness");
+        }
+        Ok(())
+    }
+}
