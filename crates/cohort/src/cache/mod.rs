@@ -284,7 +284,7 @@ impl<K: Key, V: Value> CacheBuilder<K, V> {
                 reason,
             })?;
         }
-        let log = match (&self.node.log, watches.is_empty()) {
+        let log = match (self.node.log(), watches.is_empty()) {
             (_, true) => None,
             (Some(log), false) => Some(log),
             (None, false) => {
@@ -293,23 +293,23 @@ impl<K: Key, V: Value> CacheBuilder<K, V> {
         };
         let inner = Arc::new(Inner {
             name: Arc::clone(&name),
-            store: Store::new(bound, self.node.clock.clone()),
+            store: Store::new(bound, self.node.clock().clone()),
             ttl: self.ttl,
             mode: self.mode,
             version: self.version.clone(),
             parse: self.parse.clone(),
             lease: match log {
-                _ if self.node.config.unsafe_ignore_leases => Arc::new(Lease::forever()),
+                _ if self.node.ignores_leases() => Arc::new(Lease::forever()),
                 Some(_) => Arc::new(Lease::default()),
-                None => Arc::clone(&self.node.peer_lease),
+                None => Arc::clone(self.node.peer_lease()),
             },
             // Strong writes rest on the peers' acknowledgements whatever the log does.
             fenced: log.is_none() || self.mode == Mode::Strong,
             strong: (self.mode == Mode::Strong).then(|| Strong {
-                peer_lease: if self.node.config.unsafe_ignore_leases {
+                peer_lease: if self.node.ignores_leases() {
                     Arc::new(Lease::forever())
                 } else {
-                    Arc::clone(&self.node.peer_lease)
+                    Arc::clone(self.node.peer_lease())
                 },
                 held: parking_lot::Mutex::new(HashMap::new()),
                 all_held_until: AtomicU64::new(0),
@@ -640,7 +640,7 @@ impl<K: Key, V: Value> Inner<K, V> {
     /// The key's wire encoding, if it fits a frame with room to spare for the rest of an event.
     fn encode_key(&self, key: &K) -> Result<Vec<u8>, EncodeError> {
         let bytes = wire::encode_item(key).map_err(|e| EncodeError(KeyEncoding::Serialize(e)))?;
-        let max = self.node.config.max_frame_bytes / 2;
+        let max = self.node.max_frame_bytes() / 2;
         if bytes.len() > max {
             return Err(EncodeError(KeyEncoding::TooLarge {
                 len: bytes.len(),
@@ -696,9 +696,7 @@ impl<K: Key, V: Value> Inner<K, V> {
 
     /// How long an intent holds a key at most, as a deadline.
     fn hold_limit(&self) -> Millis {
-        self.store
-            .clock()
-            .deadline(self.node.config.max_staleness * 4)
+        self.store.clock().deadline(self.node.max_staleness() * 4)
     }
 
     fn is_held(&self, key: &K) -> bool {
@@ -715,7 +713,7 @@ impl<K: Key, V: Value> Inner<K, V> {
 
     /// Polls the change log soon, so that this node's own write is confirmed by it early.
     fn kick_log(&self) {
-        if let (Some(log), false) = (&self.node.log, self.fenced) {
+        if let (Some(log), false) = (&self.node.log(), self.fenced) {
             log.kick();
         }
     }

@@ -65,27 +65,27 @@ impl Cluster {
 
     /// This node's name.
     pub fn node_id(&self) -> &NodeId {
-        &self.node.id
+        self.node.id()
     }
 
     /// This node's process epoch, carried by each of its events.
     pub fn incarnation(&self) -> u64 {
-        self.node.incarnation
+        self.node.incarnation()
     }
 
     /// The address peers dial to reach this node: the advertised one, or else the bound one.
     pub fn local_addr(&self) -> SocketAddr {
-        self.node.addr
+        self.node.addr()
     }
 
     /// The address this node accepts links on, as bound (with the port chosen for port 0).
     pub fn bound_addr(&self) -> SocketAddr {
-        self.node.bound
+        self.node.bound_addr()
     }
 
     /// The promised staleness bound Δ.
     pub fn max_staleness(&self) -> Duration {
-        self.node.config.max_staleness
+        self.node.max_staleness()
     }
 
     /// The members this node knows, by name, and the seed addresses no member has been found
@@ -109,7 +109,8 @@ impl Cluster {
     pub async fn wait_for_peers(&self, peers: usize) {
         let mut events = self.subscribe();
         let linked = || {
-            self.node.connected_peers() >= peers && self.node.peer_lease.is_valid(&self.node.clock)
+            self.node.connected_peers() >= peers
+                && self.node.peer_lease().is_valid(self.node.clock())
         };
         // Every change of a link is an event; re-check after each (or after missing some).
         while !linked() {
@@ -122,30 +123,22 @@ impl Cluster {
     /// A stream of what happens in the cluster as this node sees it. A subscriber that falls more
     /// than 64 Ki events behind loses the oldest ones.
     pub fn subscribe(&self) -> broadcast::Receiver<ClusterEvent> {
-        self.node.events.subscribe()
+        self.node.subscribe()
     }
 
     /// How this node's tailing of the change log stands; `None` without a change log.
     pub fn change_log_status(&self) -> Option<LogStatus> {
-        self.node.log.as_ref().map(|log| log.status())
+        self.node.log().map(|log| log.status())
     }
 
     /// This node's mesh counters.
     pub fn stats(&self) -> ClusterStats {
-        self.node.counters.snapshot()
+        self.node.stats()
     }
 
     /// Each cache's counters on this node, by name.
     pub fn cache_stats(&self) -> Vec<(String, CacheStats)> {
-        let mut stats: Vec<_> = self
-            .node
-            .caches
-            .read()
-            .iter()
-            .map(|(name, sink)| (name.to_string(), sink.stats()))
-            .collect();
-        stats.sort_by(|a, b| a.0.cmp(&b.0));
-        stats
+        self.node.cache_stats()
     }
 
     /// Everything this node counts, in the Prometheus text format, for a `/metrics` endpoint.
@@ -160,7 +153,7 @@ impl Cluster {
     /// ```
     pub fn prometheus(&self) -> String {
         render_prometheus(&NodeReport {
-            node: self.node.id.as_str(),
+            node: self.node.id().as_str(),
             peers_connected: self.node.connected_peers(),
             cluster: self.stats(),
             caches: self.cache_stats(),
@@ -199,24 +192,18 @@ impl Cluster {
             setting: "cluster_keys",
             reason: reason.to_owned(),
         };
-        let keyring = self
-            .node
-            .config
-            .keyring
-            .as_ref()
-            .ok_or_else(|| invalid("the node was started without keys"))?;
         if keys.is_empty() {
             return Err(invalid("at least one key is needed"));
         }
-        keyring.replace(keys);
-        self.node.relink();
+        if !self.node.rekey(keys) {
+            return Err(invalid("the node was started without keys"));
+        }
         Ok(())
     }
 
     /// Stops accepting and dialing and closes every link; waits until the node's tasks ended.
     /// Caches keep answering locally but no longer hear of peers' changes.
     pub async fn shutdown(&self) {
-        self.node.stop();
-        self.node.tasks.wait().await;
+        self.node.shut_down().await;
     }
 }

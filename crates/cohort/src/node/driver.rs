@@ -18,15 +18,15 @@ use rand::rngs::StdRng;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-use super::SwimTimers;
 use super::link_queue::QueueRx;
-use super::{LinkStart, Node};
+use super::state::{Answered, Greeting, Inbound, LinkId};
+use super::{Node, SwimTimers};
 use crate::id::NodeId;
 use crate::membership::{Identity, Timer};
 use crate::transport::{
     self, Backoff, BoxConnection, FrameReader, FrameWriter, LinkError, Listener, Role,
 };
-use crate::wire::{self, Frame, Hello, PeerInfo, WireError};
+use crate::wire::{self, Frame, WireError};
 
 /// Accepts links until the node stops.
 pub(super) fn spawn_listener(node: &Arc<Node>, listener: Box<dyn Listener>) {
@@ -92,38 +92,13 @@ async fn serve_inbound(node: &Arc<Node>, stream: BoxConnection) -> Result<(), Li
     let Frame::Hello(hello) = wire::decode(&body)? else {
         return Err(WireError::Unexpected("a link must open with a hello").into());
     };
-    if hello.node == node.id.as_str() {
-        // Either this node dialed itself or another node uses its name; the dialer sorts it out.
-        transport::send_frame(&mut writer, our_hello(node, NO_LINK), timeout).await?;
-        return Ok(());
-    }
-    let origin = NodeId::from(hello.node);
-    let incarnation = hello.incarnation;
-    let start = LinkStart {
-        seq: hello.seq,
-        replay_from: hello.replay_from,
-    };
-    start.check()?;
-    node.meet(&origin, incarnation, hello.listen, None)
-        .map_err(|refusal| LinkError::Refused(refusal.into()))?;
     // Judged before answering: the answer tells the dialer where to resume, and the events it
     // replays must find the tracker already expecting them.
-    let resume = node.peer_hello(&origin, incarnation, start)?;
-    transport::send_frame(
-        &mut writer,
-        our_hello(
-            node,
-            LinkStart {
-                seq: resume,
-                replay_from: 0,
-            },
-        ),
-        timeout,
-    )
-    .await?;
-    let origin_addr = hello.listen;
-    node.contact(&origin);
-    node.hear_of(&hello.peers);
+    let Greeting { peer, answer } = node.with_time(|state, now| state.handle_hello(&hello, now))?;
+    transport::send_frame(&mut writer, answer, timeout).await?;
+    let Some(peer) = peer else {
+        return Ok(());
+    };
     drop(body);
     transport::accept_frames(&mut reader, node.config.max_frame_bytes);
 
@@ -135,66 +110,11 @@ async fn serve_inbound(node: &Arc<Node>, stream: BoxConnection) -> Result<(), Li
         else {
             break;
         };
-        match wire::decode(&body)? {
-            Frame::Event(event) => {
-                if event.node != origin.as_str() || event.incarnation != incarnation {
-                    return Err(WireError::Unexpected("an event from another origin").into());
-                }
-                node.receive(&origin, origin_addr, &event);
-            }
-            Frame::Peers(members) => node.hear_of(&members),
-            Frame::Ping { nonce } => {
-                node.contact(&origin);
-                node.pong(origin_addr, nonce);
-            }
-            Frame::Pong {
-                nonce,
-                incarnation,
-                seq,
-                heard,
-            } => node.on_pong(&origin, nonce, incarnation, seq, heard.as_deref()),
-            Frame::IntentAck { seq } => node.on_intent_ack(&origin, seq),
-            Frame::Leave => {
-                node.on_leave(&origin, origin_addr);
-                break;
-            }
-            Frame::Swim(packet) => node.swim(|membership| {
-                if let Err(error) = membership.receive(packet) {
-                    tracing::debug!(%origin, %error, "ignored a membership packet");
-                }
-            }),
-            Frame::Hello(_) => return Err(WireError::Unexpected("a second hello").into()),
+        if node.receive(&peer, &wire::decode(&body)?)? == Inbound::Closed {
+            break;
         }
     }
     Ok(())
-}
-
-/// The answer to a hello that opens no link (a node that dialed itself).
-const NO_LINK: LinkStart = LinkStart {
-    seq: 0,
-    replay_from: 0,
-};
-
-/// Our introduction: where the link's event stream starts (from a dialer), or where the dialer
-/// should resume (from an acceptor).
-fn our_hello(node: &Node, start: LinkStart) -> Bytes {
-    let gossip = node.gossip();
-    Frame::Hello(Hello {
-        node: node.id.as_str(),
-        incarnation: node.incarnation,
-        listen: node.addr,
-        seq: start.seq,
-        replay_from: start.replay_from,
-        peers: gossip
-            .iter()
-            .map(|(node, incarnation, addr)| PeerInfo {
-                node: node.as_str(),
-                incarnation: *incarnation,
-                addr: *addr,
-            })
-            .collect(),
-    })
-    .encode()
 }
 
 /// Pings peers and retires silent ones every quarter of the bound, until the node stops.
@@ -209,7 +129,7 @@ pub(super) fn spawn_heartbeat(node: &Arc<Node>) {
             tokio::select! {
                 biased;
                 _ = shutdown.wait_for(|stop| *stop) => return,
-                _ = ticks.tick() => node.heartbeat(),
+                _ = ticks.tick() => node.with_time(|state, now| state.handle_tick(now)),
             }
         }
     });
@@ -233,7 +153,7 @@ pub(super) fn spawn_swim_timers(node: &Arc<Node>, mut timers: SwimTimers) {
                 },
                 _ = sleep_until(next) => {
                     for timer in pending.pop_due(Instant::now()) {
-                        node.swim(|membership| membership.timer(timer));
+                        node.with_time(|state, now| state.handle_swim_timer(timer, now));
                     }
                 }
             }
@@ -316,9 +236,10 @@ pub(super) fn spawn_dialer(node: &Arc<Node>, addr: SocketAddr) {
         let mut backoff = Backoff::new(min, max);
         let mut rng = StdRng::seed_from_u64(node.rng_seed ^ hash_addr(addr));
         let mut attempt = 0;
-        while node.wants(addr) {
+        let wanted = || node.with_state(|state| state.wants(addr));
+        while wanted() {
             let outcome = outbound(&node, addr, attempt, &mut shutdown).await;
-            if !node.wants(addr) {
+            if !wanted() {
                 return;
             }
             match outcome {
@@ -326,10 +247,7 @@ pub(super) fn spawn_dialer(node: &Arc<Node>, addr: SocketAddr) {
                     backoff.reset();
                     attempt = 0;
                 }
-                Ok(Outbound::Myself) => {
-                    node.myself_at(addr);
-                    return;
-                }
+                Ok(Outbound::Myself) => return,
                 Err(error) => {
                     node.count_link_error(&error);
                     if matches!(error, LinkError::Auth(_)) {
@@ -383,24 +301,27 @@ async fn outbound(
     let Some(Link {
         mut reader,
         mut writer,
+        id,
         queue,
-        peer,
-        incarnation,
-        replay,
+        answered:
+            Answered {
+                peer,
+                incarnation,
+                replay,
+            },
     }) = link
     else {
         return Ok(Outbound::Myself);
     };
     node.counters.connects.incr();
     tracing::debug!(node = %node.id, %peer, %addr, "linked");
-    node.link_ready(addr, &peer, incarnation);
-    node.set_connected(addr, &peer, true);
+    node.with_time(|state, now| state.handle_link_up(id, addr, &peer, incarnation, now));
     let result = tokio::select! {
         biased;
         () = goes_silent(node, &peer) => Err(LinkError::Idle),
         result = pump(&mut reader, &mut writer, replay, queue, node.config.handshake_timeout) => result,
     };
-    node.set_connected(addr, &peer, false);
+    node.with_state(|state| state.handle_link_down(addr, &peer));
     result.map(|()| Outbound::Closed)
 }
 
@@ -419,7 +340,7 @@ async fn goes_silent(node: &Node, peer: &NodeId) {
     let idle = silence_limit(node);
     loop {
         tokio::time::sleep(idle / 4).await;
-        if !node.heard_within(peer, idle) {
+        if !node.with_time(|state, now| state.heard_within(peer, idle, now)) {
             return;
         }
     }
@@ -429,14 +350,11 @@ async fn goes_silent(node: &Node, peer: &NodeId) {
 struct Link {
     reader: FrameReader,
     writer: FrameWriter,
+    id: LinkId,
     /// Frames for the peer, after the replay.
     queue: QueueRx,
-    /// The peer's name.
-    peer: NodeId,
-    /// The peer's process.
-    incarnation: u64,
-    /// Earlier events the peer lacks, to send before the queue.
-    replay: Vec<Bytes>,
+    /// Who answered, and what to replay to it.
+    answered: Answered,
 }
 
 /// Connects and exchanges hellos, dialing with the key `attempt` picks; `None` when the address
@@ -462,34 +380,21 @@ async fn handshake(
         timeout,
     )
     .await?;
-    // Attach before saying hello: every event after `start.seq` is then queued on this link.
-    let (start, queue) = node.attach(addr);
-    transport::send_frame(&mut writer, our_hello(node, start), timeout).await?;
+    // Open the link before saying hello: every event after `start.seq` is then queued on it.
+    let (id, start, queue) = node.open_link(addr);
+    let hello = node.with_state(|state| state.hello(start));
+    transport::send_frame(&mut writer, hello, timeout).await?;
     let body = transport::handshake_frame(&mut reader, timeout).await?;
     let Frame::Hello(hello) = wire::decode(&body)? else {
         return Err(WireError::Unexpected("a link must open with a hello").into());
     };
-    if hello.node == node.id.as_str() {
-        if hello.incarnation == node.incarnation {
-            return Ok(None);
-        }
-        return Err(WireError::Unexpected("another node uses this node's name").into());
-    }
-    if hello.seq > start.seq {
-        return Err(WireError::Unexpected("a peer claims events this node never sent").into());
-    }
-    let peer = NodeId::from(hello.node);
-    node.meet(&peer, hello.incarnation, hello.listen, Some(addr))
-        .map_err(|refusal| LinkError::Refused(refusal.into()))?;
-    node.hear_of(&hello.peers);
-    let replay = node.replay(hello.seq, start.seq);
-    Ok(Some(Link {
+    let answered = node.with_time(|state, now| state.handle_answer(addr, start, &hello, now))?;
+    Ok(answered.map(|answered| Link {
         reader,
         writer,
+        id,
         queue,
-        peer,
-        incarnation: hello.incarnation,
-        replay,
+        answered,
     }))
 }
 

@@ -80,6 +80,15 @@ pub trait Network: Send + Sync + 'static {
     fn is_private(&self, bound: SocketAddr) -> bool {
         bound.ip().is_loopback()
     }
+
+    /// Ends what this network runs for its node, once the node stopped using it (its listener
+    /// and links are gone), and waits until that is done: a node's
+    /// [`shutdown`](crate::Cluster::shutdown) awaits this after its own tasks ended.
+    ///
+    /// Defaults to: nothing to end.
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
 }
 
 /// The operating system's TCP, through tokio, with Nagle's algorithm off. The default.

@@ -17,7 +17,8 @@
 //! with the time, and renews it every [`REGISTRATION_RENEWAL`]; any seed resolves to the addresses
 //! renewed within [`REGISTRATION_TTL`], so `seeds(["redis"])` finds the others and stops naming a
 //! node that died (older entries are deleted as they are found). Times are the nodes' wall
-//! clocks, so a clock off by more than the TTL minus the renewal period hides its node.
+//! clocks, so a clock off by more than the TTL minus the renewal period hides its node. A node
+//! that shuts down removes its entry, once its links published their last bytes (its leave).
 
 use std::collections::HashMap;
 use std::io;
@@ -32,7 +33,8 @@ use redis::aio::MultiplexedConnection;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::{BoxConnection, BoxFuture, Listener, Network};
 use crate::clock::millis;
@@ -59,6 +61,11 @@ pub(crate) const REGISTRATION_RENEWAL: Duration = Duration::from_secs(10);
 
 /// How long a registration lasts unrenewed.
 pub(crate) const REGISTRATION_TTL: Duration = Duration::from_secs(60);
+
+/// How long a closing bus waits for its links to publish their last bytes (a node's leave) and
+/// for its registration to be removed; past it, what is left is dropped (Redis is unreachable,
+/// and the peers notice by their own timeouts).
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 /// Links over Redis pub/sub instead of TCP; give each node its own with
 /// [`ClusterBuilder::network`](crate::ClusterBuilder::network).
@@ -119,19 +126,27 @@ impl Network for RedisBus {
                 publisher,
                 links: Mutex::default(),
                 accepted: accepted_tx,
+                tasks: TaskTracker::new(),
+                listening: CancellationToken::new(),
+                abandon: CancellationToken::new(),
             });
             let subscription = subscribe(&self.client, &hub.channel(me)).await?;
-            let reader = tokio::spawn(read_messages(
-                self.client.clone(),
-                Arc::clone(&hub),
-                subscription,
-            ));
-            let renewal = tokio::spawn(renew_registration(hub.publisher.clone(), registry, me));
+            let listening = hub.listening.clone();
+            let reader = read_messages(self.client.clone(), Arc::clone(&hub), subscription);
+            let renewal = renew_registration(hub.publisher.clone(), registry, me);
+            hub.tasks.spawn(async move {
+                tokio::select! {
+                    biased;
+                    () = listening.cancelled() => {}
+                    () = reader => {}
+                    () = renewal => {}
+                }
+            });
             *self.hub.lock() = Some(Arc::clone(&hub));
             Ok(Box::new(BusListener {
                 me,
                 accepted: tokio::sync::Mutex::new(accepted),
-                tasks: [reader, renewal],
+                listening: hub.listening.clone(),
             }) as Box<dyn Listener>)
         })
     }
@@ -176,6 +191,33 @@ impl Network for RedisBus {
             redis::ConnectionAddr::Unix(_) => true,
             _ => false,
         }
+    }
+
+    /// Waits (for [`CLOSE_GRACE`] at most) until every link published its last bytes, and
+    /// removes this node from the registry, so that seeds stop resolving to it at once.
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let Some(hub) = self.hub.lock().take() else {
+                return;
+            };
+            hub.listening.cancel();
+            hub.tasks.close();
+            let unregister = async {
+                let removed: Result<u64, _> = redis::cmd("ZREM")
+                    .arg(self.registry_key())
+                    .arg(hub.me.to_string())
+                    .query_async(&mut hub.publisher.clone())
+                    .await;
+                if let Err(error) = removed {
+                    tracing::warn!(me = %hub.me, %error, "cannot remove the bus registration");
+                }
+            };
+            let done = async { tokio::join!(hub.tasks.wait(), unregister) };
+            if tokio::time::timeout(CLOSE_GRACE, done).await.is_err() {
+                hub.abandon.cancel();
+                hub.tasks.wait().await;
+            }
+        })
     }
 
     fn resolve<'a>(&'a self, _seed: &'a str) -> BoxFuture<'a, io::Result<Vec<SocketAddr>>> {
@@ -241,6 +283,13 @@ struct Hub {
     /// Where bytes that arrive for each open link go.
     links: Mutex<HashMap<LinkId, mpsc::Sender<Bytes>>>,
     accepted: mpsc::UnboundedSender<(BoxConnection, SocketAddr)>,
+    /// The subscription's reader, the registration's renewal and every link's pump, so that
+    /// closing can wait for them.
+    tasks: TaskTracker,
+    /// Cancelled when the node stops listening: the reader and the renewal end.
+    listening: CancellationToken,
+    /// Cancelled when closing gave up waiting: the pumps end too.
+    abandon: CancellationToken,
 }
 
 impl Hub {
@@ -264,7 +313,8 @@ impl Hub {
         let (application, ours) = tokio::io::duplex(PIPE_BYTES);
         let (arrivals_tx, arrivals) = mpsc::channel(ARRIVALS_QUEUED);
         self.links.lock().insert(link, arrivals_tx);
-        tokio::spawn(Arc::clone(self).pump(link, ours, arrivals));
+        self.tasks
+            .spawn(Arc::clone(self).pump(link, ours, arrivals));
         Box::new(application)
     }
 
@@ -322,6 +372,7 @@ impl Hub {
         };
         tokio::select! {
             biased;
+            () = self.abandon.cancelled() => {}
             () = outgoing => {}
             () = incoming => {}
         }
@@ -409,8 +460,8 @@ async fn subscribe(client: &redis::Client, channel: &str) -> io::Result<redis::a
     Ok(subscription)
 }
 
-/// Renews `me` in the registry every [`REGISTRATION_RENEWAL`] until aborted; a failed renewal is
-/// retried at the next one.
+/// Renews `me` in the registry every [`REGISTRATION_RENEWAL`]; a failed renewal is retried at
+/// the next one.
 async fn renew_registration(
     mut publisher: MultiplexedConnection,
     registry: String,
@@ -474,8 +525,8 @@ async fn claim_address(
 struct BusListener {
     me: SocketAddr,
     accepted: tokio::sync::Mutex<mpsc::UnboundedReceiver<(BoxConnection, SocketAddr)>>,
-    /// The subscription's reader and the registration's renewal.
-    tasks: [JoinHandle<()>; 2],
+    /// Ends the subscription's reader and the registration's renewal.
+    listening: CancellationToken,
 }
 
 impl Listener for BusListener {
@@ -497,9 +548,7 @@ impl Listener for BusListener {
 
 impl Drop for BusListener {
     fn drop(&mut self) {
-        for task in &self.tasks {
-            task.abort();
-        }
+        self.listening.cancel();
     }
 }
 

@@ -262,6 +262,43 @@ async fn a_lapsed_registration_is_not_resolved() {
     assert!(!registered.contains(&"127.0.0.1:9".to_owned()));
 }
 
+/// Shutting down waits for the bus too: once `shutdown` returns, the node's leave has been
+/// published (its peer stops waiting for it) and its registration is gone, so a node starting
+/// now does not dial it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_shuts_down_leaves_the_bus_and_its_registry() {
+    let redis = redis().await;
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let nodes = bus(&redis, 2).await;
+    let mut events = nodes[0].subscribe();
+    let leaving = nodes[1].local_addr().to_string();
+    nodes[1].shutdown().await;
+    let registered: Vec<String> = redis::cmd("ZRANGE")
+        .arg("cohort:registry")
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    assert_eq!(
+        registered,
+        [nodes[0].local_addr().to_string()],
+        "{leaving} left"
+    );
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match events.recv().await {
+                Ok(ClusterEvent::PeerLeft { node }) if node.as_str() == "n1" => return,
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(e) => panic!("event stream failed: {e}"),
+            }
+        }
+    })
+    .await
+    .expect("n0 heard n1 leave");
+}
+
 /// A node on the bus holding `keys`, in `namespace`, in replicate mode.
 async fn keyed_on_bus(
     redis: &Redis,
