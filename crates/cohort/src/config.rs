@@ -36,6 +36,15 @@ pub const DEFAULT_MAX_MEMBERS: usize = 1024;
 /// Default for [`ClusterBuilder::forget_after`].
 pub const DEFAULT_FORGET_AFTER: Duration = Duration::from_secs(30);
 
+/// Counts (members, queued frames, inbound links) are at most this: past it, queues and
+/// semaphores would refuse to be built.
+const MAX_COUNT: usize = 1 << 24;
+const MILLISECOND: Duration = Duration::from_millis(1);
+/// Durations are at most a day (the bound, timeouts) or a year (retention): every sum and
+/// product of them a node computes then fits.
+const DAY: Duration = Duration::from_secs(24 * 60 * 60);
+const YEAR: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
 /// Why a configuration was refused. Nothing was started.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -148,39 +157,68 @@ impl Config {
         if self.incarnation == Some(0) {
             return invalid("incarnation", "must be positive");
         }
-        if self.max_members == 0 {
-            return invalid("max_members", "must be positive");
-        }
-        if self.grace() < self.max_staleness.saturating_mul(4) {
-            return invalid("forget_after", "must be at least 4 × max_staleness");
-        }
-        if self.max_staleness.is_zero() {
-            return invalid("max_staleness", "must be positive");
-        }
         if self.max_frame_bytes < 64 << 10 || self.max_frame_bytes > u32::MAX as usize {
             return invalid("max_frame_bytes", "must be between 64 KiB and 4 GiB");
-        }
-        if self.link_queue == 0 {
-            return invalid("link_queue", "must be positive");
         }
         if self.link_queue_bytes < self.max_frame_bytes {
             return invalid("link_queue_bytes", "must be at least max_frame_bytes");
         }
-        if self.max_inbound_links == 0 {
-            return invalid("max_inbound_links", "must be positive");
+        for (setting, value) in [
+            ("max_members", self.max_members),
+            ("link_queue", self.link_queue),
+            ("max_inbound_links", self.max_inbound_links),
+        ] {
+            if !(1..=MAX_COUNT).contains(&value) {
+                return invalid(setting, "must be between 1 and 2^24");
+            }
         }
         let (min, max) = self.reconnect;
-        if min.is_zero() || min > max {
-            return invalid("reconnect_backoff", "needs 0 < min <= max");
+        if min > max {
+            return invalid("reconnect_backoff", "needs min <= max");
         }
-        if self.handshake_timeout.is_zero() {
-            return invalid("handshake_timeout", "must be positive");
-        }
-        if self.seed_refresh.is_zero() {
-            return invalid("seed_refresh", "must be positive");
-        }
-        if self.log_retention < self.max_staleness * 4 {
-            return invalid("log_retention", "must be at least 4 × max_staleness");
+        let four_bounds = self.max_staleness.saturating_mul(4);
+        for (setting, value, least, most, range) in [
+            (
+                "max_staleness",
+                self.max_staleness,
+                MILLISECOND,
+                DAY,
+                "1 ms to 1 day",
+            ),
+            (
+                "handshake_timeout",
+                self.handshake_timeout,
+                MILLISECOND,
+                DAY,
+                "1 ms to 1 day",
+            ),
+            ("reconnect_backoff", min, MILLISECOND, DAY, "1 ms to 1 day"),
+            ("reconnect_backoff", max, MILLISECOND, DAY, "1 ms to 1 day"),
+            (
+                "seed_refresh",
+                self.seed_refresh,
+                MILLISECOND,
+                DAY,
+                "1 ms to 1 day",
+            ),
+            (
+                "forget_after",
+                self.grace(),
+                four_bounds,
+                YEAR,
+                "4 × max_staleness to 1 year",
+            ),
+            (
+                "log_retention",
+                self.log_retention,
+                four_bounds,
+                YEAR,
+                "4 × max_staleness to 1 year",
+            ),
+        ] {
+            if value < least || value > most {
+                return invalid(setting, &format!("must be {range}"));
+            }
         }
         Ok(())
     }

@@ -110,7 +110,7 @@ impl ClusterBuilder {
     /// full table is refused (counted in `members_refused`), unless it was met directly and some
     /// member was never reached: the longest unheard of those makes room.
     ///
-    /// Defaults to: [`DEFAULT_MAX_MEMBERS`] (1024).
+    /// Defaults to: [`DEFAULT_MAX_MEMBERS`] (1024); between 1 and 2^24.
     pub fn max_members(&mut self, members: usize) -> &mut Self {
         self.config.max_members = members;
         self
@@ -124,7 +124,7 @@ impl ClusterBuilder {
     /// once, without waiting for this.
     ///
     /// Defaults to: [`DEFAULT_FORGET_AFTER`] (30 s), or 4 × `max_staleness` if that is longer;
-    /// at least 4 × `max_staleness`.
+    /// between 4 × `max_staleness` and a year.
     pub fn forget_after(&mut self, grace: Duration) -> &mut Self {
         self.config.forget_after = Some(grace);
         self
@@ -169,7 +169,7 @@ impl ClusterBuilder {
 
     /// How often seeds given as DNS names are resolved again.
     ///
-    /// Defaults to: [`DEFAULT_SEED_REFRESH`] (30 s).
+    /// Defaults to: [`DEFAULT_SEED_REFRESH`] (30 s); between 1 ms and a day.
     pub fn seed_refresh(&mut self, every: Duration) -> &mut Self {
         self.config.seed_refresh = every;
         self
@@ -177,7 +177,7 @@ impl ClusterBuilder {
 
     /// The promised bound Δ on staleness.
     ///
-    /// Defaults to: [`DEFAULT_MAX_STALENESS`] (500 ms).
+    /// Defaults to: [`DEFAULT_MAX_STALENESS`] (500 ms); between 1 ms and a day.
     pub fn max_staleness(&mut self, bound: Duration) -> &mut Self {
         self.config.max_staleness = bound;
         self
@@ -195,7 +195,7 @@ impl ClusterBuilder {
     /// Frames queued per peer before the link counts as overflowed. An overflowed link is closed
     /// and re-established; the peer catches up from the [replay buffer](Self::replay_buffer).
     ///
-    /// Defaults to: [`DEFAULT_LINK_QUEUE`].
+    /// Defaults to: [`DEFAULT_LINK_QUEUE`]; between 1 and 2^24.
     pub fn link_queue(&mut self, frames: usize) -> &mut Self {
         self.config.link_queue = frames;
         self
@@ -214,7 +214,7 @@ impl ClusterBuilder {
     /// limit is closed at once and counted (`links_refused`): a flood of connections cannot
     /// exhaust the node.
     ///
-    /// Defaults to: [`DEFAULT_MAX_INBOUND_LINKS`] (1024).
+    /// Defaults to: [`DEFAULT_MAX_INBOUND_LINKS`] (1024); between 1 and 2^24.
     pub fn max_inbound_links(&mut self, links: usize) -> &mut Self {
         self.config.max_inbound_links = links;
         self
@@ -233,7 +233,8 @@ impl ClusterBuilder {
 
     /// Delays between reconnect attempts: exponential from `min` to `max`, with full jitter.
     ///
-    /// Defaults to: [`DEFAULT_RECONNECT_MIN`] to [`DEFAULT_RECONNECT_MAX`].
+    /// Defaults to: [`DEFAULT_RECONNECT_MIN`] to [`DEFAULT_RECONNECT_MAX`]; both between 1 ms
+    /// and a day.
     pub fn reconnect_backoff(&mut self, min: Duration, max: Duration) -> &mut Self {
         self.config.reconnect = (min, max);
         self
@@ -241,7 +242,7 @@ impl ClusterBuilder {
 
     /// How long a peer may take to complete its handshake.
     ///
-    /// Defaults to: [`DEFAULT_HANDSHAKE_TIMEOUT`].
+    /// Defaults to: [`DEFAULT_HANDSHAKE_TIMEOUT`]; between 1 ms and a day.
     pub fn handshake_timeout(&mut self, timeout: Duration) -> &mut Self {
         self.config.handshake_timeout = timeout;
         self
@@ -260,7 +261,8 @@ impl ClusterBuilder {
     /// How long change-log rows are kept. A node paused or cut off for longer flushes its caches
     /// when it catches up.
     ///
-    /// Defaults to: [`DEFAULT_LOG_RETENTION`] (10 minutes).
+    /// Defaults to: [`DEFAULT_LOG_RETENTION`] (10 minutes); between 4 × `max_staleness` and a
+    /// year.
     pub fn log_retention(&mut self, retention: Duration) -> &mut Self {
         self.config.log_retention = retention;
         self

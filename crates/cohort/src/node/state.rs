@@ -1384,4 +1384,65 @@ mod tests {
         };
         assert!(net.nodes[1].handle_hello(&impossible, now).is_err());
     }
+
+    /// A duration, mostly within `0..=most_ms` milliseconds, sometimes anything at all.
+    fn duration(most_ms: u64) -> impl proptest::strategy::Strategy<Value = Duration> {
+        use proptest::prelude::*;
+        prop_oneof![
+            24 => (0..=most_ms).prop_map(Duration::from_millis),
+            1 => (0..u64::MAX).prop_map(Duration::from_nanos),
+            1 => (0..u64::MAX, 0..1_000_000_000_u32).prop_map(|(s, n)| Duration::new(s, n)),
+            1 => Just(Duration::ZERO),
+            1 => Just(Duration::MAX),
+        ]
+    }
+
+    const DAY_MS: u64 = 86_400_000;
+
+    proptest::proptest! {
+        /// Whatever the settings, the config check answers without panicking, and a node built
+        /// from settings it accepts runs: its arithmetic on them cannot overflow.
+        #[test]
+        fn any_accepted_config_gives_a_node_that_runs(
+            bound in duration(DAY_MS / 100),
+            timeouts in proptest::array::uniform4(duration(DAY_MS)),
+            retention in duration(366 * DAY_MS),
+            forget_after in proptest::option::of(duration(366 * DAY_MS)),
+            counts in proptest::array::uniform4(proptest::prop_oneof![
+                12 => 0..=(1_usize << 24) + 1,
+                1 => 0..usize::MAX,
+            ]),
+        ) {
+            let [handshake, min, max, seed_refresh] = timeouts;
+            let config = Config {
+                max_staleness: bound,
+                handshake_timeout: handshake,
+                reconnect: (min, max),
+                seed_refresh,
+                log_retention: retention,
+                forget_after,
+                max_members: counts[0],
+                link_queue: counts[1],
+                max_inbound_links: counts[2],
+                replay_buffer: counts[3],
+                ..Config::default()
+            };
+            if config.validate().is_ok() {
+                let mut node = NodeState::new(
+                    NodeId::from("a"),
+                    addr_of(0),
+                    1,
+                    0,
+                    &config,
+                    Arc::new(ClusterCounters::default()),
+                );
+                node.add_seeds(&[addr_of(1)], true, u64::MAX / 2);
+                node.publish("users", Change::Invalidate { key: &[1] });
+                for now in [0, 1, u64::MAX / 2, u64::MAX] {
+                    node.handle_tick(now);
+                }
+                while node.poll_output().is_some() {}
+            }
+        }
+    }
 }
