@@ -35,11 +35,17 @@
 //!   reconnect backoff.
 //! - `membership`: SWIM (foca): which nodes are up, probed directly and through others; the
 //!   member table by identity (name), what the majority rule counts, forgetting.
-//! - `cluster`: the node runtime ([`Cluster`]), sequence tracking, gap repair, peer
-//!   confirmations, routing events to caches.
+//! - `config`: every setting of a node, its default and its range ([`ConfigError`]).
+//! - `node`: the running node: its whole protocol as one pure state machine (`NodeState`:
+//!   sequence tracking, gap repair, peer confirmations, intents, membership) and the thin tokio
+//!   shell that drives it and routes events to caches.
 //! - `cache`: the typed handle ([`Cache`]): `get`, `get_or_load`, `update`, `invalidate`.
+//! - `cluster`: the public handle ([`Cluster`]) and its builder ([`ClusterBuilder`]).
 //! - `changelog`: the database change log ([`ChangeLog`]): triggers, tailing, the poll lease.
 //! - `metrics`: counters and their snapshots ([`CacheStats`], [`ClusterStats`]).
+//!
+//! Dependencies run one way: `id`, `event`, `clock`, `wire` ← `lease`, `store`, `membership`,
+//! `transport` ← `changelog`, `metrics`, `config` ← `node` ← `cache` ← `cluster`.
 //!
 //! # Feature flags
 //! | feature | default | what it adds |

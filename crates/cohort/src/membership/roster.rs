@@ -271,7 +271,7 @@ impl Roster {
 
     /// Forgets the members due (see the module docs): those never reached and unheard of for
     /// `forget_after`, and those silent and not held up by SWIM for as long that
-    /// `may_forget_reached` allows (the majority rule: see `cluster::confirm`). Also drops old
+    /// `may_forget_reached` allows (the majority rule: see `node::confirm`). Also drops old
     /// tombstones and seed addresses no name resolves to any more. Returns the forgotten members,
     /// and those evicted to make room since the last call.
     pub(crate) fn expire(

@@ -90,7 +90,7 @@ pub(crate) enum Frame<'a> {
     Ping { nonce: u64 },
     /// Answers a ping, queued behind the sender's events on its own link: `seq` is the sender's
     /// latest event when it answered; `heard`, the members it heard from within twice the bound
-    /// (its testimony: see `cluster::confirm`), or `None` when they did not fit half a frame.
+    /// (its testimony: see `node::confirm`), or `None` when they did not fit half a frame.
     Pong {
         nonce: u64,
         incarnation: u64,
