@@ -11,29 +11,29 @@ use crate::clock::TimeSource;
 use crate::membership::MAX_NAME_BYTES;
 use crate::transport::{ClusterKey, Network, Tcp};
 
-/// Default for [`ClusterBuilder::max_staleness`].
+/// Default for [`ClusterBuilder::max_staleness`](crate::ClusterBuilder::max_staleness).
 pub const DEFAULT_MAX_STALENESS: Duration = Duration::from_millis(500);
-/// Default for [`ClusterBuilder::max_frame_bytes`].
+/// Default for [`ClusterBuilder::max_frame_bytes`](crate::ClusterBuilder::max_frame_bytes).
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 4 << 20;
-/// Default for [`ClusterBuilder::link_queue`].
+/// Default for [`ClusterBuilder::link_queue`](crate::ClusterBuilder::link_queue).
 pub const DEFAULT_LINK_QUEUE: usize = 64 * 1024;
-/// Default for [`ClusterBuilder::link_queue_bytes`].
+/// Default for [`ClusterBuilder::link_queue_bytes`](crate::ClusterBuilder::link_queue_bytes).
 pub const DEFAULT_LINK_QUEUE_BYTES: usize = 64 << 20;
-/// Default for [`ClusterBuilder::max_inbound_links`].
+/// Default for [`ClusterBuilder::max_inbound_links`](crate::ClusterBuilder::max_inbound_links).
 pub const DEFAULT_MAX_INBOUND_LINKS: usize = 1024;
-/// Default for [`ClusterBuilder::reconnect_backoff`]: first delay ceiling.
+/// Default for [`ClusterBuilder::reconnect_backoff`](crate::ClusterBuilder::reconnect_backoff): first delay ceiling.
 pub const DEFAULT_RECONNECT_MIN: Duration = Duration::from_millis(20);
-/// Default for [`ClusterBuilder::reconnect_backoff`]: largest delay.
+/// Default for [`ClusterBuilder::reconnect_backoff`](crate::ClusterBuilder::reconnect_backoff): largest delay.
 pub const DEFAULT_RECONNECT_MAX: Duration = Duration::from_secs(2);
-/// Default for [`ClusterBuilder::seed_refresh`].
+/// Default for [`ClusterBuilder::seed_refresh`](crate::ClusterBuilder::seed_refresh).
 pub const DEFAULT_SEED_REFRESH: Duration = Duration::from_secs(30);
-/// Default for [`ClusterBuilder::replay_buffer`].
+/// Default for [`ClusterBuilder::replay_buffer`](crate::ClusterBuilder::replay_buffer).
 pub const DEFAULT_REPLAY_BUFFER: usize = 16 << 20;
-/// Default for [`ClusterBuilder::handshake_timeout`].
+/// Default for [`ClusterBuilder::handshake_timeout`](crate::ClusterBuilder::handshake_timeout).
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Default for [`ClusterBuilder::max_members`].
+/// Default for [`ClusterBuilder::max_members`](crate::ClusterBuilder::max_members).
 pub const DEFAULT_MAX_MEMBERS: usize = 1024;
-/// Default for [`ClusterBuilder::forget_after`].
+/// Default for [`ClusterBuilder::forget_after`](crate::ClusterBuilder::forget_after).
 pub const DEFAULT_FORGET_AFTER: Duration = Duration::from_secs(30);
 
 /// Counts (members, queued frames, inbound links) are at most this: past it, queues and

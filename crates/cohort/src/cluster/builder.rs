@@ -110,7 +110,7 @@ impl ClusterBuilder {
     /// full table is refused (counted in `members_refused`), unless it was met directly and some
     /// member was never reached: the longest unheard of those makes room.
     ///
-    /// Defaults to: [`DEFAULT_MAX_MEMBERS`] (1024); between 1 and 2^24.
+    /// Defaults to: [`DEFAULT_MAX_MEMBERS`](crate::DEFAULT_MAX_MEMBERS) (1024); between 1 and 2^24.
     pub fn max_members(&mut self, members: usize) -> &mut Self {
         self.config.max_members = members;
         self
@@ -123,7 +123,7 @@ impl ClusterBuilder {
     /// the others never forgets them. A new process of a known name replaces the old one at
     /// once, without waiting for this.
     ///
-    /// Defaults to: [`DEFAULT_FORGET_AFTER`] (30 s), or 4 × `max_staleness` if that is longer;
+    /// Defaults to: [`DEFAULT_FORGET_AFTER`](crate::DEFAULT_FORGET_AFTER) (30 s), or 4 × `max_staleness` if that is longer;
     /// between 4 × `max_staleness` and a year.
     pub fn forget_after(&mut self, grace: Duration) -> &mut Self {
         self.config.forget_after = Some(grace);
@@ -169,7 +169,7 @@ impl ClusterBuilder {
 
     /// How often seeds given as DNS names are resolved again.
     ///
-    /// Defaults to: [`DEFAULT_SEED_REFRESH`] (30 s); between 1 ms and a day.
+    /// Defaults to: [`DEFAULT_SEED_REFRESH`](crate::DEFAULT_SEED_REFRESH) (30 s); between 1 ms and a day.
     pub fn seed_refresh(&mut self, every: Duration) -> &mut Self {
         self.config.seed_refresh = every;
         self
@@ -177,7 +177,7 @@ impl ClusterBuilder {
 
     /// The promised bound Δ on staleness.
     ///
-    /// Defaults to: [`DEFAULT_MAX_STALENESS`] (500 ms); between 1 ms and a day.
+    /// Defaults to: [`DEFAULT_MAX_STALENESS`](crate::DEFAULT_MAX_STALENESS) (500 ms); between 1 ms and a day.
     pub fn max_staleness(&mut self, bound: Duration) -> &mut Self {
         self.config.max_staleness = bound;
         self
@@ -186,7 +186,7 @@ impl ClusterBuilder {
     /// The largest frame accepted from a peer; a longer one closes its link unread. Also caps the
     /// size of a replicated value.
     ///
-    /// Defaults to: [`DEFAULT_MAX_FRAME_BYTES`] (4 MiB).
+    /// Defaults to: [`DEFAULT_MAX_FRAME_BYTES`](crate::DEFAULT_MAX_FRAME_BYTES) (4 MiB).
     pub fn max_frame_bytes(&mut self, bytes: usize) -> &mut Self {
         self.config.max_frame_bytes = bytes;
         self
@@ -195,7 +195,7 @@ impl ClusterBuilder {
     /// Frames queued per peer before the link counts as overflowed. An overflowed link is closed
     /// and re-established; the peer catches up from the [replay buffer](Self::replay_buffer).
     ///
-    /// Defaults to: [`DEFAULT_LINK_QUEUE`]; between 1 and 2^24.
+    /// Defaults to: [`DEFAULT_LINK_QUEUE`](crate::DEFAULT_LINK_QUEUE); between 1 and 2^24.
     pub fn link_queue(&mut self, frames: usize) -> &mut Self {
         self.config.link_queue = frames;
         self
@@ -204,7 +204,7 @@ impl ClusterBuilder {
     /// Bytes of frames queued per peer before the link counts as overflowed, as with
     /// [`link_queue`](Self::link_queue): what a peer that stops reading can make this node hold.
     ///
-    /// Defaults to: [`DEFAULT_LINK_QUEUE_BYTES`] (64 MiB); at least `max_frame_bytes`.
+    /// Defaults to: [`DEFAULT_LINK_QUEUE_BYTES`](crate::DEFAULT_LINK_QUEUE_BYTES) (64 MiB); at least `max_frame_bytes`.
     pub fn link_queue_bytes(&mut self, bytes: usize) -> &mut Self {
         self.config.link_queue_bytes = bytes;
         self
@@ -214,7 +214,7 @@ impl ClusterBuilder {
     /// limit is closed at once and counted (`links_refused`): a flood of connections cannot
     /// exhaust the node.
     ///
-    /// Defaults to: [`DEFAULT_MAX_INBOUND_LINKS`] (1024); between 1 and 2^24.
+    /// Defaults to: [`DEFAULT_MAX_INBOUND_LINKS`](crate::DEFAULT_MAX_INBOUND_LINKS) (1024); between 1 and 2^24.
     pub fn max_inbound_links(&mut self, links: usize) -> &mut Self {
         self.config.max_inbound_links = links;
         self
@@ -225,7 +225,7 @@ impl ClusterBuilder {
     /// back and receives the rest before anything newer. Events that fell out of the buffer are
     /// a gap: the peer flushes its caches that no change log covers. Zero keeps nothing.
     ///
-    /// Defaults to: [`DEFAULT_REPLAY_BUFFER`] (16 MiB).
+    /// Defaults to: [`DEFAULT_REPLAY_BUFFER`](crate::DEFAULT_REPLAY_BUFFER) (16 MiB).
     pub fn replay_buffer(&mut self, bytes: usize) -> &mut Self {
         self.config.replay_buffer = bytes;
         self
@@ -233,7 +233,7 @@ impl ClusterBuilder {
 
     /// Delays between reconnect attempts: exponential from `min` to `max`, with full jitter.
     ///
-    /// Defaults to: [`DEFAULT_RECONNECT_MIN`] to [`DEFAULT_RECONNECT_MAX`]; both between 1 ms
+    /// Defaults to: [`DEFAULT_RECONNECT_MIN`](crate::DEFAULT_RECONNECT_MIN) to [`DEFAULT_RECONNECT_MAX`](crate::DEFAULT_RECONNECT_MAX); both between 1 ms
     /// and a day.
     pub fn reconnect_backoff(&mut self, min: Duration, max: Duration) -> &mut Self {
         self.config.reconnect = (min, max);
@@ -242,7 +242,7 @@ impl ClusterBuilder {
 
     /// How long a peer may take to complete its handshake.
     ///
-    /// Defaults to: [`DEFAULT_HANDSHAKE_TIMEOUT`]; between 1 ms and a day.
+    /// Defaults to: [`DEFAULT_HANDSHAKE_TIMEOUT`](crate::DEFAULT_HANDSHAKE_TIMEOUT); between 1 ms and a day.
     pub fn handshake_timeout(&mut self, timeout: Duration) -> &mut Self {
         self.config.handshake_timeout = timeout;
         self
@@ -261,7 +261,7 @@ impl ClusterBuilder {
     /// How long change-log rows are kept. A node paused or cut off for longer flushes its caches
     /// when it catches up.
     ///
-    /// Defaults to: [`DEFAULT_LOG_RETENTION`] (10 minutes); between 4 × `max_staleness` and a
+    /// Defaults to: [`DEFAULT_LOG_RETENTION`](crate::DEFAULT_LOG_RETENTION) (10 minutes); between 4 × `max_staleness` and a
     /// year.
     pub fn log_retention(&mut self, retention: Duration) -> &mut Self {
         self.config.log_retention = retention;
@@ -271,7 +271,7 @@ impl ClusterBuilder {
     /// Where connections come from: the operating system's TCP, or a simulated network for
     /// deterministic tests.
     ///
-    /// Defaults to: [`Tcp`].
+    /// Defaults to: [`Tcp`](crate::Tcp).
     pub fn network(&mut self, network: impl Network) -> &mut Self {
         self.config.network = Arc::new(network);
         self

@@ -193,7 +193,7 @@ impl Network for RedisBus {
         }
     }
 
-    /// Waits (for [`CLOSE_GRACE`] at most) until every link published its last bytes, and
+    /// Waits (two seconds at most) until every link published its last bytes, and
     /// removes this node from the registry, so that seeds stop resolving to it at once.
     fn close(&self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
