@@ -5,8 +5,6 @@
 //! Every `select!` is biased (shutdown first), as are the change-log tailer's: tokio picks among
 //! ready branches at random otherwise, and a simulation would not replay exactly from its seed.
 
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,13 +14,11 @@ use futures_util::SinkExt;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use tokio::sync::Semaphore;
-use tokio::time::Instant;
 
+use super::Node;
 use super::link_queue::QueueRx;
 use super::state::{Answered, Greeting, Inbound, LinkId};
-use super::{Node, SwimTimers};
 use crate::id::NodeId;
-use crate::membership::{Identity, Timer};
 use crate::transport::{
     self, Backoff, BoxConnection, FrameReader, FrameWriter, LinkError, Listener, Role,
 };
@@ -117,86 +113,30 @@ async fn serve_inbound(node: &Arc<Node>, stream: BoxConnection) -> Result<(), Li
     Ok(())
 }
 
-/// Pings peers and retires silent ones every quarter of the bound, until the node stops.
-pub(super) fn spawn_heartbeat(node: &Arc<Node>) {
+/// Runs the node's timers (the heartbeat, SWIM's) until the node stops: sleeps until the state's
+/// next timeout, or until an input scheduled an earlier one.
+pub(super) fn spawn_timers(node: &Arc<Node>) {
     let node = Arc::clone(node);
     let tasks = node.tasks.clone();
     tasks.spawn(async move {
         let mut shutdown = node.shutdown.subscribe();
-        let mut ticks = tokio::time::interval(node.config.max_staleness / 4);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            let wait = node.arm_timer().map(Duration::from_millis);
             tokio::select! {
                 biased;
                 _ = shutdown.wait_for(|stop| *stop) => return,
-                _ = ticks.tick() => node.with_time(|state, now| state.handle_tick(now)),
+                () = node.rearm.notified() => {}
+                () = sleep_for(wait) => node.with_time(|state, now| state.handle_timeout(now)),
             }
         }
     });
 }
 
-/// Fires SWIM's timers, in deadline order, from this one task until the node stops.
-pub(super) fn spawn_swim_timers(node: &Arc<Node>, mut timers: SwimTimers) {
-    let node = Arc::clone(node);
-    let tasks = node.tasks.clone();
-    tasks.spawn(async move {
-        let mut shutdown = node.shutdown.subscribe();
-        let mut pending = TimerQueue::default();
-        loop {
-            let next = pending.next_deadline();
-            tokio::select! {
-                biased;
-                _ = shutdown.wait_for(|stop| *stop) => return,
-                scheduled = timers.recv() => match scheduled {
-                    Some((after, timer)) => pending.push(Instant::now() + after, timer),
-                    None => return,
-                },
-                _ = sleep_until(next) => {
-                    for timer in pending.pop_due(Instant::now()) {
-                        node.with_time(|state, now| state.handle_swim_timer(timer, now));
-                    }
-                }
-            }
-        }
-    });
-}
-
-/// Sleeps until `deadline`, or forever without one.
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
+/// Sleeps for `wait`, or forever without one.
+async fn sleep_for(wait: Option<Duration>) {
+    match wait {
+        Some(wait) => tokio::time::sleep(wait).await,
         None => std::future::pending().await,
-    }
-}
-
-/// Timers by deadline; equal deadlines fire in the order they were scheduled.
-#[derive(Default)]
-struct TimerQueue {
-    heap: BinaryHeap<Reverse<(Instant, u64)>>,
-    timers: BTreeMap<u64, Timer<Identity>>,
-    next_id: u64,
-}
-
-impl TimerQueue {
-    fn push(&mut self, deadline: Instant, timer: Timer<Identity>) {
-        self.next_id += 1;
-        self.heap.push(Reverse((deadline, self.next_id)));
-        self.timers.insert(self.next_id, timer);
-    }
-
-    fn next_deadline(&self) -> Option<Instant> {
-        self.heap.peek().map(|Reverse((deadline, _))| *deadline)
-    }
-
-    fn pop_due(&mut self, now: Instant) -> Vec<Timer<Identity>> {
-        let mut due = Vec::new();
-        while let Some(&Reverse((deadline, id))) = self.heap.peek()
-            && deadline <= now
-        {
-            self.heap.pop();
-            due.extend(self.timers.remove(&id));
-        }
-        due
     }
 }
 

@@ -32,7 +32,7 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use parking_lot::{Mutex, RwLock};
-use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::sync::{Notify, broadcast, mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
@@ -43,7 +43,7 @@ use crate::config::{Config, ConfigError};
 use crate::event::ClusterEvent;
 use crate::id::{EventId, NodeId};
 use crate::lease::Lease;
-use crate::membership::{Identity, Member, Timer};
+use crate::membership::Member;
 use crate::metrics::{CacheStats, ClusterCounters, ClusterStats};
 use crate::transport::{Keyring, LinkError, Listener, Network};
 use crate::wire::{Change, Event};
@@ -91,10 +91,9 @@ pub(crate) fn start(
     config: &Config,
     seeds: (&[SocketAddr], &[SocketAddr]),
 ) -> Arc<Node> {
-    let (node, swim_timers) = Node::new(id, bound, config);
+    let node = Node::new(id, bound, config);
     driver::spawn_listener(&node, listener);
-    driver::spawn_heartbeat(&node);
-    driver::spawn_swim_timers(&node, swim_timers);
+    driver::spawn_timers(&node);
     let named: Vec<String> = config
         .seeds
         .iter()
@@ -150,7 +149,8 @@ pub(crate) struct Node {
     shutdown: watch::Sender<bool>,
     tasks: TaskTracker,
     log: Option<Arc<LogRuntime>>,
-    swim_timers: mpsc::UnboundedSender<(Duration, Timer<Identity>)>,
+    /// Wakes the timer task: an input scheduled a timeout earlier than the one it sleeps for.
+    rearm: Notify,
     /// The lease of caches with no change log: every live member confirmed within Δ.
     peer_lease: Arc<Lease>,
     clock: Clock,
@@ -166,13 +166,12 @@ struct Core {
     state: NodeState,
     queues: BTreeMap<LinkId, QueueTx>,
     intents: BTreeMap<u64, oneshot::Sender<()>>,
+    /// The timeout the timer task sleeps until.
+    armed: Option<Millis>,
 }
 
-/// Membership timers for the node's timer task: each is handed back after its delay.
-type SwimTimers = mpsc::UnboundedReceiver<(Duration, Timer<Identity>)>;
-
 impl Node {
-    fn new(id: NodeId, bound: SocketAddr, config: &Config) -> (Arc<Self>, SwimTimers) {
+    fn new(id: NodeId, bound: SocketAddr, config: &Config) -> Arc<Self> {
         let addr = config.advertise.unwrap_or(bound);
         // Microseconds since the Unix epoch: a restarted process gets a higher incarnation.
         let incarnation = config.incarnation.unwrap_or_else(|| {
@@ -181,7 +180,6 @@ impl Node {
                 .map_or(1, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
         });
         let rng_seed = config.rng_seed.unwrap_or_else(rand::random);
-        let (swim_timers, timers) = mpsc::unbounded_channel();
         let counters = Arc::new(ClusterCounters::default());
         let state = NodeState::new(
             id.clone(),
@@ -213,6 +211,7 @@ impl Node {
                 state,
                 queues: BTreeMap::new(),
                 intents: BTreeMap::new(),
+                armed: None,
             }),
             caches: RwLock::new(BTreeMap::new()),
             events: broadcast::channel(64 * 1024).0,
@@ -227,7 +226,7 @@ impl Node {
                     config.log_retention,
                 ))
             }),
-            swim_timers,
+            rearm: Notify::new(),
             peer_lease: Arc::new(Lease::default()),
             clock,
             network: Arc::clone(&config.network),
@@ -236,7 +235,7 @@ impl Node {
         });
         // The state's first output sets the peer lease: with no peers, it runs from the start.
         node.with_state(|_| ());
-        (node, timers)
+        node
     }
 
     /// Runs one input of the state machine, then carries out what it asked, in order, before
@@ -274,6 +273,9 @@ impl Node {
                 }
             }
             let Some(output) = core.state.poll_output() else {
+                if core.state.poll_timeout() < core.armed.or(Some(Millis::MAX)) {
+                    self.rearm.notify_one();
+                }
                 return;
             };
             match output {
@@ -286,9 +288,6 @@ impl Node {
                 }
                 Output::CloseLink(link) => {
                     core.queues.remove(&link);
-                }
-                Output::Schedule(after, timer) => {
-                    let _ = self.swim_timers.send((after, timer));
                 }
                 Output::IntentSettled(seq) => {
                     if let Some(done) = core.intents.remove(&seq) {
@@ -448,6 +447,14 @@ impl Node {
     }
 
     // ---- For the drivers.
+
+    /// Records and returns how long until the state's next timeout (zero if it is due).
+    fn arm_timer(&self) -> Option<Millis> {
+        let mut core = self.core.lock();
+        core.armed = core.state.poll_timeout();
+        let now = self.clock.now();
+        core.armed.map(|due| due.saturating_sub(now))
+    }
 
     fn add_seeds(&self, addrs: &[SocketAddr], fixed: bool) {
         self.with_time(|state, now| state.add_seeds(addrs, fixed, now));

@@ -7,8 +7,9 @@
 //! Call order: feed an input (`handle_*`, `publish`, `open_link`, …), then drain
 //! [`poll_transmit`](NodeState::poll_transmit) (frames for outgoing links) and
 //! [`poll_output`](NodeState::poll_output) (what the shell must do: tell subscribers, empty
-//! caches, dial, schedule SWIM timers, settle intents, move the peer lease), in that order and
-//! before the next input. The order matters: a pong vouches for the events queued on its link
+//! caches, dial, settle intents, move the peer lease), in that order and before the next input;
+//! then call [`handle_timeout`](NodeState::handle_timeout) when
+//! [`poll_timeout`](NodeState::poll_timeout) says (the heartbeat and SWIM's timers). The order matters: a pong vouches for the events queued on its link
 //! before it, and caches are emptied before the lease that lets them serve again is renewed.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -92,8 +93,6 @@ pub(crate) enum Output {
     Dial(SocketAddr),
     /// Drop the link's queue: its writer sends what is queued, then closes.
     CloseLink(LinkId),
-    /// Hand this timer back to [`NodeState::handle_swim_timer`] after the delay.
-    Schedule(Duration, Timer<Identity>),
     /// Every member that had to acknowledge this intent did.
     IntentSettled(u64),
     /// Set the peer lease: every live member confirmed since then (`None`: not all did).
@@ -162,6 +161,12 @@ pub(crate) struct NodeState {
     intents: BTreeMap<u64, BTreeSet<NodeId>>,
     /// The peer lease last told to the shell.
     lease: Option<Option<Millis>>,
+    /// The heartbeat's period (a quarter of the bound) and its next tick.
+    tick_every: Millis,
+    next_tick: Millis,
+    /// SWIM's timers by deadline, in the order scheduled among equal deadlines.
+    timers: BTreeMap<(Millis, u64), Timer<Identity>>,
+    timers_scheduled: u64,
     stopped: bool,
     counters: Arc<ClusterCounters>,
     transmits: VecDeque<Transmit>,
@@ -210,6 +215,10 @@ impl NodeState {
             confirmations: Confirmations::new(millis(config.max_staleness)),
             intents: BTreeMap::new(),
             lease: None,
+            tick_every: millis(config.max_staleness / 4).max(1),
+            next_tick: 0,
+            timers: BTreeMap::new(),
+            timers_scheduled: 0,
             stopped: false,
             counters,
             transmits: VecDeque::new(),
@@ -817,11 +826,6 @@ impl NodeState {
 
     // ---- SWIM.
 
-    /// A SWIM timer scheduled by [`Output::Schedule`] is due.
-    pub(crate) fn handle_swim_timer(&mut self, timer: Timer<Identity>, now: Millis) {
-        self.swim(now, |membership| membership.timer(timer));
-    }
-
     /// Runs one step of the SWIM state machine, then does what it asked: sends its packets,
     /// schedules its timers, admits members it found, and tells confirmations who is up.
     fn swim(&mut self, now: Millis, step: impl FnOnce(&mut Membership)) {
@@ -833,7 +837,9 @@ impl NodeState {
                     self.send_to(to.addr, &Frame::Swim(&packet).encode());
                 }
                 membership::Output::Schedule(after, timer) => {
-                    self.outputs.push_back(Output::Schedule(after, timer));
+                    self.timers_scheduled += 1;
+                    let due = now.saturating_add(millis(after));
+                    self.timers.insert((due, self.timers_scheduled), timer);
                 }
                 membership::Output::Up(id) => {
                     let admission = self.roster.swim_up(&id.node, id.incarnation, id.addr, now);
@@ -863,10 +869,34 @@ impl NodeState {
 
     // ---- Time.
 
+    /// When [`handle_timeout`](Self::handle_timeout) is due next: the heartbeat's tick or a SWIM
+    /// timer, whichever comes first. `None` once stopped.
+    pub(crate) fn poll_timeout(&self) -> Option<Millis> {
+        if self.stopped {
+            return None;
+        }
+        let swim = self.timers.first_key_value().map(|(&(due, _), _)| due);
+        Some(swim.map_or(self.next_tick, |swim| swim.min(self.next_tick)))
+    }
+
+    /// Fires the SWIM timers due by `now`, in deadline order, and the heartbeat if it is due.
+    pub(crate) fn handle_timeout(&mut self, now: Millis) {
+        while let Some(entry) = self.timers.first_entry()
+            && entry.key().0 <= now
+        {
+            let timer = entry.remove();
+            self.swim(now, |membership| membership.timer(timer));
+        }
+        if self.next_tick <= now {
+            self.next_tick = now.saturating_add(self.tick_every);
+            self.tick(now);
+        }
+    }
+
     /// One heartbeat (every quarter of the bound): pings every linked peer, retires the silent
     /// ones and closes their links (a stuck connection then gets replaced), and forgets the
     /// members that are due.
-    pub(crate) fn handle_tick(&mut self, now: Millis) {
+    fn tick(&mut self, now: Millis) {
         for link in &self.links {
             if let Some(peer) = &link.peer {
                 let nonce = self.confirmations.ping(peer, now);
@@ -1004,8 +1034,6 @@ mod tests {
         in_flight: VecDeque<(usize, Peer, Bytes)>,
         cut: BTreeSet<(usize, usize)>,
         dials: VecDeque<(usize, SocketAddr)>,
-        /// SWIM timers: (due, node, timer), in the order scheduled.
-        timers: Vec<(Millis, usize, Timer<Identity>)>,
         now: Millis,
     }
 
@@ -1023,7 +1051,6 @@ mod tests {
                 in_flight: VecDeque::new(),
                 cut: BTreeSet::new(),
                 dials: VecDeque::new(),
-                timers: Vec::new(),
                 now: 1_000,
             };
             net.settle();
@@ -1116,9 +1143,6 @@ mod tests {
                     Output::CloseLink(link) => {
                         self.links.remove(&(index, link));
                     }
-                    Output::Schedule(after, timer) => {
-                        self.timers.push((self.now + millis(after), index, timer));
-                    }
                     Output::IntentSettled(seq) => seen.settled.push(seq),
                     Output::PeerLease(since) => seen.lease = since,
                 }
@@ -1140,27 +1164,21 @@ mod tests {
             }
         }
 
-        /// Lets `ticks` heartbeats pass on every node, firing SWIM's timers as they fall due.
+        /// Lets `ticks` heartbeat periods pass, each node handling its timeouts as they fall
+        /// due, in order.
         fn run(&mut self, ticks: u64) {
-            for _ in 0..ticks {
-                let until = self.now + TICK;
-                while let Some(next) = (0..self.timers.len())
-                    .filter(|&i| self.timers[i].0 <= until)
-                    .min_by_key(|&i| self.timers[i].0)
-                {
-                    let (due, index, timer) = self.timers.remove(next);
-                    self.now = self.now.max(due);
-                    let now = self.now;
-                    self.nodes[index].handle_swim_timer(timer, now);
-                    self.settle();
-                }
-                self.now = until;
-                for index in 0..self.nodes.len() {
-                    let now = self.now;
-                    self.nodes[index].handle_tick(now);
-                }
+            let until = self.now + ticks * TICK;
+            while let Some((due, index)) = (0..self.nodes.len())
+                .filter_map(|i| Some((self.nodes[i].poll_timeout()?, i)))
+                .filter(|&(due, _)| due <= until)
+                .min()
+            {
+                self.now = self.now.max(due);
+                let now = self.now;
+                self.nodes[index].handle_timeout(now);
                 self.settle();
             }
+            self.now = until;
         }
 
         /// Whether `index`'s peer lease lets its peer-only caches serve now.
@@ -1439,7 +1457,8 @@ mod tests {
                 node.add_seeds(&[addr_of(1)], true, u64::MAX / 2);
                 node.publish("users", Change::Invalidate { key: &[1] });
                 for now in [0, 1, u64::MAX / 2, u64::MAX] {
-                    node.handle_tick(now);
+                    node.handle_timeout(now);
+                    let _ = node.poll_timeout();
                 }
                 while node.poll_output().is_some() {}
             }
