@@ -1,4 +1,5 @@
-//! Writes the seed corpus: a frame of every kind, and a whole keyless link. Run with
+//! Writes the seed corpus: a frame of every kind, a whole keyless link, and a link as the node's
+//! state machine sees it. Run with
 //! `RUSTFLAGS="--cfg fuzzing" cargo run --bin write_seeds` in this directory.
 
 fn main() -> std::io::Result<()> {
@@ -10,5 +11,8 @@ fn main() -> std::io::Result<()> {
     }
     let links = corpus.join("listener_handshake");
     std::fs::create_dir_all(&links)?;
-    std::fs::write(links.join("seed-keyless-link"), cohort::fuzzing::seed_link())
+    std::fs::write(links.join("seed-keyless-link"), cohort::fuzzing::seed_link())?;
+    let node_links = corpus.join("node_link");
+    std::fs::create_dir_all(&node_links)?;
+    std::fs::write(node_links.join("seed-link"), cohort::fuzzing::seed_node_link())
 }

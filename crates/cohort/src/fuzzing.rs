@@ -64,6 +64,24 @@ pub fn logged_key(text: &str) {
     names.apply_logged_for_fuzzing(text);
 }
 
+/// Plays `bytes` to a node's protocol state machine as one peer's inbound link: a time step
+/// (one byte, milliseconds), a length (two bytes, big-endian) and a frame body per record, the
+/// first a hello.
+pub fn node_link(bytes: &[u8]) {
+    crate::node::play_link(bytes);
+}
+
+/// A seed for [`node_link`]: every seed frame, the hello first, 10 ms apart.
+pub fn seed_node_link() -> Vec<u8> {
+    let mut link = Vec::new();
+    for frame in seed_frames() {
+        link.push(10);
+        link.extend_from_slice(&u16::try_from(frame.len()).unwrap_or(u16::MAX).to_be_bytes());
+        link.extend_from_slice(&frame);
+    }
+    link
+}
+
 /// Frame bodies of every kind, as a node sends them: seeds for the frame decoder.
 pub fn seed_frames() -> Vec<Vec<u8>> {
     use crate::wire::{Change, Event, Frame, Hello, PeerInfo};

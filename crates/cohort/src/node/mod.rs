@@ -48,6 +48,8 @@ use crate::metrics::{CacheStats, ClusterCounters, ClusterStats};
 use crate::transport::{Keyring, LinkError, Listener, Network};
 use crate::wire::{Change, Event};
 use link_queue::QueueTx;
+#[cfg(fuzzing)]
+pub(crate) use state::play_link;
 use state::{Inbound, LinkId, NodeState, Output, Peer};
 
 /// Settings the shell and its drivers read.

@@ -980,6 +980,68 @@ impl NodeState {
     }
 }
 
+/// Plays `bytes` to a node's state machine as one peer's inbound link, for the `node_link` fuzz
+/// target: records of a time step (one byte, in milliseconds), a length (two bytes, big-endian)
+/// and a frame body. The first must be a hello that opens the link; an error ends the link, as
+/// it would end a real one. After each record, the node's due timeouts fire and its outputs are
+/// drained.
+#[cfg(fuzzing)]
+pub(crate) fn play_link(bytes: &[u8]) {
+    let peer_addr = SocketAddr::from(([127, 0, 0, 1], 7001));
+    let mut node = NodeState::new(
+        NodeId::from("fuzz"),
+        SocketAddr::from(([127, 0, 0, 1], 1)),
+        1,
+        7,
+        &Config::default(),
+        Arc::default(),
+    );
+    // This node's own link to the peer: where its pongs and acknowledgements go.
+    node.open_link(peer_addr);
+    let mut peer: Option<Peer> = None;
+    let mut now: Millis = 1_000;
+    let mut rest = bytes;
+    while let [step, high, low, tail @ ..] = rest {
+        let len = usize::from(u16::from_be_bytes([*high, *low])).min(tail.len());
+        let (body, next) = tail.split_at(len);
+        rest = next;
+        now += Millis::from(*step);
+        let Ok(frame) = crate::wire::decode(body) else {
+            return;
+        };
+        match &peer {
+            None => {
+                let Frame::Hello(hello) = &frame else {
+                    return;
+                };
+                match node.handle_hello(hello, now) {
+                    Ok(Greeting {
+                        peer: Some(admitted),
+                        ..
+                    }) => peer = Some(admitted),
+                    _ => return,
+                }
+            }
+            Some(from) => match node.handle_frame(from, &frame, now) {
+                Ok(Inbound::Apply) => {
+                    if let Frame::Event(event) = &frame
+                        && let Change::Intent { .. } = event.change
+                    {
+                        node.acknowledge(from, event.seq);
+                    }
+                }
+                Ok(Inbound::Done) => {}
+                Ok(Inbound::Closed) | Err(_) => return,
+            },
+        }
+        if node.poll_timeout().is_some_and(|due| due <= now) {
+            node.handle_timeout(now);
+        }
+        while node.poll_transmit().is_some() {}
+        while node.poll_output().is_some() {}
+    }
+}
+
 #[cfg(test)]
 mod tests {
     //! The node protocol on an in-memory network: frames and instants go in, and the tests
