@@ -663,7 +663,7 @@ fn five_processes_started_at_once_on_a_new_sqlite_file_all_come_up() {
 /// two sessions at once fails in one of them, so the users table's creation takes turns.
 #[test]
 fn five_processes_started_at_once_on_an_empty_postgres_database_all_come_up() {
-    let postgres = cohort_servers::Postgres::start()
+    let postgres = cohort_testkit::Postgres::start()
         .expect("a throwaway Postgres server (initdb and pg_ctl from the postgresql package)");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -11,7 +11,7 @@ mod log_polls;
 use std::time::Duration;
 
 use cohort::{Cache, ChangeLog, Cluster, ClusterEvent, Source};
-use cohort_servers::Postgres;
+use cohort_testkit::Postgres;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use tokio::sync::broadcast;

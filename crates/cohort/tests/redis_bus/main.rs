@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cohort::{Cache, Cluster, ClusterEvent, EventId, Mode, RedisBus};
-use cohort_servers::Redis;
+use cohort_testkit::Redis;
 use parking_lot::Mutex;
 use tokio::sync::broadcast;
 use tokio::time::Instant;

@@ -4,7 +4,7 @@
 //! `initdb`), never a silent skip.
 //!
 //! ```no_run
-//! let postgres = cohort_servers::Postgres::start()?;
+//! let postgres = cohort_testkit::Postgres::start()?;
 //! println!("connect to {}", postgres.url());
 //! # Ok::<(), std::io::Error>(())
 //! ```
