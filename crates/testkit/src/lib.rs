@@ -1,14 +1,26 @@
-//! Throwaway servers (Postgres, Redis) for cohort's tests, benchmarks and checks: real servers from the
-//! machine's own binaries, in temporary directories, on free loopback ports, stopped when
-//! dropped. A server that cannot start is an error that says why (missing binaries, a failed
-//! `initdb`), never a silent skip.
+//! The test kit of cohort: what its tests, benchmarks, `cohort check` and `cohort demo` share, so
+//! that each is written once.
+//!
+//! - Throwaway servers ([`Postgres`], [`Redis`]): real servers from the machine's own binaries,
+//!   in temporary directories, on free loopback ports, stopped when dropped. A server that cannot
+//!   start is an error that says why (missing binaries, a failed `initdb`), never a silent skip.
+//! - The staleness checker ([`history`]): the one statement of the bound every history is judged
+//!   by, online (`cohort check`) or at once (the demo, the simulations).
 //!
 //! ```no_run
 //! let postgres = cohort_testkit::Postgres::start()?;
 //! println!("connect to {}", postgres.url());
 //! # Ok::<(), std::io::Error>(())
 //! ```
+//!
+//! # Layout
+//! - `history`: the checker, pure (no I/O, no clock: times are passed in).
+//! - `postgres`, `redis`: the servers.
+//!
+//! # Feature flags
+//! None.
 
+pub mod history;
 mod postgres;
 mod redis;
 
