@@ -6,6 +6,8 @@
 //!   start is an error that says why (missing binaries, a failed `initdb`), never a silent skip.
 //! - The staleness checker ([`history`]): the one statement of the bound every history is judged
 //!   by, online (`cohort check`) or at once (the demo, the simulations).
+//! - Waits ([`wait`]): for an event, for a condition re-checked as events come, or for a
+//!   condition polled where nothing announces the change; never a sleep standing in for one.
 //!
 //! ```no_run
 //! let postgres = cohort_testkit::Postgres::start()?;
@@ -16,6 +18,7 @@
 //! # Layout
 //! - `history`: the checker, pure (no I/O, no clock: times are passed in).
 //! - `postgres`, `redis`: the servers.
+//! - `wait`: the wait helpers, on tokio's broadcast channels and timers (no runtime of their own).
 //!
 //! # Feature flags
 //! None.
@@ -23,6 +26,7 @@
 pub mod history;
 mod postgres;
 mod redis;
+pub mod wait;
 
 pub use postgres::Postgres;
 pub use redis::Redis;
