@@ -30,3 +30,11 @@ pub mod wait;
 
 pub use postgres::Postgres;
 pub use redis::Redis;
+
+/// A loopback port free at the time of asking; a server told to listen on it may still find it
+/// taken by then (the Redis server retries on another).
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
