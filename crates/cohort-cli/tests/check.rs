@@ -110,7 +110,7 @@ fn bad_arguments_are_refused_with_a_clear_error() {
 /// database frozen for the nodes while plain SQL changes every key.
 #[test]
 fn on_postgres_every_fault_kind_and_nothing_stale_beyond_the_bound() {
-    let postgres = cohort_servers::Postgres::start()
+    let postgres = cohort_testkit::Postgres::start()
         .expect("a throwaway Postgres server (initdb and pg_ctl from the postgresql package)");
     let url = postgres.url();
     let (passed, last) = check(&[
@@ -154,7 +154,7 @@ fn in_strong_mode_a_node_that_ignores_its_leases_is_caught() {
 /// SQL changes every key, a node ignoring its leases serves what it holds, and is caught.
 #[test]
 fn on_postgres_a_node_that_ignores_its_leases_through_a_frozen_database_is_caught() {
-    let postgres = cohort_servers::Postgres::start()
+    let postgres = cohort_testkit::Postgres::start()
         .expect("a throwaway Postgres server (initdb and pg_ctl from the postgresql package)");
     let url = postgres.url();
     let (passed, last) = check(&[

@@ -8,6 +8,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use cohort_testkit::wait;
 use serde_json::Value;
 use sqlx::{Connection as _, Executor as _};
 
@@ -110,11 +111,8 @@ impl Server {
     /// Polls the process until `condition` holds; it answers over HTTP, so there is no event to
     /// wait on from outside.
     fn wait_until(&self, what: &str, condition: impl Fn(&Self) -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !condition(self) {
-            assert!(Instant::now() < deadline, "never {what}");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait::poll_blocking(|| condition(self).then_some(()))
+            .unwrap_or_else(|missed| panic!("never {what}: {missed}"));
     }
 
     fn get(&self, path: &str) -> (u16, Value) {
@@ -296,14 +294,7 @@ fn a_terminated_process_leaves_the_cluster() {
     for server in [&a, &b] {
         server.wait_until("rid of c", |s| members(s) == 1);
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = c.process.0.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "c never exited");
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let status = wait::poll_blocking(|| c.process.0.try_wait().unwrap()).expect("c exited");
     assert!(status.success(), "{status}");
 }
 
@@ -443,20 +434,12 @@ fn rolling_crash_restart_at_new_addresses(mode: &str) {
     }
     let rolled = Instant::now();
     let current: Vec<String> = servers.iter().map(|s| s.listen.to_string()).collect();
-    let deadline = rolled + Duration::from_secs(20);
     for (i, server) in servers.iter().enumerate() {
         let id = 10 + i as u64;
-        loop {
-            server.user(id);
-            if server.user(id).1 == "cache" {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "node {i} never served from its cache again"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        server.wait_until("serving from its cache again", |s| {
+            s.user(id);
+            s.user(id).1 == "cache"
+        });
     }
     eprintln!(
         "{mode}: every node answered from its cache {:?} after the roll",
@@ -663,7 +646,7 @@ fn five_processes_started_at_once_on_a_new_sqlite_file_all_come_up() {
 /// two sessions at once fails in one of them, so the users table's creation takes turns.
 #[test]
 fn five_processes_started_at_once_on_an_empty_postgres_database_all_come_up() {
-    let postgres = cohort_servers::Postgres::start()
+    let postgres = cohort_testkit::Postgres::start()
         .expect("a throwaway Postgres server (initdb and pg_ctl from the postgresql package)");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

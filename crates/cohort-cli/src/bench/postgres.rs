@@ -16,7 +16,7 @@ pub(super) async fn measure(quick: bool, cohort_hit: &Figure) -> Figure {
 }
 
 async fn run(quick: bool, cohort_hit: &Figure) -> anyhow::Result<Figure> {
-    let server = tokio::task::spawn_blocking(cohort_servers::Postgres::start).await??;
+    let server = tokio::task::spawn_blocking(cohort_testkit::Postgres::start).await??;
     let pool = PgPoolOptions::new()
         .max_connections(1)
         .connect(&server.url())

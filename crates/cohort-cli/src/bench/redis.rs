@@ -93,7 +93,7 @@ pub(super) async fn measure(quick: bool, cohort_hit: &Figure, cohort_p50: &Figur
 }
 
 async fn run(quick: bool, cohort_hit: &Figure, cohort_p50: &Figure) -> anyhow::Result<Vec<Figure>> {
-    let server = tokio::task::spawn_blocking(cohort_servers::Redis::start).await??;
+    let server = tokio::task::spawn_blocking(cohort_testkit::Redis::start).await??;
     let mut conn = Conn::open(server.addr()).await?;
     let value = vec![7_u8; 1024];
     for key in 0..1_000 {

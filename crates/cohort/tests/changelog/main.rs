@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cohort::{Cache, ChangeLog, Cluster, ClusterEvent, Source, UpdateError};
+use cohort_testkit::wait;
 use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
 use tokio::sync::broadcast;
@@ -336,9 +337,8 @@ async fn a_database_that_is_down_keeps_the_cache_bypassed_without_failing_reads(
         .watch_table("users", "id")
         .build()
         .unwrap();
-    let mut events = cluster.subscribe();
-    tokio::time::timeout(Duration::from_secs(10), async {
-        while !matches!(events.recv().await, Ok(ClusterEvent::LogUnavailable { .. })) {}
+    wait::event(&mut cluster.subscribe(), |e| {
+        matches!(e, ClusterEvent::LogUnavailable { .. }).then_some(())
     })
     .await
     .expect("the node reports the database as unavailable");
@@ -497,9 +497,7 @@ fn a_strong_writer_that_lost_its_peer_is_fenced_before_writing() {
             writer.wait_for_peers(1).await;
             peer.wait_for_peers(1).await;
         };
-        tokio::time::timeout(Duration::from_secs(10), linked)
-            .await
-            .expect("linked");
+        wait::within(linked).await.expect("linked");
         spin_until("the writer serves", || users.is_serving());
     });
 

@@ -22,15 +22,11 @@ async fn keyed(name: &str, keys: &[ClusterKey], seed: Option<&Cluster>) -> Clust
 
 /// Waits until `node` counts `failures` failed authentications.
 async fn auth_failures(node: &Cluster, failures: u64) {
-    let mut events = node.subscribe();
-    tokio::time::timeout(Duration::from_secs(10), async {
-        while node.stats().auth_failures < failures {
-            // Every attempt ends in a link event or a timeout; re-check on either.
-            let _ = tokio::time::timeout(Duration::from_millis(50), events.recv()).await;
-        }
+    wait::until(&mut node.subscribe(), || {
+        node.stats().auth_failures >= failures
     })
     .await
-    .unwrap_or_else(|_| panic!("{} counted {:?}", node.node_id(), node.stats()));
+    .unwrap_or_else(|missed| panic!("{} counted {:?} ({missed})", node.node_id(), node.stats()));
 }
 
 /// A node with another key, a node with none, and a raw connection speaking plaintext all fail
@@ -52,14 +48,9 @@ async fn nodes_and_connections_without_the_key_get_nothing_in_or_out() {
     auth_failures(&a, 1).await;
     auth_failures(&wrong, 1).await;
     let none = join("eve", &a).await;
-    let mut none_events = none.subscribe();
-    tokio::time::timeout(Duration::from_secs(10), async {
-        while a.stats().frames_rejected == 0 {
-            let _ = tokio::time::timeout(Duration::from_millis(50), none_events.recv()).await;
-        }
-    })
-    .await
-    .expect("the keyless node's attempt is counted");
+    wait::until(&mut none.subscribe(), || a.stats().frames_rejected > 0)
+        .await
+        .expect("the keyless node's attempt is counted");
 
     // A plaintext hello and a replicate event on a raw connection: refused at the preamble.
     let raw = raw_exchange(&a, &preamble(PROTOCOL)).await;
@@ -256,15 +247,16 @@ async fn a_rolling_key_rotation_loses_no_event() {
             .filter(|(from, _)| *from != i)
             .map(|(_, event)| event.clone())
             .collect();
-        tokio::time::timeout(Duration::from_secs(10), async {
-            while !missing.is_empty() {
-                if let ClusterEvent::Applied { event, .. } = events.recv().await.unwrap() {
+        if !missing.is_empty() {
+            wait::event(events, |e| {
+                if let ClusterEvent::Applied { event, .. } = e {
                     missing.remove(&event);
                 }
-            }
-        })
-        .await
-        .unwrap_or_else(|_| panic!("node {i} never applied {missing:?}"));
+                missing.is_empty().then_some(())
+            })
+            .await
+            .unwrap_or_else(|missed| panic!("node {i} never applied {missing:?}: {missed}"));
+        }
     }
     // Only the new key opens the cluster now.
     let stale = keyed("stale", std::slice::from_ref(&old), Some(&nodes[0])).await;

@@ -9,10 +9,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use cohort::{Cache, Cluster, ClusterEvent, EventId, Mode};
+use cohort_testkit::wait;
 use parking_lot::Mutex;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{Notify, broadcast};
+use tokio::sync::Notify;
+
+use cluster::{applied, wait_linked};
+
+#[path = "../common/cluster.rs"]
+mod cluster;
 
 mod keys;
 mod limits;
@@ -81,34 +87,6 @@ async fn join(name: &str, seed: &Cluster) -> Cluster {
         .start()
         .await
         .unwrap()
-}
-
-/// Waits until `node` has an outgoing link to `peers` peers.
-async fn wait_linked(node: &Cluster, peers: usize) {
-    tokio::time::timeout(Duration::from_secs(10), node.wait_for_peers(peers))
-        .await
-        .unwrap_or_else(|_| {
-            panic!(
-                "{} never linked to {peers} peers: {:?}",
-                node.node_id(),
-                node.members()
-            )
-        });
-}
-
-/// Waits until `events` reports `event` applied.
-async fn applied(events: &mut broadcast::Receiver<ClusterEvent>, event: &EventId) {
-    tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            match events.recv().await {
-                Ok(ClusterEvent::Applied { event: e, .. }) if &e == event => return,
-                Ok(_) => {}
-                Err(e) => panic!("event stream failed: {e}"),
-            }
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("{event} never applied"));
 }
 
 fn users(node: &Cluster, mode: Mode) -> Cache<u64, User> {
@@ -374,7 +352,7 @@ async fn raw_exchange(node: &Cluster, bytes: &[u8]) -> Vec<u8> {
     let mut stream = TcpStream::connect(node.local_addr()).await.unwrap();
     stream.write_all(bytes).await.unwrap();
     let mut reply = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut reply))
+    wait::within(stream.read_to_end(&mut reply))
         .await
         .expect("the node closed the connection")
         .ok();
@@ -555,8 +533,8 @@ fn a_frozen_peer_stops_everyone_serving_until_it_is_retired() {
 
     // Once b has been silent for twice the bound, a stops waiting for it and serves again.
     here.block_on(async {
-        tokio::time::timeout(Duration::from_secs(10), async {
-            while !matches!(a_events.recv().await, Ok(ClusterEvent::PeerSilent { .. })) {}
+        wait::event(&mut a_events, |e| {
+            matches!(e, ClusterEvent::PeerSilent { .. }).then_some(())
         })
         .await
         .expect("b is retired");
@@ -575,8 +553,8 @@ fn a_frozen_peer_stops_everyone_serving_until_it_is_retired() {
     let live = |node: &Cluster| node.members().iter().filter(|m| m.live).count();
     assert_eq!(live(&a), 1, "only c");
     here.block_on(async {
-        tokio::time::timeout(Duration::from_secs(10), async {
-            while !matches!(c_events.recv().await, Ok(ClusterEvent::PeerSilent { .. })) {}
+        wait::event(&mut c_events, |e| {
+            matches!(e, ClusterEvent::PeerSilent { .. }).then_some(())
         })
         .await
         .expect("c retires b too");
@@ -599,8 +577,8 @@ async fn a_node_that_shuts_down_leaves_at_once() {
     let caches: Vec<_> = nodes.iter().map(|n| users(n, Mode::Invalidate)).collect();
     let mut a_events = nodes[0].subscribe();
     nodes[2].shutdown().await;
-    tokio::time::timeout(Duration::from_secs(10), async {
-        while !matches!(a_events.recv().await, Ok(ClusterEvent::PeerLeft { .. })) {}
+    wait::event(&mut a_events, |e| {
+        matches!(e, ClusterEvent::PeerLeft { .. }).then_some(())
     })
     .await
     .expect("a hears that n2 left");
@@ -815,12 +793,9 @@ async fn a_failed_write_still_invalidates_everywhere() {
         .await;
     assert!(matches!(failed, Err(cohort::UpdateError::Write(_))));
     assert_eq!(b.get(&1), None, "the writer dropped its copy");
-    let event = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            if let Ok(ClusterEvent::Applied { event, .. }) = a_events.recv().await {
-                return event;
-            }
-        }
+    let event = wait::event(&mut a_events, |e| match e {
+        ClusterEvent::Applied { event, .. } => Some(event),
+        _ => None,
     })
     .await
     .expect("the invalidation reached a");

@@ -65,7 +65,7 @@ async fn raw_link(node: &Cluster, frames: &[Frame<'_>]) -> TcpStream {
 /// Waits until the node closes `stream`.
 async fn closed(mut stream: TcpStream) {
     let mut rest = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut rest))
+    wait::within(stream.read_to_end(&mut rest))
         .await
         .expect("the node closed the link")
         .ok();
@@ -114,13 +114,9 @@ async fn an_answer_claiming_unsent_events_is_refused() {
         .unwrap();
     closed(stream).await;
     // The dialer closes the socket as it gives up, and counts the refusal just after.
-    tokio::time::timeout(Duration::from_secs(5), async {
-        while node.stats().frames_rejected == 0 {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await
-    .expect("the refusal is counted");
+    wait::until(&mut node.subscribe(), || node.stats().frames_rejected > 0)
+        .await
+        .expect("the refusal is counted");
     assert_eq!(node.stats().frames_rejected, 1);
     assert!(
         node.members().iter().all(|m| m.node.is_none()),
@@ -201,14 +197,14 @@ async fn a_flood_of_fake_members_keeps_the_table_at_its_cap() {
     applied(&mut b_events, &event).await;
 
     drop((gossiper, ghosts));
-    let mut events = a.subscribe();
-    tokio::time::timeout(Duration::from_secs(10), async {
-        while a.members().len() > 1 {
-            let _ = events.recv().await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("the fakes were never forgotten: {:?}", a.members()));
+    wait::until(&mut a.subscribe(), || a.members().len() <= 1)
+        .await
+        .unwrap_or_else(|missed| {
+            panic!(
+                "the fakes were never forgotten ({missed}): {:?}",
+                a.members()
+            )
+        });
     assert!(a.stats().members_forgotten >= CAP as u64 - 1);
     wait_linked(&a, 1).await;
     load(&on_a, &db, 1).await;

@@ -11,7 +11,7 @@ mod log_polls;
 use std::time::Duration;
 
 use cohort::{Cache, ChangeLog, Cluster, ClusterEvent, Source};
-use cohort_servers::Postgres;
+use cohort_testkit::{Postgres, wait};
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use tokio::sync::broadcast;
@@ -240,22 +240,18 @@ async fn a_terminated_listen_connection_loses_nothing_and_comes_back() {
 
 /// The backend that is listening on the log's channel (other than `not`), waited for.
 async fn listening_backend(db: &PgPool, not: Option<i32>) -> i32 {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let pid: Option<i32> = sqlx::query_scalar(
+    wait::poll(async || {
+        sqlx::query_scalar(
             "SELECT pid FROM pg_stat_activity WHERE query ILIKE 'LISTEN%cohort_changes%' \
              AND pid <> $1 LIMIT 1",
         )
         .bind(not.unwrap_or(0))
         .fetch_optional(db)
         .await
-        .unwrap();
-        if let Some(pid) = pid {
-            return pid;
-        }
-        assert!(Instant::now() < deadline, "no connection is listening");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        .unwrap()
+    })
+    .await
+    .expect("a connection is listening")
 }
 
 /// Rows older than the retention are deleted and the watermark moves over them; a node that had
@@ -276,12 +272,11 @@ async fn old_rows_are_pruned_behind_a_watermark() {
         .watch_table("users", "id")
         .build()
         .unwrap();
-    let mut events = cluster.subscribe();
-    tokio::time::timeout(Duration::from_secs(10), async {
-        while !matches!(events.recv().await, Ok(ClusterEvent::LogPolled { .. })) {}
+    wait::event(&mut cluster.subscribe(), |e| {
+        matches!(e, ClusterEvent::LogPolled { .. }).then_some(())
     })
     .await
-    .unwrap();
+    .expect("the node polled the change log");
     for id in 1..=5 {
         rename(&outsider, id, "to be pruned").await;
     }
@@ -291,20 +286,17 @@ async fn old_rows_are_pruned_behind_a_watermark() {
         .unwrap();
     assert_eq!(logged, 5);
 
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let pruned_seq = loop {
+    let pruned_seq = wait::poll(async || {
         let (left, pruned_seq): (i64, i64) = sqlx::query_as(
             "SELECT (SELECT count(*) FROM cohort_changes), pruned_seq FROM cohort_log_meta",
         )
         .fetch_one(&outsider)
         .await
         .unwrap();
-        if left == 0 {
-            break pruned_seq;
-        }
-        assert!(Instant::now() < deadline, "{left} rows never pruned");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+        (left == 0).then_some(pruned_seq)
+    })
+    .await
+    .expect("the rows were pruned");
     assert_eq!(pruned_seq, 5, "the watermark is the last row deleted");
     let status = cluster.change_log_status().unwrap();
     assert_eq!(

@@ -2,16 +2,20 @@
 //! discovery through the bus, propagation, and links reset by a lost subscription repaired from
 //! the senders' replay rings.
 
+#[path = "../common/cluster.rs"]
+mod cluster;
+
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cohort::{Cache, Cluster, ClusterEvent, EventId, Mode, RedisBus};
-use cohort_servers::Redis;
+use cohort::{Cache, Cluster, EventId, Mode, RedisBus};
+use cohort_testkit::{Redis, wait};
 use parking_lot::Mutex;
-use tokio::sync::broadcast;
 use tokio::time::Instant;
+
+use cluster::{applied, wait_linked};
 
 type User = (String, u64);
 
@@ -36,26 +40,9 @@ async fn bus(redis: &Redis, n: usize) -> Vec<Cluster> {
         nodes.push(node);
     }
     for node in &nodes {
-        tokio::time::timeout(Duration::from_secs(10), node.wait_for_peers(n - 1))
-            .await
-            .unwrap_or_else(|_| panic!("{} never linked: {:?}", node.node_id(), node.members()));
+        wait_linked(node, n - 1).await;
     }
     nodes
-}
-
-/// Waits until `events` reports `event` applied.
-async fn applied(events: &mut broadcast::Receiver<ClusterEvent>, event: &EventId) {
-    tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            match events.recv().await {
-                Ok(ClusterEvent::Applied { event: e, .. }) if &e == event => return,
-                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
-                Err(e) => panic!("event stream failed: {e}"),
-            }
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("{event} never applied"));
 }
 
 fn users(node: &Cluster) -> Cache<u64, User> {
@@ -127,9 +114,7 @@ async fn propagation_over_the_bus_and_over_tcp() {
         .await
         .unwrap();
     for node in [&tcp_a, &tcp_b] {
-        tokio::time::timeout(Duration::from_secs(10), node.wait_for_peers(1))
-            .await
-            .unwrap();
+        wait_linked(node, 1).await;
     }
     for (name, a, b) in [
         ("redis bus", &over_bus[0], &over_bus[1]),
@@ -286,14 +271,9 @@ async fn a_node_that_shuts_down_leaves_the_bus_and_its_registry() {
         [nodes[0].local_addr().to_string()],
         "{leaving} left"
     );
-    tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            match events.recv().await {
-                Ok(ClusterEvent::PeerLeft { node }) if node.as_str() == "n1" => return,
-                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
-                Err(e) => panic!("event stream failed: {e}"),
-            }
-        }
+    wait::event(&mut events, |event| match event {
+        cohort::ClusterEvent::PeerLeft { node } if node.as_str() == "n1" => Some(()),
+        _ => None,
     })
     .await
     .expect("n0 heard n1 leave");
@@ -349,16 +329,12 @@ async fn captured(redis: &Redis, seen: &Mutex<Vec<u8>>, marker: &str) -> Vec<u8>
         .query_async(&mut connection)
         .await
         .unwrap();
-    tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            {
-                let bytes = seen.lock();
-                if bytes.windows(marker.len()).any(|w| w == marker.as_bytes()) {
-                    return bytes.clone();
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+    wait::poll(async || {
+        let bytes = seen.lock();
+        bytes
+            .windows(marker.len())
+            .any(|w| w == marker.as_bytes())
+            .then(|| bytes.clone())
     })
     .await
     .expect("the capture received the marker")
@@ -374,9 +350,7 @@ async fn replicate_on_bus(
     let (a, on_a) = keyed_on_bus(redis, namespace, "a", keys).await;
     let (b, on_b) = keyed_on_bus(redis, namespace, "b", keys).await;
     for node in [&a, &b] {
-        tokio::time::timeout(Duration::from_secs(10), node.wait_for_peers(1))
-            .await
-            .expect("linked over the bus");
+        wait_linked(node, 1).await;
     }
     let db = Db::default();
     db.load(&on_a, 1).await;
@@ -417,13 +391,9 @@ async fn keyed_links_over_the_bus_show_nothing_and_refuse_other_keys() {
         &[cohort::ClusterKey::generate()],
     )
     .await;
-    tokio::time::timeout(Duration::from_secs(10), async {
-        while a.stats().auth_failures == 0 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await
-    .expect("the wrong key's attempt is counted");
+    wait::until(&mut a.subscribe(), || a.stats().auth_failures > 0)
+        .await
+        .expect("the wrong key's attempt is counted");
     assert!(mallory.members().iter().all(|m| !m.connected));
     assert!(
         a.members()
@@ -462,9 +432,7 @@ async fn ten_thousand_bogus_links_on_the_bus_leave_the_node_serving() {
         nodes.push(node);
     }
     for node in &nodes {
-        tokio::time::timeout(Duration::from_secs(10), node.wait_for_peers(1))
-            .await
-            .expect("linked over the bus");
+        wait_linked(node, 1).await;
     }
     let (a, b) = (users(&nodes[0]), users(&nodes[1]));
     let client = redis::Client::open(redis.url()).unwrap();

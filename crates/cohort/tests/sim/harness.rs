@@ -646,6 +646,7 @@ async fn read(
         key,
         version: fetched.value,
         started,
+        ended: history::now(),
     });
     fetched.source
 }

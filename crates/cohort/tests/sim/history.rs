@@ -1,8 +1,14 @@
-//! What the clients did, and the promise it is judged by: no read returns a version older than
-//! one whose update completed more than that update's promise (the bound, or nothing for a strong
-//! update through cohort) before the read started. Times are simulated time since the start.
+//! What the clients did, judged by the test kit's checker (the one `cohort check` uses): no read
+//! returns a version older than one whose update completed more than that update's promise (the
+//! bound, or nothing for a strong update through cohort) before the read started, or than one
+//! another read had returned more than the bound before it started. Times are simulated time
+//! since the start.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use cohort_testkit::history::{Read, Update, judge};
+
+use crate::harness::BOUND;
 
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Op {
@@ -11,6 +17,7 @@ pub(crate) enum Op {
         key: u64,
         version: u64,
         started: Duration,
+        ended: Duration,
     },
     Update {
         node: &'static str,
@@ -22,45 +29,88 @@ pub(crate) enum Op {
     },
 }
 
+impl Op {
+    /// The node it went through.
+    fn node(&self) -> &'static str {
+        match *self {
+            Op::Read { node, .. } | Op::Update { node, .. } => node,
+        }
+    }
+}
+
 /// Simulated time, the same on every host.
 pub(crate) fn now() -> Duration {
     turmoil::sim_elapsed().expect("inside the simulation")
 }
 
-/// The first read that missed an update it was owed, described.
+/// The first read that missed an update it was owed, described, after the key's history.
 pub(crate) fn check(history: &[Op]) -> Result<(), String> {
-    for op in history {
-        let Op::Read {
-            key,
-            version,
-            started,
-            ..
-        } = *op
-        else {
-            continue;
-        };
-        let owed = history
-            .iter()
-            .filter_map(|op| match *op {
-                Op::Update {
-                    key: k,
-                    version: v,
-                    completed,
-                    promise,
-                    ..
-                } if k == key && completed + promise < started => Some(v),
-                _ => None,
-            })
-            .max()
-            .unwrap_or(0);
-        if version < owed {
-            print_key(history, key);
-            return Err(format!(
-                "a read of key {key} started at {started:?} returned version {version}, but version {owed} was owed"
-            ));
+    // The checker takes instants; any origin does, as only differences count.
+    let origin = Instant::now();
+    let mut updates = Vec::new();
+    let mut reads = Vec::new();
+    // Each operation is known to the checker by its index in the history.
+    for (index, op) in history.iter().enumerate() {
+        match *op {
+            Op::Read {
+                key,
+                version,
+                started,
+                ended,
+                ..
+            } => {
+                let read = Read {
+                    key,
+                    version,
+                    started: origin + started,
+                    ended: origin + ended,
+                    by: index,
+                };
+                // Whoever wrote it, the version had committed by the time the read returned.
+                updates.push(read.seen(BOUND));
+                reads.push(read);
+            }
+            Op::Update {
+                key,
+                version,
+                completed,
+                promise,
+                ..
+            } => updates.push(Update {
+                key,
+                version,
+                returned: origin + completed,
+                promise,
+                by: index,
+            }),
         }
     }
-    Ok(())
+    let (late, verdict) = judge(updates, reads);
+    let Some(first) = late.iter().find(|late| late.beyond) else {
+        return Ok(());
+    };
+    print_key(history, first.read.key);
+    let owed = match history[first.missed.by] {
+        Op::Update {
+            node,
+            completed,
+            promise,
+            ..
+        } => format!("updated through {node} at {completed:?} (promise {promise:?})"),
+        Op::Read { node, ended, .. } => {
+            format!("returned by a read on {node} that ended at {ended:?} (promise {BOUND:?})")
+        }
+    };
+    let node = history[first.read.by].node();
+    Err(format!(
+        "a read of key {} on {node} started at {:?} returned version {}, but version {} was owed: \
+         {owed}; {} reads beyond the bound in all",
+        first.read.key,
+        first.read.started - origin,
+        first.read.version,
+        first.missed.version,
+        verdict.stale_beyond_bound,
+    ))
 }
 
 fn print_key(history: &[Op], key: u64) {
@@ -71,7 +121,8 @@ fn print_key(history: &[Op], key: u64) {
                 key: k,
                 version,
                 started,
-            } if k == key => eprintln!("{started:>12?} read   {node} v{version}"),
+                ended,
+            } if k == key => eprintln!("{started:>12?} read   {node} v{version} (until {ended:?})"),
             Op::Update {
                 node,
                 key: k,

@@ -38,9 +38,7 @@ impl Postgres {
             .args(["-A", "trust", "-U", "postgres", "--no-sync"])
             .output()?;
         check("initdb", &initdb)?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
+        let port = crate::free_port()?;
         let server = Self {
             bin,
             data,
