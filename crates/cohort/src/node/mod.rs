@@ -255,24 +255,25 @@ impl Node {
         self.with_state(|state| input(state, self.clock.now()))
     }
 
+    /// Carries out what the state asked, until it asks nothing more: frames onto their links'
+    /// queues first (a link that overflowed or whose writer is gone is closed), then the rest,
+    /// in order.
     fn carry_out(&self, core: &mut Core) {
         loop {
             while let Some(transmit) = core.state.poll_transmit() {
                 let Some(queue) = core.queues.get(&transmit.link) else {
                     continue;
                 };
-                match queue.try_send(transmit.frame) {
-                    Ok(()) => {}
-                    Err(mpsc::error::TrySendError::Full(_)) => {
-                        // The peer catches up from the ring when it reconnects.
-                        self.counters.links_overflowed.incr();
-                        tracing::warn!(node = %self.id, "a peer link overflowed; closing it");
-                        core.state.close_link(transmit.link);
-                    }
-                    Err(mpsc::error::TrySendError::Closed(_)) => {
-                        core.state.close_link(transmit.link);
-                    }
+                let Err(error) = queue.try_send(transmit.frame) else {
+                    continue;
+                };
+                if let mpsc::error::TrySendError::Full(_) = error {
+                    // The peer catches up from the ring when it reconnects.
+                    self.counters.links_overflowed.incr();
+                    tracing::warn!(node = %self.id, "a peer link overflowed; closing it");
                 }
+                core.queues.remove(&transmit.link);
+                core.state.close_link(transmit.link);
             }
             let Some(output) = core.state.poll_output() else {
                 if core.state.poll_timeout() < core.armed.or(Some(Millis::MAX)) {
