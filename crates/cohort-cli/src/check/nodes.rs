@@ -4,13 +4,18 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use parking_lot::Mutex;
 
 use crate::serve::Consistency;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, ChildStdout, Command};
+
+/// The running nodes, by index; `None` while one is killed.
+pub(crate) type Cluster = Arc<Mutex<Vec<Option<Node>>>>;
 
 /// How to start every node.
 #[derive(Clone, Debug)]
