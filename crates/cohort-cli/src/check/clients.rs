@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
-use serde_json::json;
+use serde_json::{Value, json};
 
 use super::http;
 use super::nodes::Cluster;
@@ -40,11 +40,11 @@ pub(crate) async fn run_client(
         let read = rng.random_bool(0.8);
         let started = Instant::now();
         let answer = if read {
-            http::request(http, "GET", &path, None, REQUEST_TIMEOUT).await
+            http::get::<Value>(http, &path, REQUEST_TIMEOUT).await
         } else {
             renames += 1;
             let body = json!({ "name": format!("c{client}-{renames}") });
-            http::request(http, "PUT", &path, Some(&body), REQUEST_TIMEOUT).await
+            http::put::<Value>(http, &path, &body, REQUEST_TIMEOUT).await
         };
         let ended = Instant::now();
         let mut recorded = recorded.lock();

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use parking_lot::Mutex;
+use serde_json::Value;
 
 use super::clients::{REQUEST_TIMEOUT, run_client};
 use super::dbproxy::{self, DbProxy};
@@ -171,7 +172,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<bool> {
     let https: Vec<_> = cluster.lock().iter().flatten().map(|n| n.http).collect();
     let mut mesh = Mesh::default();
     for http in https {
-        if let Ok(state) = http::request(http, "GET", "/cluster", None, REQUEST_TIMEOUT).await {
+        if let Ok(state) = http::get::<Value>(http, "/cluster", REQUEST_TIMEOUT).await {
             mesh.applied += state["events"]["applied"].as_u64().unwrap_or(0);
             mesh.gaps += state["events"]["gaps"].as_u64().unwrap_or(0);
         }
@@ -216,12 +217,12 @@ async fn wait_until_serving(cluster: &Cluster) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(20);
     for http in https {
         loop {
-            let health = http::request(http, "GET", "/healthz", None, REQUEST_TIMEOUT).await;
+            let health = http::get::<Value>(http, "/healthz", REQUEST_TIMEOUT).await;
             if health.is_ok_and(|h| h["serving"] == true) {
                 break;
             }
             if Instant::now() > deadline {
-                let state = http::request(http, "GET", "/cluster", None, REQUEST_TIMEOUT).await?;
+                let state = http::get::<Value>(http, "/cluster", REQUEST_TIMEOUT).await?;
                 anyhow::bail!("the node at {http} never served: {state}");
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
