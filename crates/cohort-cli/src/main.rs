@@ -1,5 +1,6 @@
 //! The `cohort` command. It parses arguments and hands over to the library and its subcommands.
 
+mod api;
 mod bench;
 mod check;
 mod demo;

@@ -18,10 +18,13 @@ use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use cohort::{Cache, Cluster, Source};
+use cohort::{Cache, Cluster};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::api::{
+    ClusterState, Events, Health, Link, LogState, MemberState, Rename, Source, UserRead, Written,
+};
 use crate::http_limits::{self, GuardedListener};
 use crate::keys;
 use crate::users_db::{UserRow, UsersDb};
@@ -295,23 +298,19 @@ async fn read_user(State(app): State<App>, Path(id): Path<String>) -> Result<Res
         .users
         .fetch(&id, |id| async move { db.user(id as i64).await.map(user) })
         .await?;
-    let source = if fetched.source == Source::Cache {
-        "cache"
+    let source = if fetched.source == cohort::Source::Cache {
+        Source::Cache
     } else {
-        "db"
+        Source::Db
     };
     let user = &fetched.value;
-    Ok(
-        Json(
-            json!({ "id": user.id, "name": user.name, "version": user.version, "source": source }),
-        )
-        .into_response(),
-    )
-}
-
-#[derive(Deserialize)]
-struct Rename {
-    name: String,
+    Ok(Json(UserRead {
+        id: user.id,
+        name: user.name.clone(),
+        source,
+        version: user.version,
+    })
+    .into_response())
 }
 
 async fn write_user(
@@ -341,13 +340,20 @@ async fn write_user(
             }
             other => Failure(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
         })?;
-    Ok(Json(json!({ "id": id, "version": receipt.value.version })).into_response())
+    Ok(Json(Written {
+        id,
+        version: receipt.value.version,
+    })
+    .into_response())
 }
 
 async fn healthz(State(app): State<App>) -> Response {
-    let serving = app.users.is_serving();
-    Json(json!({ "status": "ok", "node": app.cluster.node_id().as_str(), "serving": serving }))
-        .into_response()
+    Json(Health {
+        node: app.cluster.node_id().to_string(),
+        serving: app.users.is_serving(),
+        status: "ok".to_owned(),
+    })
+    .into_response()
 }
 
 async fn metrics(State(app): State<App>) -> Response {
@@ -363,54 +369,54 @@ async fn metrics(State(app): State<App>) -> Response {
 
 async fn cluster_state(State(app): State<App>) -> Response {
     let millis = |d: Option<Duration>| d.map(|d| d.as_millis() as u64);
-    let members: Vec<_> = app
+    let members = app
         .cluster
         .members()
         .into_iter()
-        .map(|m| {
-            json!({
-                "node": m.node.map(|n| n.to_string()),
-                "incarnation": m.incarnation,
-                "addr": m.addr.to_string(),
-                "swim": m.swim.map(|s| s.to_string()),
-                "state": if m.connected { "connected" } else { "connecting" },
-                "last_heard_ms": millis(m.last_heard),
-                "live": m.live,
-                "up": m.up,
-            })
+        .map(|m| MemberState {
+            addr: m.addr,
+            incarnation: m.incarnation,
+            last_heard_ms: millis(m.last_heard),
+            live: m.live,
+            node: m.node.map(|n| n.to_string()),
+            state: if m.connected {
+                Link::Connected
+            } else {
+                Link::Connecting
+            },
+            swim: m.swim.map(|s| s.to_string()),
+            up: m.up,
         })
         .collect();
-    let log = app.cluster.change_log_status().map(|log| {
-        json!({
-            "serving": log.serving,
-            "lease_remaining_ms": millis(log.lease_remaining),
-            "last_poll_age_ms": millis(log.last_poll_age),
-            "lag_rows": log.behind_rows,
-            "cursor": log.cursor,
-            "polls": log.polls,
-            "errors": log.errors,
-            "last_error": log.last_error,
-            "pruned_flushes": log.pruned_flushes,
-        })
+    let change_log = app.cluster.change_log_status().map(|log| LogState {
+        cursor: log.cursor,
+        errors: log.errors,
+        lag_rows: log.behind_rows,
+        last_error: log.last_error,
+        last_poll_age_ms: millis(log.last_poll_age),
+        lease_remaining_ms: millis(log.lease_remaining),
+        polls: log.polls,
+        pruned_flushes: log.pruned_flushes,
+        serving: log.serving,
     });
     let stats = app.cluster.stats();
-    Json(json!({
-        "node": app.cluster.node_id().as_str(),
-        "incarnation": app.cluster.incarnation(),
-        "listen": app.cluster.local_addr().to_string(),
-        "max_staleness_ms": app.cluster.max_staleness().as_millis() as u64,
-        "members": members,
-        "change_log": log,
-        "events": {
-            "sent": stats.events_sent,
-            "applied": stats.events_applied,
-            "gaps": stats.gaps,
-            "frames_rejected": stats.frames_rejected,
-            "auth_failures": stats.auth_failures,
-            "members_refused": stats.members_refused,
-            "members_forgotten": stats.members_forgotten,
+    Json(ClusterState {
+        change_log,
+        events: Events {
+            applied: stats.events_applied,
+            auth_failures: stats.auth_failures,
+            frames_rejected: stats.frames_rejected,
+            gaps: stats.gaps,
+            members_forgotten: stats.members_forgotten,
+            members_refused: stats.members_refused,
+            sent: stats.events_sent,
         },
-    }))
+        incarnation: app.cluster.incarnation(),
+        listen: app.cluster.local_addr(),
+        max_staleness_ms: app.cluster.max_staleness().as_millis() as u64,
+        members,
+        node: app.cluster.node_id().to_string(),
+    })
     .into_response()
 }
 

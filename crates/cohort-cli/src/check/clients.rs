@@ -7,11 +7,11 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
-use serde_json::{Value, json};
 
 use super::http;
 use super::nodes::Cluster;
 use super::record::{Actor, Op, Recorded};
+use crate::api::{Rename, Source, UserRead, Written};
 
 /// How long a client waits for one answer. Reads sent to a paused node in its last second are
 /// answered, and judged, once it resumes; the others give up, so the workload goes on.
@@ -40,16 +40,21 @@ pub(crate) async fn run_client(
         let read = rng.random_bool(0.8);
         let started = Instant::now();
         let answer = if read {
-            http::get::<Value>(http, &path, REQUEST_TIMEOUT).await
+            http::get::<UserRead>(http, &path, REQUEST_TIMEOUT)
+                .await
+                .map(|user| (user.version, Some(user.source == Source::Cache)))
         } else {
             renames += 1;
-            let body = json!({ "name": format!("c{client}-{renames}") });
-            http::put::<Value>(http, &path, &body, REQUEST_TIMEOUT).await
+            let rename = Rename {
+                name: format!("c{client}-{renames}"),
+            };
+            http::put::<Written>(http, &path, &rename, REQUEST_TIMEOUT)
+                .await
+                .map(|written| (written.version, None))
         };
         let ended = Instant::now();
         let mut recorded = recorded.lock();
-        let answer = answer.ok();
-        let Some(version) = answer.as_ref().and_then(|a| a["version"].as_u64()) else {
+        let Ok((version, from_cache)) = answer else {
             recorded.counts.failed += 1;
             continue;
         };
@@ -57,7 +62,7 @@ pub(crate) async fn run_client(
             actor: Actor::Client { client, node },
             key,
             version,
-            from_cache: read.then(|| answer.is_some_and(|a| a["source"] == "cache")),
+            from_cache,
             started,
             ended,
         };

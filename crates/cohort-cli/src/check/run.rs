@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use parking_lot::Mutex;
-use serde_json::Value;
 
 use super::clients::{REQUEST_TIMEOUT, run_client};
 use super::dbproxy::{self, DbProxy};
@@ -19,6 +18,7 @@ use super::proxy::Proxy;
 use super::record::{HistoryFile, Recorded};
 use super::report::{Mesh, report};
 use super::{Args, http};
+use crate::api::{ClusterState, Health};
 use crate::serve::Consistency;
 use crate::users_db::UsersDb;
 
@@ -172,9 +172,9 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<bool> {
     let https: Vec<_> = cluster.lock().iter().flatten().map(|n| n.http).collect();
     let mut mesh = Mesh::default();
     for http in https {
-        if let Ok(state) = http::get::<Value>(http, "/cluster", REQUEST_TIMEOUT).await {
-            mesh.applied += state["events"]["applied"].as_u64().unwrap_or(0);
-            mesh.gaps += state["events"]["gaps"].as_u64().unwrap_or(0);
+        if let Ok(state) = http::get::<ClusterState>(http, "/cluster", REQUEST_TIMEOUT).await {
+            mesh.applied += state.events.applied;
+            mesh.gaps += state.events.gaps;
         }
     }
     if mesh.applied == 0 {
@@ -217,12 +217,13 @@ async fn wait_until_serving(cluster: &Cluster) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(20);
     for http in https {
         loop {
-            let health = http::get::<Value>(http, "/healthz", REQUEST_TIMEOUT).await;
-            if health.is_ok_and(|h| h["serving"] == true) {
+            let health = http::get::<Health>(http, "/healthz", REQUEST_TIMEOUT).await;
+            if health.is_ok_and(|h| h.serving) {
                 break;
             }
             if Instant::now() > deadline {
-                let state = http::get::<Value>(http, "/cluster", REQUEST_TIMEOUT).await?;
+                let state: ClusterState = http::get(http, "/cluster", REQUEST_TIMEOUT).await?;
+                let state = serde_json::to_string(&state)?;
                 anyhow::bail!("the node at {http} never served: {state}");
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
