@@ -95,21 +95,10 @@ pub(crate) enum Consistency {
     Strong,
 }
 
-/// Parses `250ms`, `2s`, `10m`.
+/// Parses a duration flag: `250ms`, `2s`, `10m`, `1h 30m` (humantime's units).
 pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration like 500ms, 2s or 10m"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(number)),
-        "s" => Ok(Duration::from_secs(number)),
-        "m" => Ok(Duration::from_secs(number * 60)),
-        _ => Err(format!("{text:?}: the unit must be ms, s or m")),
-    }
+    humantime::parse_duration(text)
+        .map_err(|e| format!("{text:?} is not a duration like 500ms, 2s or 10m ({e})"))
 }
 
 /// A user as the service returns it and caches it.
@@ -429,8 +418,10 @@ mod tests {
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
         assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
-        assert!(parse_duration("10").is_err());
-        assert!(parse_duration("fast").is_err());
-        assert!(parse_duration("5h").is_err());
+        assert_eq!(parse_duration("1h 30m"), Ok(Duration::from_secs(5_400)));
+        for bad in ["10", "fast", "5 parsecs", ""] {
+            let error = parse_duration(bad).unwrap_err();
+            assert!(error.contains("not a duration like 500ms"), "{error}");
+        }
     }
 }
