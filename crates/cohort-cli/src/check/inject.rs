@@ -7,6 +7,7 @@ use indicatif::ProgressBar;
 use parking_lot::Mutex;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
+use rustix::process::Signal;
 
 use super::dbproxy::DbProxy;
 use super::faults::{Action, Planned};
@@ -69,10 +70,10 @@ pub(crate) async fn run_faults(run: FaultRun<'_>) -> anyhow::Result<()> {
                 if *machine {
                     run.proxy.partition(&[*node]);
                 }
-                signal(run.cluster, *node, "-STOP").await?;
+                signal(run.cluster, *node, Signal::STOP)?;
                 let resume = async {
                     tokio::time::sleep(fault.lasts).await;
-                    signal(run.cluster, *node, "-CONT").await
+                    signal(run.cluster, *node, Signal::CONT)
                 };
                 // Concurrently: the paused node may hold SQLite's write lock until it resumes.
                 let (written, resumed) =
@@ -162,10 +163,10 @@ async fn rename_by_sql(db: &UsersDb, key: u64, recorded: &Mutex<Recorded>) -> an
 }
 
 /// Sends `signal` to node `node`, if it is running.
-async fn signal(cluster: &Cluster, node: usize, signal: &str) -> anyhow::Result<()> {
+fn signal(cluster: &Cluster, node: usize, signal: Signal) -> anyhow::Result<()> {
     let pid = cluster.lock()[node].as_ref().and_then(Node::pid);
     match pid {
-        Some(pid) => nodes::signal(pid, signal).await,
+        Some(pid) => nodes::signal(pid, signal),
         None => Ok(()),
     }
 }
