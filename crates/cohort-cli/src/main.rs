@@ -7,6 +7,7 @@ mod demo;
 mod history;
 mod http_limits;
 mod keys;
+mod latency;
 mod serve;
 mod users_db;
 mod workload;
