@@ -2,9 +2,9 @@
 //!
 //! `GET /users/{id}` reads through the node's cache (`"source"` says whether the cache answered),
 //! `PUT /users/{id}` writes the database through `update`, `/healthz`, `/metrics` (Prometheus) and
-//! `/cluster` (members, lease, lag) report on the node. The database holds a `users` table, created
-//! and seeded on first run, watched through the change log so that writers bypassing the service
-//! are seen within the bound too.
+//! `/cluster` (members, lease, lag) report on the node; the JSON bodies' shapes are in
+//! [`crate::api`]. The database holds a `users` table, created and seeded on first run, watched
+//! through the change log so that writers bypassing the service are seen within the bound too.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
