@@ -17,9 +17,10 @@ use serde::{Deserialize, Serialize};
 use sqlx::sqlite::SqlitePool;
 use tokio::sync::{broadcast, watch};
 
-use crate::history::{self, Read, Update};
+use crate::latency::Latencies;
 use crate::users_db;
 use crate::workload::Zipf;
+use cohort_testkit::history::{self, Read, Update};
 
 /// Options of `cohort demo`.
 #[derive(clap::Args, Debug)]
@@ -130,8 +131,8 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<bool> {
         nodes.len(),
         log.reads.len(),
         log.updates.len(),
-        propagation.percentile(0.50),
-        propagation.percentile(0.99),
+        propagation.micros(0.50),
+        propagation.micros(0.99),
         verdict.stale_beyond_bound,
         if pass { "PASS" } else { "FAIL" },
     );
@@ -307,21 +308,18 @@ fn collect_applied(nodes: &[Node]) -> Collectors {
     Collectors { tasks, seen, stop }
 }
 
-/// Propagation delays, in microseconds, from `update` returning on the writer to the event being
-/// applied on each peer.
+/// Propagation delays, from `update` returning on the writer to the event being applied on each
+/// peer.
 struct Propagation {
-    micros: Vec<u64>,
+    delays: Latencies,
     /// Peer deliveries that never happened within the wait.
     missing: usize,
 }
 
 impl Propagation {
-    fn percentile(&self, p: f64) -> u64 {
-        if self.micros.is_empty() {
-            return 0;
-        }
-        let rank = ((self.micros.len() as f64 * p).ceil() as usize).clamp(1, self.micros.len());
-        self.micros[rank - 1]
+    /// The delay at `quantile`, in whole microseconds.
+    fn micros(&self, quantile: f64) -> u128 {
+        self.delays.quantile(quantile).as_micros()
     }
 }
 
@@ -346,22 +344,18 @@ async fn propagation(nodes: &[Node], log: &ClientLog, mut collectors: Collectors
         }
     }
     let returned: HashMap<_, _> = log.returned.iter().cloned().collect();
-    let mut micros = Vec::new();
+    let mut delays = Latencies::default();
     collectors.stop.send_replace(true);
     for collector in collectors.tasks {
         if let Ok(applied) = collector.await {
-            micros.extend(applied.iter().filter_map(|(event, at)| {
-                let returned = returned.get(event)?;
-                Some(
-                    at.into_std()
-                        .saturating_duration_since(*returned)
-                        .as_micros() as u64,
-                )
-            }));
+            for (event, at) in &applied {
+                if let Some(returned) = returned.get(event) {
+                    delays.record(at.into_std().saturating_duration_since(*returned));
+                }
+            }
         }
     }
-    micros.sort_unstable();
-    Propagation { micros, missing }
+    Propagation { delays, missing }
 }
 
 fn print_report(
@@ -407,10 +401,10 @@ fn print_report(
     );
     println!(
         "propagation (update returned on the writer -> applied on a peer): {} deliveries, p50 {} us, p99 {} us, max {} us, missing {}",
-        propagation.micros.len(),
-        propagation.percentile(0.50),
-        propagation.percentile(0.99),
-        propagation.micros.last().copied().unwrap_or(0),
+        propagation.delays.len(),
+        propagation.micros(0.50),
+        propagation.micros(0.99),
+        propagation.delays.max().as_micros(),
         propagation.missing,
     );
     println!(
@@ -420,27 +414,4 @@ fn print_report(
         verdict.stale_beyond_bound,
         verdict.max_staleness.as_micros(),
     );
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn percentiles_pick_by_rank() {
-        let p = Propagation {
-            micros: (1..=100).collect(),
-            missing: 0,
-        };
-        assert_eq!(p.percentile(0.5), 50);
-        assert_eq!(p.percentile(0.99), 99);
-        assert_eq!(
-            Propagation {
-                micros: vec![],
-                missing: 0
-            }
-            .percentile(0.5),
-            0
-        );
-    }
 }

@@ -1,11 +1,12 @@
 //! The `cohort` command. It parses arguments and hands over to the library and its subcommands.
 
+mod api;
 mod bench;
 mod check;
 mod demo;
-mod history;
 mod http_limits;
 mod keys;
+mod latency;
 mod serve;
 mod users_db;
 mod workload;

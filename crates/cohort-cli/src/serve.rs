@@ -2,9 +2,9 @@
 //!
 //! `GET /users/{id}` reads through the node's cache (`"source"` says whether the cache answered),
 //! `PUT /users/{id}` writes the database through `update`, `/healthz`, `/metrics` (Prometheus) and
-//! `/cluster` (members, lease, lag) report on the node. The database holds a `users` table, created
-//! and seeded on first run, watched through the change log so that writers bypassing the service
-//! are seen within the bound too.
+//! `/cluster` (members, lease, lag) report on the node; the JSON bodies' shapes are in
+//! [`crate::api`]. The database holds a `users` table, created and seeded on first run, watched
+//! through the change log so that writers bypassing the service are seen within the bound too.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -18,10 +18,13 @@ use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use cohort::{Cache, Cluster, Source};
+use cohort::{Cache, Cluster};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::api::{
+    ClusterState, Events, Health, Link, LogState, MemberState, Rename, Source, UserRead, Written,
+};
 use crate::http_limits::{self, GuardedListener};
 use crate::keys;
 use crate::users_db::{UserRow, UsersDb};
@@ -92,21 +95,10 @@ pub(crate) enum Consistency {
     Strong,
 }
 
-/// Parses `250ms`, `2s`, `10m`.
+/// Parses a duration flag: `250ms`, `2s`, `10m`, `1h 30m` (humantime's units).
 pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration like 500ms, 2s or 10m"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(number)),
-        "s" => Ok(Duration::from_secs(number)),
-        "m" => Ok(Duration::from_secs(number * 60)),
-        _ => Err(format!("{text:?}: the unit must be ms, s or m")),
-    }
+    humantime::parse_duration(text)
+        .map_err(|e| format!("{text:?} is not a duration like 500ms, 2s or 10m ({e})"))
 }
 
 /// A user as the service returns it and caches it.
@@ -295,23 +287,19 @@ async fn read_user(State(app): State<App>, Path(id): Path<String>) -> Result<Res
         .users
         .fetch(&id, |id| async move { db.user(id as i64).await.map(user) })
         .await?;
-    let source = if fetched.source == Source::Cache {
-        "cache"
+    let source = if fetched.source == cohort::Source::Cache {
+        Source::Cache
     } else {
-        "db"
+        Source::Db
     };
     let user = &fetched.value;
-    Ok(
-        Json(
-            json!({ "id": user.id, "name": user.name, "version": user.version, "source": source }),
-        )
-        .into_response(),
-    )
-}
-
-#[derive(Deserialize)]
-struct Rename {
-    name: String,
+    Ok(Json(UserRead {
+        id: user.id,
+        name: user.name.clone(),
+        source,
+        version: user.version,
+    })
+    .into_response())
 }
 
 async fn write_user(
@@ -341,13 +329,20 @@ async fn write_user(
             }
             other => Failure(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
         })?;
-    Ok(Json(json!({ "id": id, "version": receipt.value.version })).into_response())
+    Ok(Json(Written {
+        id,
+        version: receipt.value.version,
+    })
+    .into_response())
 }
 
 async fn healthz(State(app): State<App>) -> Response {
-    let serving = app.users.is_serving();
-    Json(json!({ "status": "ok", "node": app.cluster.node_id().as_str(), "serving": serving }))
-        .into_response()
+    Json(Health {
+        node: app.cluster.node_id().to_string(),
+        serving: app.users.is_serving(),
+        status: "ok".to_owned(),
+    })
+    .into_response()
 }
 
 async fn metrics(State(app): State<App>) -> Response {
@@ -363,54 +358,54 @@ async fn metrics(State(app): State<App>) -> Response {
 
 async fn cluster_state(State(app): State<App>) -> Response {
     let millis = |d: Option<Duration>| d.map(|d| d.as_millis() as u64);
-    let members: Vec<_> = app
+    let members = app
         .cluster
         .members()
         .into_iter()
-        .map(|m| {
-            json!({
-                "node": m.node.map(|n| n.to_string()),
-                "incarnation": m.incarnation,
-                "addr": m.addr.to_string(),
-                "swim": m.swim.map(|s| s.to_string()),
-                "state": if m.connected { "connected" } else { "connecting" },
-                "last_heard_ms": millis(m.last_heard),
-                "live": m.live,
-                "up": m.up,
-            })
+        .map(|m| MemberState {
+            addr: m.addr,
+            incarnation: m.incarnation,
+            last_heard_ms: millis(m.last_heard),
+            live: m.live,
+            node: m.node.map(|n| n.to_string()),
+            state: if m.connected {
+                Link::Connected
+            } else {
+                Link::Connecting
+            },
+            swim: m.swim.map(|s| s.to_string()),
+            up: m.up,
         })
         .collect();
-    let log = app.cluster.change_log_status().map(|log| {
-        json!({
-            "serving": log.serving,
-            "lease_remaining_ms": millis(log.lease_remaining),
-            "last_poll_age_ms": millis(log.last_poll_age),
-            "lag_rows": log.behind_rows,
-            "cursor": log.cursor,
-            "polls": log.polls,
-            "errors": log.errors,
-            "last_error": log.last_error,
-            "pruned_flushes": log.pruned_flushes,
-        })
+    let change_log = app.cluster.change_log_status().map(|log| LogState {
+        cursor: log.cursor,
+        errors: log.errors,
+        lag_rows: log.behind_rows,
+        last_error: log.last_error,
+        last_poll_age_ms: millis(log.last_poll_age),
+        lease_remaining_ms: millis(log.lease_remaining),
+        polls: log.polls,
+        pruned_flushes: log.pruned_flushes,
+        serving: log.serving,
     });
     let stats = app.cluster.stats();
-    Json(json!({
-        "node": app.cluster.node_id().as_str(),
-        "incarnation": app.cluster.incarnation(),
-        "listen": app.cluster.local_addr().to_string(),
-        "max_staleness_ms": app.cluster.max_staleness().as_millis() as u64,
-        "members": members,
-        "change_log": log,
-        "events": {
-            "sent": stats.events_sent,
-            "applied": stats.events_applied,
-            "gaps": stats.gaps,
-            "frames_rejected": stats.frames_rejected,
-            "auth_failures": stats.auth_failures,
-            "members_refused": stats.members_refused,
-            "members_forgotten": stats.members_forgotten,
+    Json(ClusterState {
+        change_log,
+        events: Events {
+            applied: stats.events_applied,
+            auth_failures: stats.auth_failures,
+            frames_rejected: stats.frames_rejected,
+            gaps: stats.gaps,
+            members_forgotten: stats.members_forgotten,
+            members_refused: stats.members_refused,
+            sent: stats.events_sent,
         },
-    }))
+        incarnation: app.cluster.incarnation(),
+        listen: app.cluster.local_addr(),
+        max_staleness_ms: app.cluster.max_staleness().as_millis() as u64,
+        members,
+        node: app.cluster.node_id().to_string(),
+    })
     .into_response()
 }
 
@@ -423,8 +418,10 @@ mod tests {
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
         assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
-        assert!(parse_duration("10").is_err());
-        assert!(parse_duration("fast").is_err());
-        assert!(parse_duration("5h").is_err());
+        assert_eq!(parse_duration("1h 30m"), Ok(Duration::from_secs(5_400)));
+        for bad in ["10", "fast", "5 parsecs", ""] {
+            let error = parse_duration(bad).unwrap_err();
+            assert!(error.contains("not a duration like 500ms"), "{error}");
+        }
     }
 }

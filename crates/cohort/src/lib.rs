@@ -98,3 +98,10 @@ pub use transport::{
 #[cfg(fuzzing)]
 #[doc(hidden)]
 pub mod fuzzing;
+
+/// The layout of a peer link, for tools that sit on one and forward it (the fault proxy of
+/// `cohort check`); not part of the stable API.
+#[doc(hidden)]
+pub mod link {
+    pub use crate::wire::PREAMBLE_LEN;
+}

@@ -10,6 +10,8 @@ mod postgres;
 mod propagation;
 mod redis;
 
+use std::time::Duration;
+
 use serde::Serialize;
 
 /// Options of `cohort bench`.
@@ -51,6 +53,11 @@ impl Figure {
             vs: None,
             skipped: None,
         }
+    }
+
+    /// A latency, in microseconds.
+    pub(crate) fn micros(name: impl Into<String>, latency: Duration) -> Self {
+        Self::plain(name, latency.as_secs_f64() * 1e6, "us")
     }
 
     pub(crate) fn skipped(name: impl Into<String>, reason: String) -> Self {

@@ -12,7 +12,8 @@ use anyhow::Context;
 use cohort::{Cache, Cluster, ClusterEvent, ClusterKey};
 use tokio::sync::broadcast;
 
-use super::{Figure, median};
+use super::Figure;
+use crate::latency::Latencies;
 
 /// Nodes of a benchmark, each with a peer-only cache.
 pub(super) type Nodes = Vec<(Cluster, Cache<u64, u64>)>;
@@ -69,25 +70,12 @@ pub(super) async fn measure(quick: bool) -> anyhow::Result<Vec<Figure>> {
     let mut figures = Vec::new();
     for n in [2, 5] {
         let nodes = cluster(n, &[]).await?;
-        let mut micros = latencies(&nodes, samples).await?;
-        let p50 = median(&mut micros);
-        let p99 = micros[micros.len() * 99 / 100];
-        let max = micros.last().copied().unwrap_or(0.0);
-        figures.push(Figure::plain(
-            format!("propagation_{n}_nodes_p50"),
-            p50,
-            "us",
-        ));
-        figures.push(Figure::plain(
-            format!("propagation_{n}_nodes_p99"),
-            p99,
-            "us",
-        ));
-        figures.push(Figure::plain(
-            format!("propagation_{n}_nodes_max"),
-            max,
-            "us",
-        ));
+        let delays = latencies(&nodes, samples).await?;
+        figures.extend([
+            Figure::micros(format!("propagation_{n}_nodes_p50"), delays.quantile(0.5)),
+            Figure::micros(format!("propagation_{n}_nodes_p99"), delays.quantile(0.99)),
+            Figure::micros(format!("propagation_{n}_nodes_max"), delays.max()),
+        ]);
         for (node, _) in &nodes {
             node.shutdown().await;
         }
@@ -108,45 +96,40 @@ async fn keyed_against_plain(samples: usize) -> anyhow::Result<Vec<Figure>> {
     const ROUNDS: usize = 10;
     let plain_nodes = cluster(2, &[]).await?;
     let keyed_nodes = cluster(2, &[ClusterKey::generate()]).await?;
-    let (mut plain, mut keyed) = (Vec::new(), Vec::new());
+    let (mut plain, mut keyed) = (Latencies::default(), Latencies::default());
     for _ in 0..ROUNDS {
-        plain.extend(latencies(&plain_nodes, samples / ROUNDS).await?);
-        keyed.extend(latencies(&keyed_nodes, samples / ROUNDS).await?);
+        plain.add(&latencies(&plain_nodes, samples / ROUNDS).await?);
+        keyed.add(&latencies(&keyed_nodes, samples / ROUNDS).await?);
     }
     for (node, _) in plain_nodes.iter().chain(&keyed_nodes) {
         node.shutdown().await;
     }
-    let p99 = |micros: &mut Vec<f64>| {
-        micros.sort_by(f64::total_cmp);
-        micros[micros.len() * 99 / 100]
-    };
-    let plain_p50 = Figure::plain("propagation_2_nodes_plain_p50", median(&mut plain), "us");
-    let plain_p99 = Figure::plain("propagation_2_nodes_plain_p99", p99(&mut plain), "us");
-    let keyed_p50 = Figure::plain("propagation_2_nodes_keyed_p50", median(&mut keyed), "us")
-        .against(&plain_p50);
+    let plain_p50 = Figure::micros("propagation_2_nodes_plain_p50", plain.quantile(0.5));
+    let plain_p99 = Figure::micros("propagation_2_nodes_plain_p99", plain.quantile(0.99));
+    let keyed_p50 =
+        Figure::micros("propagation_2_nodes_keyed_p50", keyed.quantile(0.5)).against(&plain_p50);
     let keyed_p99 =
-        Figure::plain("propagation_2_nodes_keyed_p99", p99(&mut keyed), "us").against(&plain_p99);
+        Figure::micros("propagation_2_nodes_keyed_p99", keyed.quantile(0.99)).against(&plain_p99);
     Ok(vec![plain_p50, keyed_p50, plain_p99, keyed_p99])
 }
 
-/// Microseconds from `invalidate` returning on the first node to the event applied on each of
-/// the others, one event in flight at a time, sorted.
-pub(super) async fn latencies(nodes: &Nodes, samples: usize) -> anyhow::Result<Vec<f64>> {
+/// The delays from `invalidate` returning on the first node to the event applied on each of the
+/// others, one event in flight at a time.
+pub(super) async fn latencies(nodes: &Nodes, samples: usize) -> anyhow::Result<Latencies> {
     let mut receivers: Vec<broadcast::Receiver<ClusterEvent>> =
         nodes[1..].iter().map(|(c, _)| c.subscribe()).collect();
-    let mut micros = Vec::with_capacity(samples * receivers.len());
+    let mut delays = Latencies::default();
     for key in 0..samples as u64 {
         let event = nodes[0].1.invalidate(&key).await?;
         let returned = tokio::time::Instant::now();
         for receiver in &mut receivers {
             let at = applied_at(receiver, &event).await?;
-            micros.push(at.saturating_duration_since(returned).as_secs_f64() * 1e6);
+            delays.record(at.saturating_duration_since(returned));
         }
         // Latency, not queueing.
         tokio::task::yield_now().await;
     }
-    micros.sort_by(f64::total_cmp);
-    Ok(micros)
+    Ok(delays)
 }
 
 async fn applied_at(

@@ -12,7 +12,8 @@ use anyhow::{Context, bail};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
-use super::{Figure, median, propagation};
+use super::{Figure, propagation};
+use crate::latency::Latencies;
 
 /// One RESP connection.
 struct Conn(BufReader<TcpStream>);
@@ -117,7 +118,7 @@ async fn run(quick: bool, cohort_hit: &Figure, cohort_p50: &Figure) -> anyhow::R
     let mut subscriber = Conn::open(server.addr()).await?;
     subscriber.call(&[b"SUBSCRIBE", b"bench"]).await?;
     let messages = if quick { 2_000 } else { 20_000 };
-    let mut micros = Vec::with_capacity(messages);
+    let mut relayed = Latencies::default();
     for i in 0..messages {
         let payload = format!("invalidate {i}");
         let sent = Instant::now();
@@ -131,27 +132,25 @@ async fn run(quick: bool, cohort_hit: &Figure, cohort_p50: &Figure) -> anyhow::R
             matches!(message.last(), Some(Reply::Bulk(Some(p))) if p == payload.as_bytes()),
             "the subscriber got another message"
         );
-        micros.push((received - sent).as_secs_f64() * 1e6);
+        relayed.record(received - sent);
         conn.reply().await?;
     }
-    let p50 = median(&mut micros);
-    let p99 = micros[micros.len() * 99 / 100];
-    let relay = Figure::plain("redis_pubsub_p50", p50, "us");
+    let relay = Figure::micros("redis_pubsub_p50", relayed.quantile(0.5));
 
     let nodes = propagation::cluster_on_redis(2, &server.url()).await?;
     let bus = propagation::latencies(&nodes, messages).await?;
     for (node, _) in &nodes {
         node.shutdown().await;
     }
-    let bus_p50 = Figure::plain("propagation_redis_bus_p50", median(&mut bus.clone()), "us")
-        .against(cohort_p50);
-    let bus_p99 = Figure::plain("propagation_redis_bus_p99", bus[bus.len() * 99 / 100], "us");
+    let bus_p50 =
+        Figure::micros("propagation_redis_bus_p50", bus.quantile(0.5)).against(cohort_p50);
+    let bus_p99 = Figure::micros("propagation_redis_bus_p99", bus.quantile(0.99));
     Ok(vec![
         bus_p50,
         bus_p99,
         get,
         relay.clone(),
-        Figure::plain("redis_pubsub_p99", p99, "us"),
+        Figure::micros("redis_pubsub_p99", relayed.quantile(0.99)),
         cohort_p50
             .clone()
             .renamed("propagation_2_nodes_p50_vs_redis")

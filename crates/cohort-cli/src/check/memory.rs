@@ -14,6 +14,8 @@
 use std::fmt;
 use std::time::Duration;
 
+use crate::serve;
+
 /// Samples kept of one process life. When full, every other one is dropped and samples are kept
 /// half as often from then on, so the kept ones stay evenly spread over the whole life and a run
 /// of any length costs the same.
@@ -29,6 +31,21 @@ pub(crate) const GROWTH_FLOOR: f64 = (256 << 10) as f64;
 /// Growth beyond the bounded buffers allowed for the allocator's own keeping (fragmentation,
 /// per-thread arenas).
 pub(crate) const ALLOCATOR_SLACK: u64 = 8 << 20;
+
+/// SQLite's page cache on each database connection (its default `cache_size`, 2,000 KiB).
+const SQLITE_PAGE_CACHE: u64 = 2_000 << 10;
+
+/// What a node's users may take in its cache, each, at most (a small row, a key, bookkeeping).
+const CACHED_USER: u64 = 1 << 10;
+
+/// What a node's bounded buffers may take in all, for judging whether its memory still grows:
+/// its replay buffer, SQLite's page cache on each of its database connections (counted on
+/// Postgres too), and the users the clients read, in its cache.
+pub(crate) fn bounded_buffers(keys: u64) -> u64 {
+    cohort::DEFAULT_REPLAY_BUFFER as u64
+        + u64::from(serve::DB_CONNECTIONS) * SQLITE_PAGE_CACHE
+        + keys * CACHED_USER
+}
 
 /// One node's samples over its last process's life (one a second, thinned as it goes on).
 #[derive(Debug)]

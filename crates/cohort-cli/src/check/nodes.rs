@@ -4,13 +4,19 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-
-use crate::serve::Consistency;
+use parking_lot::Mutex;
+use rustix::process::{Pid, Signal, kill_process};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, ChildStdout, Command};
+
+use crate::serve::Consistency;
+
+/// The running nodes, by index; `None` while one is killed.
+pub(crate) type Cluster = Arc<Mutex<Vec<Option<Node>>>>;
 
 /// How to start every node.
 #[derive(Clone, Debug)]
@@ -109,8 +115,8 @@ impl Node {
     /// error.
     pub(crate) async fn stop(mut self) -> anyhow::Result<()> {
         let pid = self.pid().context("the process has exited")?;
-        signal(pid, "-CONT").await?;
-        signal(pid, "-TERM").await?;
+        signal(pid, Signal::CONT)?;
+        signal(pid, Signal::TERM)?;
         let status = tokio::time::timeout(Duration::from_secs(10), self.child.wait())
             .await
             .with_context(|| format!("{} did not exit within 10 s of SIGTERM", self.name))??;
@@ -128,13 +134,11 @@ impl Node {
     }
 }
 
-/// Sends `signal` (`-STOP`, `-CONT`, `-TERM`) to process `pid`.
-pub(crate) async fn signal(pid: u32, signal: &str) -> anyhow::Result<()> {
-    let status = Command::new("kill")
-        .args([signal, &pid.to_string()])
-        .status()
-        .await
-        .context("cannot run kill")?;
-    anyhow::ensure!(status.success(), "kill {signal} {pid} failed");
-    Ok(())
+/// Sends `signal` to process `pid`.
+pub(crate) fn signal(pid: u32, signal: Signal) -> anyhow::Result<()> {
+    let target = i32::try_from(pid)
+        .ok()
+        .and_then(Pid::from_raw)
+        .with_context(|| format!("{pid} is not a process id"))?;
+    kill_process(target, signal).with_context(|| format!("cannot send {signal:?} to {pid}"))
 }

@@ -2,8 +2,10 @@
 //!
 //! Each node advertises the proxy's address for it instead of its own, so every link to node `j`
 //! arrives at proxy port `j`, which forwards to wherever `j` listens now (it moves when `j` is
-//! restarted). The nodes' links are keyed: after the preambles, the dialer sends its name in the
-//! clear, then every handshake and transport message travels as a `u16` length and its bytes.
+//! restarted). The nodes' links are keyed: after the preambles (the library's
+//! [`PREAMBLE_LEN`] bytes each way), the dialer sends its name in the clear, then every handshake
+//! and transport message travels as a big-endian `u16` length and its bytes (as cohort's
+//! `transport::secure` frames them; that framing is not public).
 //! The proxy knows which node dialed from that name and then forwards whole messages, so it can
 //! cut, drop or delay them per pair of nodes: a cut link swallows every message (the stream stays
 //! open and stuck, as across a real partition), a slow one holds each message back for a while,
@@ -17,6 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use cohort::link::PREAMBLE_LEN;
 use parking_lot::Mutex;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -25,9 +28,6 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-
-/// Bytes before anything else on each side of a link: `COHO`, a version, the key mode.
-const PREAMBLE: usize = 7;
 
 /// What the proxy does to links now.
 #[derive(Debug, Default)]
@@ -137,8 +137,8 @@ impl Proxy {
         let acceptor = TcpStream::connect(target).await?;
         let (mut from_dialer, mut to_dialer) = dialer.into_split();
         let (mut from_acceptor, mut to_acceptor) = acceptor.into_split();
-        let mut dialer_preamble = [0; PREAMBLE];
-        let mut acceptor_preamble = [0; PREAMBLE];
+        let mut dialer_preamble = [0; PREAMBLE_LEN];
+        let mut acceptor_preamble = [0; PREAMBLE_LEN];
         tokio::try_join!(
             from_dialer.read_exact(&mut dialer_preamble),
             from_acceptor.read_exact(&mut acceptor_preamble),

@@ -24,7 +24,7 @@ pub(crate) const PROTOCOL_VERSION: u16 = 3;
 const MAGIC: [u8; 4] = *b"COHO";
 
 /// Length of the preamble each side sends first.
-pub(crate) const PREAMBLE_LEN: usize = 7;
+pub const PREAMBLE_LEN: usize = 7;
 
 /// The preamble this build sends, for a node with cluster keys (`keyed`) or without.
 pub(crate) fn preamble(keyed: bool) -> [u8; PREAMBLE_LEN] {

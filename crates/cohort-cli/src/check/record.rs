@@ -1,0 +1,244 @@
+//! Recording a check's history: operations counted, written to the history file and handed to
+//! the judge as they complete, then forgotten.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use serde_json::json;
+
+use cohort_testkit::history::{Judge, Late, Read, Update};
+
+/// How long after an operation completes the judge waits for those that completed before it:
+/// clients record an answer under one lock right after it comes, so this only covers a thread
+/// descheduled in between.
+pub(crate) const JUDGE_WINDOW: Duration = Duration::from_secs(1);
+
+/// How long after it started a read may reach the judge and still be judged: far beyond
+/// [`REQUEST_TIMEOUT`](super::clients::REQUEST_TIMEOUT). Lags longer than this are reported as lower bounds.
+pub(crate) const JUDGE_HORIZON: Duration = Duration::from_secs(30);
+
+/// The late reads the report shows, the longest lags beyond the bound.
+const WORST: usize = 5;
+
+/// Who performed an operation.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Actor {
+    /// A client, through node `n{node}`.
+    Client { client: u16, node: usize },
+    /// Plain SQL, through no node.
+    Sql,
+}
+
+/// One recorded operation.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Op {
+    pub(crate) actor: Actor,
+    pub(crate) key: u64,
+    /// The version read, or written.
+    pub(crate) version: u64,
+    /// For reads: whether the node's cache answered.
+    pub(crate) from_cache: Option<bool>,
+    pub(crate) started: Instant,
+    pub(crate) ended: Instant,
+}
+
+/// Who made an update, or performed a read, as the judge hands them back to the report.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum By {
+    /// A client's PUT through node `n{node}`.
+    Put { node: usize },
+    /// Plain SQL, through no node.
+    Sql,
+    /// A read on node `n{node}`; as an update, the first read that returned the version.
+    Read { node: usize, cache: bool },
+}
+
+/// What a run recorded: operations are counted, written to the history file and handed to the
+/// judge as they complete, then forgotten.
+pub(crate) struct Recorded {
+    pub(crate) judge: Judge<By>,
+    /// What an update through a node promises: the bound (bounded mode) or at once (strong).
+    pub(crate) bound: Duration,
+    /// What a plain-SQL update, which no node hears of before it commits, and a version a read
+    /// returned promise.
+    max_staleness: Duration,
+    pub(crate) counts: Counts,
+    /// Faults injected, by kind.
+    pub(crate) faults: BTreeMap<&'static str, u64>,
+    /// The late reads with the longest lags beyond the bound, longest first.
+    pub(crate) worst: Vec<Late<By>>,
+    history: Option<HistoryFile>,
+}
+
+/// Operations by kind.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Counts {
+    pub(crate) reads: u64,
+    /// Reads the node's cache answered.
+    pub(crate) from_cache: u64,
+    pub(crate) updates: u64,
+    /// Updates by plain SQL, through no node.
+    pub(crate) by_sql: u64,
+    /// Requests that failed or timed out.
+    pub(crate) failed: u64,
+}
+
+impl Recorded {
+    /// Records a run whose updates through a node promise `bound`, other versions
+    /// `max_staleness`; writes the history to `history` if any.
+    pub(crate) fn new(
+        bound: Duration,
+        max_staleness: Duration,
+        history: Option<HistoryFile>,
+    ) -> Self {
+        Self {
+            judge: Judge::new(JUDGE_WINDOW, JUDGE_HORIZON),
+            bound,
+            max_staleness,
+            counts: Counts::default(),
+            faults: BTreeMap::new(),
+            worst: Vec::new(),
+            history,
+        }
+    }
+
+    /// A read that returned: the read, and the version it returned, known to have committed.
+    pub(crate) fn read(&mut self, op: Op) {
+        // Only clients read.
+        let Actor::Client { node, .. } = op.actor else {
+            return;
+        };
+        let cache = op.from_cache == Some(true);
+        self.counts.reads += 1;
+        self.counts.from_cache += u64::from(cache);
+        if let Some(history) = &mut self.history {
+            history.write("read", &op);
+        }
+        let by = By::Read { node, cache };
+        self.judge.handle_update(Update {
+            key: op.key,
+            version: op.version,
+            returned: op.ended,
+            promise: self.max_staleness,
+            by,
+        });
+        self.judge.handle_read(Read {
+            key: op.key,
+            version: op.version,
+            started: op.started,
+            ended: op.ended,
+            by,
+        });
+    }
+
+    /// An update that returned.
+    pub(crate) fn update(&mut self, op: Op) {
+        self.counts.updates += 1;
+        if let Some(history) = &mut self.history {
+            history.write("update", &op);
+        }
+        let (promise, by) = match op.actor {
+            Actor::Client { node, .. } => (self.bound, By::Put { node }),
+            Actor::Sql => {
+                self.counts.by_sql += 1;
+                (self.max_staleness, By::Sql)
+            }
+        };
+        self.judge.handle_update(Update {
+            key: op.key,
+            version: op.version,
+            returned: op.ended,
+            promise,
+            by,
+        });
+    }
+
+    /// Judges the reads whose window has passed.
+    pub(crate) fn tick(&mut self, now: Instant) {
+        self.judge.handle_timeout(now);
+        self.collect_late();
+    }
+
+    /// The workload is over: judges every read left, closes the history file.
+    pub(crate) fn finish(&mut self, problems: &mut Vec<String>) {
+        self.judge.finish();
+        self.collect_late();
+        if let Some(problem) = self.history.as_mut().and_then(HistoryFile::finish) {
+            problems.push(problem);
+        }
+    }
+
+    fn collect_late(&mut self) {
+        while let Some(late) = self.judge.poll_late() {
+            if !late.beyond {
+                continue;
+            }
+            let at = self.worst.partition_point(|w| w.lag >= late.lag);
+            if at < WORST {
+                self.worst.insert(at, late);
+                self.worst.truncate(WORST);
+            }
+        }
+    }
+}
+
+/// The history file, one JSON line per operation, written as operations complete.
+pub(crate) struct HistoryFile {
+    path: PathBuf,
+    file: BufWriter<File>,
+    /// Times are written from here.
+    origin: Instant,
+    /// The first write that failed; nothing is written after it.
+    error: Option<std::io::Error>,
+}
+
+impl HistoryFile {
+    /// Creates `history.jsonl` in `dir`, creating `dir` if missing.
+    pub(crate) fn create(dir: &Path, origin: Instant) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let path = dir.join("history.jsonl");
+        let file =
+            File::create(&path).with_context(|| format!("cannot write {}", path.display()))?;
+        Ok(Self {
+            path,
+            file: BufWriter::new(file),
+            origin,
+            error: None,
+        })
+    }
+
+    fn write(&mut self, kind: &str, op: &Op) {
+        if self.error.is_some() {
+            return;
+        }
+        let us = |at: Instant| at.saturating_duration_since(self.origin).as_micros() as u64;
+        let (client, node) = match op.actor {
+            Actor::Client { client, node } => (Some(client), Some(format!("n{node}"))),
+            Actor::Sql => (None, None),
+        };
+        let line = json!({
+            "kind": kind,
+            "client": client,
+            "node": node,
+            "key": op.key,
+            "version": op.version,
+            "source": op.from_cache.map(|c| if c { "cache" } else { "db" }),
+            "start_us": us(op.started),
+            "end_us": us(op.ended),
+        });
+        if let Err(e) = writeln!(self.file, "{line}") {
+            self.error = Some(e);
+        }
+    }
+
+    /// Flushes the file; a problem for the report if any write failed.
+    fn finish(&mut self) -> Option<String> {
+        let flushed = self.file.flush();
+        let error = self.error.take().or(flushed.err())?;
+        Some(format!("cannot write {}: {error}", self.path.display()))
+    }
+}
