@@ -103,5 +103,6 @@ pub mod fuzzing;
 /// `cohort check`); not part of the stable API.
 #[doc(hidden)]
 pub mod link {
+    pub use crate::transport::{MESSAGE_HEADER, message_header, message_len};
     pub use crate::wire::PREAMBLE_LEN;
 }

@@ -4,9 +4,8 @@
 //! arrives at proxy port `j`, which forwards to wherever `j` listens now (it moves when `j` is
 //! restarted). The nodes' links are keyed: after the preambles (the library's
 //! [`PREAMBLE_LEN`] bytes each way), the dialer sends its name in the clear, then every handshake
-//! and transport message travels as a big-endian `u16` length and its bytes (as cohort's
-//! `transport::secure` frames them; that framing is not public).
-//! The proxy knows which node dialed from that name and then forwards whole messages, so it can
+//! and transport message travels after a [`MESSAGE_HEADER`] that gives its length (read and
+//! written with the library's own `message_len` and `message_header`). The proxy knows which node dialed from that name and then forwards whole messages, so it can
 //! cut, drop or delay them per pair of nodes: a cut link swallows every message (the stream stays
 //! open and stuck, as across a real partition), a slow one holds each message back for a while,
 //! in order, and a lossy one drops a share of the transport messages. A dropped message makes the
@@ -19,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use cohort::link::PREAMBLE_LEN;
+use cohort::link::{MESSAGE_HEADER, PREAMBLE_LEN, message_header, message_len};
 use parking_lot::Mutex;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -203,15 +202,16 @@ impl Proxy {
 }
 
 async fn read_message(src: &mut OwnedReadHalf) -> anyhow::Result<Vec<u8>> {
-    let len = usize::from(src.read_u16().await?);
-    let mut body = vec![0; len];
+    let mut header = [0; MESSAGE_HEADER];
+    src.read_exact(&mut header).await?;
+    let mut body = vec![0; message_len(header)];
     src.read_exact(&mut body).await?;
     Ok(body)
 }
 
 async fn write_message(dst: &mut OwnedWriteHalf, body: &[u8]) -> anyhow::Result<()> {
-    let len = u16::try_from(body.len())?;
-    dst.write_all(&len.to_be_bytes()).await?;
+    let header = message_header(body.len()).context("a message too long for its header")?;
+    dst.write_all(&header).await?;
     dst.write_all(body).await?;
     Ok(())
 }

@@ -31,6 +31,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::{Notify, broadcast, mpsc, oneshot, watch};
 use tokio::time::Instant;
@@ -45,12 +46,12 @@ use crate::id::{EventId, NodeId};
 use crate::lease::Lease;
 use crate::membership::Member;
 use crate::metrics::{CacheStats, ClusterCounters, ClusterStats};
-use crate::transport::{Keyring, LinkError, Listener, Network};
-use crate::wire::{Change, Event};
+use crate::transport::{ClusterKey, Keyring, LinkError, Listener, Network};
+use crate::wire::{Change, Event, Frame};
 use link_queue::QueueTx;
 #[cfg(fuzzing)]
 pub(crate) use state::play_link;
-use state::{Inbound, LinkId, NodeState, Output, Peer};
+use state::{Inbound, LinkId, NodeState, Output, Peer, To, Transmit};
 
 /// Settings the shell and its drivers read.
 #[derive(Clone, Debug)]
@@ -260,20 +261,22 @@ impl Node {
     /// in order.
     fn carry_out(&self, core: &mut Core) {
         loop {
-            while let Some(transmit) = core.state.poll_transmit() {
-                let Some(queue) = core.queues.get(&transmit.link) else {
-                    continue;
-                };
-                let Err(error) = queue.try_send(transmit.frame) else {
-                    continue;
-                };
-                if let mpsc::error::TrySendError::Full(_) = error {
-                    // The peer catches up from the ring when it reconnects.
-                    self.counters.links_overflowed.incr();
-                    tracing::warn!(node = %self.id, "a peer link overflowed; closing it");
+            while let Some(Transmit { to, frame }) = core.state.poll_transmit() {
+                match to {
+                    To::Link(link) => self.queue(core, link, frame),
+                    To::Every => {
+                        // Links fail rarely: remembered, then closed once the map is free.
+                        let mut failed = Vec::new();
+                        for (&link, queue) in &core.queues {
+                            if let Err(error) = queue.try_send(frame.clone()) {
+                                failed.push((link, error));
+                            }
+                        }
+                        for (link, error) in failed {
+                            self.close_failed(core, link, &error);
+                        }
+                    }
                 }
-                core.queues.remove(&transmit.link);
-                core.state.close_link(transmit.link);
             }
             let Some(output) = core.state.poll_output() else {
                 if core.state.poll_timeout() < core.armed.or(Some(Millis::MAX)) {
@@ -284,11 +287,7 @@ impl Node {
             match output {
                 Output::Notify(event) => self.notify(event),
                 Output::Flush => self.flush_caches(|sink| sink.is_peer_only() || sink.is_strong()),
-                Output::Dial(addr) => {
-                    if let Some(node) = self.me.upgrade() {
-                        driver::spawn_dialer(&node, addr);
-                    }
-                }
+                Output::Dial(addr) => self.dial(addr),
                 Output::CloseLink(link) => {
                     core.queues.remove(&link);
                 }
@@ -303,6 +302,41 @@ impl Node {
                 }
             }
         }
+    }
+
+    /// Starts a dialer for `addr`. Kept out of line: the dialer's future is large, and inlined it
+    /// would give every input's path (each publish, each event) a stack frame of kilobytes.
+    #[inline(never)]
+    fn dial(&self, addr: SocketAddr) {
+        if let Some(node) = self.me.upgrade() {
+            driver::spawn_dialer(&node, addr);
+        }
+    }
+
+    /// Queues `frame` on `link`; a link that overflowed or whose writer is gone is closed.
+    fn queue(&self, core: &mut Core, link: LinkId, frame: Bytes) {
+        let Some(queue) = core.queues.get(&link) else {
+            return;
+        };
+        if let Err(error) = queue.try_send(frame) {
+            self.close_failed(core, link, &error);
+        }
+    }
+
+    /// Closes a link whose queue refused a frame: it overflowed, or its writer is gone.
+    fn close_failed(
+        &self,
+        core: &mut Core,
+        link: LinkId,
+        error: &mpsc::error::TrySendError<Bytes>,
+    ) {
+        if let mpsc::error::TrySendError::Full(_) = error {
+            // The peer catches up from the ring when it reconnects.
+            self.counters.links_overflowed.incr();
+            tracing::warn!(node = %self.id, "a peer link overflowed; closing it");
+        }
+        core.queues.remove(&link);
+        core.state.close_link(link);
     }
 
     // ---- For the handle and the caches.
@@ -391,7 +425,7 @@ impl Node {
     /// Replaces the cluster keys and closes every outgoing link: each dialer opens a new one
     /// with the new keys, and the peer says where its stream resumes. `false` if the node was
     /// started without keys.
-    pub(crate) fn rekey(&self, keys: Vec<crate::transport::ClusterKey>) -> bool {
+    pub(crate) fn rekey(&self, keys: Vec<ClusterKey>) -> bool {
         let Some(keyring) = &self.config.keyring else {
             return false;
         };
@@ -505,9 +539,12 @@ impl Node {
     }
 
     /// Handles a frame from an inbound link, and applies it if it is an event to apply.
-    fn receive(&self, from: &Peer, frame: &crate::wire::Frame<'_>) -> Result<Inbound, LinkError> {
-        let inbound = self.with_time(|state, now| state.handle_frame(from, frame, now))?;
-        if let (Inbound::Apply, crate::wire::Frame::Event(event)) = (&inbound, frame) {
+    fn receive(&self, from: &Peer, frame: &Frame<'_>) -> Result<Inbound, LinkError> {
+        let Frame::Event(event) = frame else {
+            return Ok(self.with_time(|state, now| state.handle_frame(from, frame, now))?);
+        };
+        let inbound = self.with_state(|state| state.handle_event(from, event))?;
+        if inbound == Inbound::Apply {
             self.apply(from, event);
         }
         Ok(inbound)

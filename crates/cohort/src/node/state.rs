@@ -65,11 +65,21 @@ impl LinkStart {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) struct LinkId(u64);
 
-/// A frame to queue on an outgoing link.
+/// A frame to queue on outgoing links.
 #[derive(Debug)]
 pub(crate) struct Transmit {
-    pub(crate) link: LinkId,
+    pub(crate) to: To,
     pub(crate) frame: Bytes,
+}
+
+/// Which outgoing links a frame is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum To {
+    /// One link.
+    Link(LinkId),
+    /// Every link open now: an event, or news for every peer. (One transmit, not one per link:
+    /// this is the path of every change.)
+    Every,
 }
 
 /// The other end of an inbound link, as its hello introduced it.
@@ -339,9 +349,9 @@ impl NodeState {
 
     /// Queues a frame that is not an event (it takes no sequence number) on every link.
     fn broadcast(&mut self, frame: &Bytes) {
-        for link in &self.links {
+        if !self.links.is_empty() {
             self.transmits.push_back(Transmit {
-                link: link.id,
+                to: To::Every,
                 frame: frame.clone(),
             });
         }
@@ -351,7 +361,7 @@ impl NodeState {
     fn send_to(&mut self, to: SocketAddr, frame: &Bytes) {
         for link in self.links.iter().filter(|l| l.addr == to) {
             self.transmits.push_back(Transmit {
-                link: link.id,
+                to: To::Link(link.id),
                 frame: frame.clone(),
             });
         }
@@ -526,17 +536,7 @@ impl NodeState {
         now: Millis,
     ) -> Result<Inbound, WireError> {
         match frame {
-            Frame::Event(event) => {
-                if event.node != from.node.as_str() || event.incarnation != from.incarnation {
-                    return Err(WireError::Unexpected("an event from another origin"));
-                }
-                let delivery = self.tracker.event(&from.node, event.incarnation, event.seq);
-                return Ok(if self.judge(&from.node, delivery) {
-                    Inbound::Apply
-                } else {
-                    Inbound::Done
-                });
-            }
+            Frame::Event(event) => return self.handle_event(from, event),
             Frame::Peers(members) => self.hear_of(members, now),
             Frame::Ping { nonce } => {
                 self.contact(&from.node, now);
@@ -568,6 +568,24 @@ impl NodeState {
             Frame::Hello(_) => return Err(WireError::Unexpected("a second hello")),
         }
         Ok(Inbound::Done)
+    }
+
+    /// An event arrived on the inbound link from `from`: [`handle_frame`](Self::handle_frame)
+    /// for the frame that needs no time, the one on every change's path.
+    pub(crate) fn handle_event(
+        &mut self,
+        from: &Peer,
+        event: &Event<'_>,
+    ) -> Result<Inbound, WireError> {
+        if event.node != from.node.as_str() || event.incarnation != from.incarnation {
+            return Err(WireError::Unexpected("an event from another origin"));
+        }
+        let delivery = self.tracker.event(&from.node, event.incarnation, event.seq);
+        Ok(if self.judge(&from.node, delivery) {
+            Inbound::Apply
+        } else {
+            Inbound::Done
+        })
     }
 
     /// This node applied intent `seq` from `from`: acknowledged on this node's own link to it.
@@ -901,7 +919,7 @@ impl NodeState {
             if let Some(peer) = &link.peer {
                 let nonce = self.confirmations.ping(peer, now);
                 self.transmits.push_back(Transmit {
-                    link: link.id,
+                    to: To::Link(link.id),
                     frame: Frame::Ping { nonce }.encode(),
                 });
             }
@@ -1187,12 +1205,20 @@ mod tests {
 
         fn drain(&mut self, index: usize) -> bool {
             let mut moved = false;
-            while let Some(Transmit { link, frame }) = self.nodes[index].poll_transmit() {
+            while let Some(Transmit { to, frame }) = self.nodes[index].poll_transmit() {
                 moved = true;
-                if let Some((to, peer)) = self.links.get(&(index, link)).cloned()
-                    && !self.is_cut(index, to)
-                {
-                    self.in_flight.push_back((to, peer, frame));
+                let links: Vec<(usize, Peer)> = self
+                    .links
+                    .iter()
+                    .filter(|((from, link), _)| {
+                        *from == index && (to == To::Every || to == To::Link(*link))
+                    })
+                    .map(|(_, reached)| reached.clone())
+                    .collect();
+                for (reached, peer) in links {
+                    if !self.is_cut(index, reached) {
+                        self.in_flight.push_back((reached, peer, frame.clone()));
+                    }
                 }
             }
             while let Some(output) = self.nodes[index].poll_output() {
@@ -1294,7 +1320,7 @@ mod tests {
 
         let mut sent = Vec::new();
         while let Some(transmit) = a.poll_transmit() {
-            assert_eq!(transmit.link, link);
+            assert!(transmit.to == To::Every || transmit.to == To::Link(link));
             match wire::decode(&transmit.frame).unwrap() {
                 Frame::Event(event) => sent.push(format!("event {}", event.seq)),
                 Frame::Pong {

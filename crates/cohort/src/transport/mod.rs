@@ -30,6 +30,7 @@ pub(crate) use backoff::Backoff;
 pub use redis_bus::RedisBus;
 pub(crate) use secure::Keyring;
 pub use secure::{ClusterKey, KeyError};
+pub use secure::{MESSAGE_HEADER, message_header, message_len};
 
 use crate::wire::{self, PREAMBLE_LEN, WireError};
 

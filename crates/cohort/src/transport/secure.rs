@@ -18,8 +18,8 @@
 //! Diffie-Hellman. Rotating a key is then a rolling change that breaks nothing: add the new key
 //! everywhere, make it primary everywhere, remove the old one.
 //!
-//! On the wire, every handshake and transport message travels as a big-endian `u16` length and
-//! that many bytes. Transport messages carry up to 64 KiB of the link's byte stream each: a flush
+//! On the wire, every handshake and transport message travels after a header of
+//! [`MESSAGE_HEADER`] bytes: its length, big-endian. Transport messages carry up to 64 KiB of the link's byte stream each: a flush
 //! of many frames is encrypted as few messages.
 
 use std::fmt;
@@ -338,9 +338,23 @@ fn responder(prologue: &[u8], key: &ClusterKey) -> Result<HandshakeState, LinkEr
         .map_err(noise)
 }
 
+/// Bytes before every handshake and transport message: its length, big-endian.
+pub const MESSAGE_HEADER: usize = 2;
+
+/// The length a message header announces.
+pub fn message_len(header: [u8; MESSAGE_HEADER]) -> usize {
+    usize::from(u16::from_be_bytes(header))
+}
+
+/// The header announcing a message of `len` bytes; `None` past what a header can say.
+pub fn message_header(len: usize) -> Option<[u8; MESSAGE_HEADER]> {
+    u16::try_from(len).ok().map(u16::to_be_bytes)
+}
+
 fn put_message(out: &mut Vec<u8>, message: &[u8]) {
     // Callers pass names of at most 128 bytes and handshake messages of at most 1 KiB.
-    out.extend_from_slice(&(message.len() as u16).to_be_bytes());
+    let header = message_header(message.len()).unwrap_or([u8::MAX; MESSAGE_HEADER]);
+    out.extend_from_slice(&header);
     out.extend_from_slice(message);
 }
 
@@ -350,9 +364,9 @@ async fn read_message(
     max: usize,
     timeout: Duration,
 ) -> Result<Vec<u8>, LinkError> {
-    let mut len = [0; 2];
-    with_timeout(timeout, stream.read_exact(&mut len)).await?;
-    let len = usize::from(u16::from_be_bytes(len));
+    let mut header = [0; MESSAGE_HEADER];
+    with_timeout(timeout, stream.read_exact(&mut header)).await?;
+    let len = message_len(header);
     if len > max {
         return Err(LinkError::Auth(format!(
             "a handshake message of {len} bytes (at most {max})"
@@ -404,12 +418,13 @@ impl NoiseStream {
             return Ok(());
         }
         let len = self.unsent.len() + TAG;
+        // `unsent` never grows past MAX_PLAINTEXT, so a header can say `len`.
+        let header = message_header(len).ok_or_else(|| io::Error::other("a message too long"))?;
         let start = self.sealed.len();
-        self.sealed.resize(start + 2 + len, 0);
-        // `unsent` never grows past MAX_PLAINTEXT, so `len` fits a u16.
-        self.sealed[start..start + 2].copy_from_slice(&(len as u16).to_be_bytes());
+        self.sealed.resize(start + MESSAGE_HEADER + len, 0);
+        self.sealed[start..start + MESSAGE_HEADER].copy_from_slice(&header);
         self.session
-            .write_message(&self.unsent, &mut self.sealed[start + 2..])
+            .write_message(&self.unsent, &mut self.sealed[start + MESSAGE_HEADER..])
             .map_err(io::Error::other)?;
         self.unsent.clear();
         Ok(())
@@ -429,19 +444,19 @@ impl NoiseStream {
 
     /// Decrypts the next whole message received, if there is one.
     fn open(&mut self) -> io::Result<bool> {
-        if self.received.len() < 2 {
+        let Some(&header) = self.received.first_chunk::<MESSAGE_HEADER>() else {
+            return Ok(false);
+        };
+        let len = message_len(header);
+        if self.received.len() < MESSAGE_HEADER + len {
             return Ok(false);
         }
-        let len = usize::from(u16::from_be_bytes([self.received[0], self.received[1]]));
-        if self.received.len() < 2 + len {
-            return Ok(false);
-        }
-        let message = self.received.split_to(2 + len);
+        let message = self.received.split_to(MESSAGE_HEADER + len);
         let start = self.plaintext.len();
         self.plaintext.resize(start + len, 0);
         let plain = self
             .session
-            .read_message(&message[2..], &mut self.plaintext[start..])
+            .read_message(&message[MESSAGE_HEADER..], &mut self.plaintext[start..])
             .map_err(|_| {
                 io::Error::new(
                     io::ErrorKind::InvalidData,
