@@ -211,6 +211,17 @@ async fn foreign_messages_on_a_node_channel_are_ignored() {
     assert_eq!(nodes[0].stats().gaps, 0);
 }
 
+/// The addresses in the bus's registry.
+async fn registered(connection: &mut redis::aio::MultiplexedConnection) -> Vec<String> {
+    redis::cmd("ZRANGE")
+        .arg("cohort:registry")
+        .arg(0)
+        .arg(-1)
+        .query_async(connection)
+        .await
+        .unwrap()
+}
+
 /// A node that died stays in the bus's registry only until its registration lapses: a node
 /// starting later neither dials it nor counts it, and the stale entry is deleted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -236,13 +247,7 @@ async fn a_lapsed_registration_is_not_resolved() {
         assert_eq!(members.len(), 1, "{members:?}");
         assert!(members[0].node.is_some(), "{members:?}");
     }
-    let registered: Vec<String> = redis::cmd("ZRANGE")
-        .arg("cohort:registry")
-        .arg(0)
-        .arg(-1)
-        .query_async(&mut connection)
-        .await
-        .unwrap();
+    let registered = registered(&mut connection).await;
     assert_eq!(registered.len(), 2, "{registered:?}");
     assert!(!registered.contains(&"127.0.0.1:9".to_owned()));
 }
@@ -259,13 +264,7 @@ async fn a_node_that_shuts_down_leaves_the_bus_and_its_registry() {
     let mut events = nodes[0].subscribe();
     let leaving = nodes[1].local_addr().to_string();
     nodes[1].shutdown().await;
-    let registered: Vec<String> = redis::cmd("ZRANGE")
-        .arg("cohort:registry")
-        .arg(0)
-        .arg(-1)
-        .query_async(&mut connection)
-        .await
-        .unwrap();
+    let registered = registered(&mut connection).await;
     assert_eq!(
         registered,
         [nodes[0].local_addr().to_string()],
