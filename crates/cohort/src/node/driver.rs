@@ -5,8 +5,11 @@
 //! Every `select!` is biased (shutdown first), as are the change-log tailer's: tokio picks among
 //! ready branches at random otherwise, and a simulation would not replay exactly from its seed.
 
+use std::future::poll_fn;
 use std::net::SocketAddr;
+use std::pin::pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -14,6 +17,7 @@ use futures_util::SinkExt;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use tokio::sync::Semaphore;
+use tokio::time::MissedTickBehavior;
 
 use super::Node;
 use super::link_queue::QueueRx;
@@ -98,16 +102,28 @@ async fn serve_inbound(node: &Arc<Node>, stream: BoxConnection) -> Result<(), Li
     drop(body);
     transport::accept_frames(&mut reader, node.config.max_frame_bytes);
 
-    let idle = silence_limit(node);
+    // A timer per frame would cost more than the frame; a silence is counted in quarter-limit
+    // ticks instead, so a link is given up on after at least the limit and at most 5/4 of it.
+    let tick = silence_limit(node) / 4;
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + tick, tick);
+    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut silent_ticks = 0;
     loop {
-        let Some(body) = tokio::time::timeout(idle, transport::next_frame(&mut reader))
-            .await
-            .map_err(|_| LinkError::Idle)??
-        else {
-            break;
-        };
-        if node.receive(&peer, &wire::decode(&body)?)? == Inbound::Closed {
-            break;
+        tokio::select! {
+            biased;
+            body = transport::next_frame(&mut reader) => {
+                let Some(body) = body? else { break };
+                silent_ticks = 0;
+                if node.receive(&peer, &wire::decode(&body)?)? == Inbound::Closed {
+                    break;
+                }
+            }
+            _ = ticks.tick() => {
+                silent_ticks += 1;
+                if silent_ticks > 4 {
+                    return Err(LinkError::Idle);
+                }
+            }
         }
     }
     Ok(())
@@ -346,7 +362,7 @@ async fn pump(
     writer: &mut FrameWriter,
     replay: Vec<Bytes>,
     mut queue: QueueRx,
-    stall: std::time::Duration,
+    stall: Duration,
 ) -> Result<(), LinkError> {
     if !replay.is_empty() {
         let write = async {
@@ -355,9 +371,7 @@ async fn pump(
             }
             SinkExt::<Bytes>::flush(writer).await
         };
-        tokio::time::timeout(stall, write)
-            .await
-            .map_err(|_| LinkError::Timeout)??;
+        within(stall, write).await??;
     }
     loop {
         tokio::select! {
@@ -371,7 +385,7 @@ async fn pump(
                     }
                     SinkExt::<Bytes>::flush(writer).await
                 };
-                tokio::time::timeout(stall, write).await.map_err(|_| LinkError::Timeout)??;
+                within(stall, write).await??;
             }
             // The acceptor sends nothing after its hello: any input is a close or an error.
             read = transport::next_frame(reader) => {
@@ -382,6 +396,18 @@ async fn pump(
             }
         }
     }
+}
+
+/// Runs `write`, giving up after `stall`. Most writes complete when first polled (the socket
+/// has room): those need no timer, which would cost more than the write.
+async fn within<T>(stall: Duration, write: impl Future<Output = T>) -> Result<T, LinkError> {
+    let mut write = pin!(write);
+    if let Poll::Ready(done) = poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await {
+        return Ok(done);
+    }
+    tokio::time::timeout(stall, write)
+        .await
+        .map_err(|_| LinkError::Timeout)
 }
 
 #[cfg(test)]
@@ -466,6 +492,49 @@ mod tests {
                 "pong after 4",
                 "event 5"
             ]
+        );
+    }
+
+    /// An inbound link whose peer says nothing after its hello (a half-open connection, a
+    /// frozen peer) is closed once the silence passed the limit, and not long after.
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_inbound_link_is_closed_after_the_limit() {
+        let config = crate::config::Config::default();
+        let address = |port| SocketAddr::from(([127, 0, 0, 1], port));
+        let acceptor = Node::new(NodeId::from("a"), address(1), &config);
+        let dialer = Node::new(NodeId::from("b"), address(2), &config);
+        let (near, far) = tokio::io::duplex(MAX_FRAME);
+        let opened = tokio::time::Instant::now();
+        let served = tokio::spawn({
+            let acceptor = Arc::clone(&acceptor);
+            async move { serve_inbound(&acceptor, Box::new(near)).await }
+        });
+        let role = Role::Dialer {
+            me: "b",
+            attempt: 0,
+        };
+        let (mut reader, mut writer) =
+            transport::open(Box::new(far), role, None, MAX_FRAME, TIMEOUT)
+                .await
+                .unwrap();
+        let hello = dialer.with_state(|state| {
+            let (_, start) = state.open_link(address(1));
+            state.hello(start)
+        });
+        transport::send_frame(&mut writer, hello, TIMEOUT)
+            .await
+            .unwrap();
+        transport::handshake_frame(&mut reader, TIMEOUT)
+            .await
+            .unwrap();
+
+        let result = served.await.unwrap();
+        let silence = opened.elapsed();
+        assert!(matches!(result, Err(LinkError::Idle)), "{result:?}");
+        let limit = silence_limit(&acceptor);
+        assert!(
+            silence >= limit && silence <= limit * 5 / 4,
+            "closed after {silence:?}, the limit being {limit:?}"
         );
     }
 }
