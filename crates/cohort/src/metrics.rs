@@ -102,6 +102,9 @@ pub(crate) struct CacheCounters {
     pub(crate) logged_applied: Counter,
     pub(crate) logged_unparsable: Counter,
     pub(crate) flushes: Counter,
+    pub(crate) remote_hits: Counter,
+    pub(crate) owner_skipped: Counter,
+    pub(crate) served: Counter,
 }
 
 impl CacheCounters {
@@ -119,6 +122,9 @@ impl CacheCounters {
             logged_applied: self.logged_applied.get(),
             logged_unparsable: self.logged_unparsable.get(),
             flushes: self.flushes.get(),
+            remote_hits: self.remote_hits.get(),
+            owner_skipped: self.owner_skipped.get(),
+            served: self.served.get(),
         }
     }
 }
@@ -156,6 +162,12 @@ pub struct CacheStats {
     pub logged_unparsable: u64,
     /// Times the whole cache was emptied because the node could not vouch for it.
     pub flushes: u64,
+    /// Partitioned caches: reads answered by the key's owner on another node.
+    pub remote_hits: u64,
+    /// Partitioned caches: reads whose owner could not answer in time; loaded here instead.
+    pub owner_skipped: u64,
+    /// Partitioned caches: peers' requests this node answered as a key's owner.
+    pub served: u64,
 }
 
 impl CacheStats {
@@ -283,7 +295,7 @@ pub(crate) fn render_prometheus(report: &NodeReport<'_>) -> String {
             .map(|(name, stats)| (format!(",cache=\"{}\"", escape(name)), value(stats) as f64))
             .collect()
     };
-    let cache_counters: [CacheCounterRow; 11] = [
+    let cache_counters: [CacheCounterRow; 14] = [
         ("cache_hits_total", "Reads answered from the cache.", |s| {
             s.hits
         }),
@@ -331,6 +343,21 @@ pub(crate) fn render_prometheus(report: &NodeReport<'_>) -> String {
         ("cache_flushes_total", "Times the cache was emptied.", |s| {
             s.flushes
         }),
+        (
+            "cache_remote_hits_total",
+            "Partitioned caches: reads answered by the key's owner on another node.",
+            |s| s.remote_hits,
+        ),
+        (
+            "cache_owner_skipped_total",
+            "Partitioned caches: reads loaded here because the key's owner did not answer in time.",
+            |s| s.owner_skipped,
+        ),
+        (
+            "cache_served_total",
+            "Partitioned caches: peers' requests answered as the key's owner.",
+            |s| s.served,
+        ),
     ];
     for (name, help, value) in cache_counters {
         metric(name, "counter", help, &per_cache(value));

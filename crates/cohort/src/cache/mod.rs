@@ -25,10 +25,19 @@ use crate::changelog::WatchedTable;
 use crate::clock::Millis;
 use crate::config::ConfigError;
 use crate::id::EventId;
+use crate::id::NodeId;
 use crate::lease::Lease;
 use crate::metrics::{CacheCounters, CacheStats};
-use crate::node::{Node, Running, Sink};
+use crate::node::ownership::stable_hash;
+use crate::node::{Node, Running, Serving, Sink};
 use crate::store::{Bound, Entry, Lookup, NEVER, Store, WeighFn};
+pub use partition::DEFAULT_OWNER_TIMEOUT;
+use partition::{LoadFn, Partition};
+
+mod partition;
+
+/// What an answer frame adds to its value's encoding, at most.
+const ANSWER_OVERHEAD: usize = 32;
 use crate::wire::{self, Change};
 
 /// Default for [`CacheBuilder::capacity`].
@@ -62,6 +71,17 @@ pub enum Mode {
     /// travel behind the intent. Costs one round trip per update, or the bound when a peer is
     /// unreachable. Writers that bypass cohort (seen through the change log) stay bounded.
     Strong,
+    /// Each key has one owner among the live members (rendezvous hashing over their names): the
+    /// owner holds the value and loads it, with the cache's [`loader`](CacheBuilder::loader),
+    /// once for the whole cluster per change; the other nodes ask it over the mesh, and may keep
+    /// [hot copies](CacheBuilder::hot_copies). So the cluster's memory adds up: three nodes of
+    /// capacity C hold 3 C distinct keys. The bound holds as in the other modes: an owner
+    /// answers only under its lease, and an answer is kept as a hot copy only if the asking node
+    /// saw no change to the key within twice the bound. An owner that does not answer within the
+    /// [`owner_timeout`](CacheBuilder::owner_timeout) is skipped: the reader loads the key itself
+    /// ([`Source::OwnerSkipped`]). With a [`version`](CacheBuilder::version), updates carry the
+    /// value, which the owner (and any hot copy) takes in place of an older one it holds.
+    Partitioned,
 }
 
 type VersionFn<V> = Arc<dyn Fn(&V) -> u64 + Send + Sync>;
@@ -77,6 +97,12 @@ pub enum Source {
     Loaded,
     /// This call ran the loader and did not store the value: the change-log lease had lapsed.
     Bypassed,
+    /// A partitioned cache's owner of the key, on another node, answered: from its memory, or
+    /// from the one load it made for every node asking.
+    Owner,
+    /// A partitioned cache's owner of the key did not answer in time (or could not serve): this
+    /// call ran the loader itself.
+    OwnerSkipped,
 }
 
 /// A value and where it came from; from [`Cache::fetch`].
@@ -101,6 +127,9 @@ pub struct CacheBuilder<K, V> {
     version: Option<VersionFn<V>>,
     watches: Vec<(String, String)>,
     parse: Option<ParseFn<K>>,
+    loader: Option<LoadFn<K, V>>,
+    hot_bytes: u64,
+    owner_timeout: Option<Duration>,
 }
 
 impl<K: Key + FromStr, V: Value> CacheBuilder<K, V> {
@@ -158,6 +187,9 @@ impl<K: Key, V: Value> CacheBuilder<K, V> {
             version: None,
             watches: Vec::new(),
             parse: None,
+            loader: None,
+            hot_bytes: 0,
+            owner_timeout: None,
         }
     }
 
@@ -224,6 +256,62 @@ impl<K: Key, V: Value> CacheBuilder<K, V> {
         self
     }
 
+    /// The loader this node runs as the owner of a key of a [`Mode::Partitioned`] cache, when
+    /// another node asks for the key. Required by that mode; it should read what the loaders
+    /// given to [`get_or_load`](Cache::get_or_load) read.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use cohort::{Cluster, Mode};
+    ///
+    /// let cluster = Cluster::builder().start().await?;
+    /// let users = cluster
+    ///     .cache::<u64, String>("users")
+    ///     .mode(Mode::Partitioned)
+    ///     .loader(|id| async move { Ok::<_, std::io::Error>(format!("user {id}")) })
+    ///     .hot_copies(16 << 20)
+    ///     .build()?;
+    /// let fetched = users.fetch(&7, |id| async move { Ok::<_, std::io::Error>(format!("user {id}")) }).await?;
+    /// assert_eq!(fetched.value, "user 7");
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// Defaults to: none.
+    pub fn loader<F, Fut, E>(&mut self, load: F) -> &mut Self
+    where
+        F: Fn(K) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<V, E>> + Send + 'static,
+        E: fmt::Display,
+    {
+        let load = Arc::new(load);
+        self.loader = Some(Arc::new(move |key| {
+            let load = Arc::clone(&load);
+            Box::pin(async move { load(key).await.map_err(|e| e.to_string()) })
+        }));
+        self
+    }
+
+    /// For a [`Mode::Partitioned`] cache: how many bytes (keys and values as sent on the wire)
+    /// of keys owned by other nodes this node may keep, so hot keys are read at local speed. A
+    /// key is kept on its second read within a recent window; every change removes it, as in
+    /// the other modes.
+    ///
+    /// Defaults to: 0 (every read of another node's key asks it).
+    pub fn hot_copies(&mut self, max_bytes: u64) -> &mut Self {
+        self.hot_bytes = max_bytes;
+        self
+    }
+
+    /// For a [`Mode::Partitioned`] cache: how long a read waits for a key's owner before loading
+    /// the key itself. The owner's own load counts in this time.
+    ///
+    /// Defaults to: [`DEFAULT_OWNER_TIMEOUT`], or half the bound if that is shorter.
+    pub fn owner_timeout(&mut self, timeout: Duration) -> &mut Self {
+        self.owner_timeout = Some(timeout);
+        self
+    }
+
     /// Creates the cache and joins it to the cluster's events.
     ///
     /// ```
@@ -253,6 +341,24 @@ impl<K: Key, V: Value> CacheBuilder<K, V> {
         }
         if self.mode == Mode::Replicate && self.version.is_none() {
             return Err(invalid("mode", "Mode::Replicate needs a version extractor"));
+        }
+        if self.mode == Mode::Partitioned && self.loader.is_none() {
+            return Err(invalid("mode", "Mode::Partitioned needs a loader"));
+        }
+        if self.mode != Mode::Partitioned && (self.loader.is_some() || self.hot_bytes > 0) {
+            return Err(invalid(
+                "loader",
+                "a loader and hot copies are for Mode::Partitioned only",
+            ));
+        }
+        let owner_timeout = self
+            .owner_timeout
+            .unwrap_or(DEFAULT_OWNER_TIMEOUT.min(self.node.max_staleness() / 2));
+        if owner_timeout.is_zero() || owner_timeout > self.node.max_staleness() {
+            return Err(invalid(
+                "owner_timeout",
+                "must be positive and at most the bound",
+            ));
         }
         if self.ttl.is_some_and(|ttl| ttl.is_zero()) {
             return Err(invalid("ttl", "must be positive"));
@@ -313,6 +419,27 @@ impl<K: Key, V: Value> CacheBuilder<K, V> {
                 },
                 held: parking_lot::Mutex::new(HashMap::new()),
                 all_held_until: AtomicU64::new(0),
+            }),
+            partition: self.loader.clone().map(|load| {
+                let hot = NonZeroU64::new(self.hot_bytes).map(|max| {
+                    let weigh: WeighFn<K, V> = Arc::new(|key, value| {
+                        let size = |item: Result<usize, _>| item.unwrap_or(0) as u64;
+                        size(postcard::experimental::serialized_size(key))
+                            + size(postcard::experimental::serialized_size(value))
+                    });
+                    Store::new(
+                        Bound::Weight {
+                            max,
+                            // A guess at 1 KiB an entry, to size the table.
+                            estimated_entries: usize::try_from(max.get() / 1024)
+                                .unwrap_or(usize::MAX)
+                                .max(16),
+                            weigh,
+                        },
+                        self.node.clock().clone(),
+                    )
+                });
+                Partition::new(load, hot, self.node.max_staleness(), owner_timeout)
             }),
             node: Arc::clone(&self.node),
             counters: CacheCounters::default(),
@@ -398,6 +525,8 @@ struct Inner<K, V> {
     /// For strong caches: the node's peer lease, needed to serve as well, and the keys whose
     /// strong updates are under way.
     strong: Option<Strong<K>>,
+    /// For partitioned caches: the owner's loader, hot copies, recent changes.
+    partition: Option<Partition<K, V>>,
     node: Arc<Node>,
     counters: CacheCounters,
 }
@@ -466,7 +595,7 @@ impl<K: Key, V: Value> Cache<K, V> {
             inner.counters.bypasses.incr();
             return None;
         }
-        let found = inner.store.get(key);
+        let found = inner.store.get(key).or_else(|| inner.hot_get(key));
         match found {
             Some(_) => inner.counters.hits.incr(),
             None => inner.counters.misses.incr(),
@@ -507,11 +636,19 @@ impl<K: Key, V: Value> Cache<K, V> {
             inner.counters.misses.incr();
             return fetched(inner.bypass(key, load).await?, Source::Bypassed);
         }
-        if let Some(value) = inner.store.get(key) {
+        if let Some(value) = inner.store.get(key).or_else(|| inner.hot_get(key)) {
             inner.counters.hits.incr();
             return fetched(value, Source::Cache);
         }
         inner.counters.misses.incr();
+        if let Some(partition) = &inner.partition
+            && let Ok(key_bytes) = inner.encode_key(key)
+            && let Some(owner) = inner.node.owner_of(&key_bytes)
+        {
+            return inner
+                .fetch_from_owner(partition, &owner, key, &key_bytes, load)
+                .await;
+        }
         match inner.store.load_slot(key).await {
             // Waiting for a concurrent load of the key can outlast the lease (a stalled
             // database): a value found after the wait is served only under a lease that holds
@@ -563,6 +700,8 @@ impl<K: Key, V: Value> Cache<K, V> {
                 return Err(UpdateError::Fenced);
             }
         }
+        inner.changing(&key_bytes);
+        inner.forget_hot(key);
         let slot = inner.store.write_slot(key);
         let written = write(key.clone()).await;
         let release_peers = || {
@@ -589,7 +728,13 @@ impl<K: Key, V: Value> Cache<K, V> {
         let entry = inner.entry(value.clone());
         let version = inner.version_of(&value);
         inner.release(key);
-        if inner.is_held(key) {
+        // A partitioned cache keeps the value on the key's owner only; the others ask for it.
+        inner.changing(&key_bytes);
+        inner.forget_hot(key);
+        if inner.partition.is_some() && inner.node.owner_of(&key_bytes).is_some() {
+            drop(slot);
+            inner.store.remove(key);
+        } else if inner.is_held(key) {
             // Another node's strong update of the key overlaps this one: which write landed
             // last is unknown, so neither writer keeps a copy.
             drop(slot);
@@ -602,7 +747,8 @@ impl<K: Key, V: Value> Cache<K, V> {
         }
         let value_bytes = match inner.mode {
             Mode::Invalidate | Mode::Strong => None,
-            Mode::Replicate => wire::encode_item(&value)
+            Mode::Partitioned if inner.version.is_none() => None,
+            Mode::Replicate | Mode::Partitioned => wire::encode_item(&value)
                 .inspect_err(|e| tracing::warn!(cache = %inner.name, error = %e, "cannot serialize a value; invalidating instead"))
                 .ok(),
         };
@@ -624,10 +770,27 @@ impl<K: Key, V: Value> Cache<K, V> {
     pub async fn invalidate(&self, key: &K) -> Result<EventId, EncodeError> {
         let inner = &*self.inner;
         let key_bytes = inner.encode_key(key)?;
+        inner.changing(&key_bytes);
+        inner.forget_hot(key);
         inner.store.remove(key);
         Ok(inner
             .node
             .publish(&inner.name, Change::Invalidate { key: &key_bytes }))
+    }
+
+    /// For a [`Mode::Partitioned`] cache, the node that owns `key` as this node's links see it
+    /// (this node's own name when it owns it); `None` in the other modes, or for a key too large
+    /// for the wire. Owners move when members come and go.
+    pub fn owner(&self, key: &K) -> Option<NodeId> {
+        let inner = &*self.inner;
+        inner.partition.as_ref()?;
+        let key_bytes = inner.encode_key(key).ok()?;
+        Some(
+            inner
+                .node
+                .owner_of(&key_bytes)
+                .unwrap_or_else(|| inner.node.id().clone()),
+        )
     }
 
     /// This cache's counters on this node.
@@ -711,6 +874,138 @@ impl<K: Key, V: Value> Inner<K, V> {
         })
     }
 
+    /// The live hot copy of `key`, for partitioned caches that keep them.
+    #[inline]
+    fn hot_get(&self, key: &K) -> Option<V> {
+        self.hot()?.get(key)
+    }
+
+    fn hot(&self) -> Option<&Store<K, V>> {
+        self.partition.as_ref()?.hot.as_ref()
+    }
+
+    fn forget_hot(&self, key: &K) {
+        if let Some(hot) = self.hot() {
+            hot.remove(key);
+        }
+    }
+
+    /// For partitioned caches: the key encoded as `key_bytes` changes now, so no owner's answer
+    /// for it is kept for a while. Called before the stores drop the key: an ask racing with the
+    /// change then sees one or the other.
+    fn changing(&self, key_bytes: &[u8]) {
+        if let Some(partition) = &self.partition {
+            partition
+                .recent
+                .record(stable_hash(key_bytes), self.store.clock());
+        }
+    }
+
+    /// For partitioned caches: any key may have changed (missed events).
+    fn changing_all(&self) {
+        if let Some(partition) = &self.partition {
+            partition.recent.record_all(self.store.clock());
+        }
+    }
+
+    /// Reads `key` from its `owner` on another node; loads it here if the owner does not answer
+    /// in time. The answer becomes a hot copy only if the key is hot and changed neither while
+    /// asking (the slot) nor lately (see `partition`).
+    async fn fetch_from_owner<F, Fut, E>(
+        &self,
+        partition: &Partition<K, V>,
+        owner: &NodeId,
+        key: &K,
+        key_bytes: &[u8],
+        load: F,
+    ) -> Result<Fetched<V>, E>
+    where
+        F: FnOnce(K) -> Fut,
+        Fut: Future<Output = Result<V, E>>,
+    {
+        let slot = match &partition.hot {
+            // Concurrent reads of one key here share one ask.
+            Some(hot) => match hot.load_slot(key).await {
+                Lookup::Hit(value) if self.serving() => {
+                    return Ok(Fetched {
+                        value,
+                        source: Source::Cache,
+                    });
+                }
+                Lookup::Hit(_) => {
+                    return Ok(Fetched {
+                        value: self.bypass(key, load).await?,
+                        source: Source::Bypassed,
+                    });
+                }
+                Lookup::Miss(slot) => Some(slot),
+            },
+            None => None,
+        };
+        let hash = stable_hash(key_bytes);
+        let changed_lately = partition.recent.contains(hash, self.store.clock());
+        let answer = self
+            .node
+            .ask(owner, &self.name, key_bytes, partition.owner_timeout)
+            .await
+            .and_then(|bytes| wire::decode_item::<V>(&bytes).ok());
+        let (value, source) = match answer {
+            Some(value) => {
+                self.counters.remote_hits.incr();
+                (value, Source::Owner)
+            }
+            None => {
+                self.counters.owner_skipped.incr();
+                self.counters.loads.incr();
+                (load(key.clone()).await?, Source::OwnerSkipped)
+            }
+        };
+        if let Some(slot) = slot {
+            // A load from the source is as fresh as the slot; an answer may be as old as the
+            // owner's lag.
+            let keep = (source == Source::OwnerSkipped || !changed_lately) && partition.admit(hash);
+            if keep && !slot.fill(self.entry(value.clone())) {
+                self.counters.fills_rejected.incr();
+            }
+        }
+        Ok(Fetched { value, source })
+    }
+
+    /// Answers a peer's request for `key`, as its owner: from the store, or loaded once for
+    /// every asker at a time; `None` when this node may not serve (its lease lapsed) or the
+    /// load failed.
+    async fn serve_owned(&self, key: K) -> Option<Vec<u8>> {
+        let partition = self.partition.as_ref()?;
+        if !self.serving() {
+            return None;
+        }
+        let value = match self.store.get(&key) {
+            Some(value) => value,
+            None => match self.store.load_slot(&key).await {
+                Lookup::Hit(value) if self.serving() => value,
+                Lookup::Hit(_) => return None,
+                Lookup::Miss(slot) => {
+                    self.counters.loads.incr();
+                    let value = match (partition.load)(key).await {
+                        Ok(value) => value,
+                        Err(error) => {
+                            tracing::warn!(cache = %self.name, %error, "the owner's load failed");
+                            return None;
+                        }
+                    };
+                    if !slot.fill(self.entry(value.clone())) {
+                        self.counters.fills_rejected.incr();
+                    }
+                    value
+                }
+            },
+        };
+        self.counters.served.incr();
+        wire::encode_item(&value)
+            .ok()
+            .filter(|bytes| bytes.len() + ANSWER_OVERHEAD <= self.node.max_frame_bytes())
+    }
+
     /// Polls the change log soon, so that this node's own write is confirmed by it early.
     fn kick_log(&self) {
         if let (Some(log), false) = (&self.node.log(), self.fenced) {
@@ -735,7 +1030,11 @@ impl<K: Key, V: Value> Inner<K, V> {
     fn apply_change(&self, change: &Change<'_>) -> Result<(), postcard::Error> {
         match *change {
             Change::Invalidate { key } => {
-                self.store.remove(&wire::decode_item(key)?);
+                let key_bytes = key;
+                let key: K = wire::decode_item(key_bytes)?;
+                self.changing(key_bytes);
+                self.forget_hot(&key);
+                self.store.remove(&key);
                 self.counters.invalidations_applied.incr();
             }
             Change::Intent { key } => {
@@ -750,11 +1049,18 @@ impl<K: Key, V: Value> Inner<K, V> {
                 version,
                 value,
             } => {
-                let key: K = wire::decode_item(key)?;
+                let key_bytes = key;
+                let key: K = wire::decode_item(key_bytes)?;
                 let value: V = wire::decode_item(value)?;
                 let expires_at = self
                     .ttl
                     .map_or(NEVER, |ttl| self.store.clock().deadline(ttl));
+                self.changing(key_bytes);
+                if let Some(hot) = self.hot() {
+                    hot.apply_replica(&key, value.clone(), version, expires_at, |held| {
+                        self.version_of(held)
+                    });
+                }
                 self.store
                     .apply_replica(&key, value, version, expires_at, |held| {
                         self.version_of(held)
@@ -776,7 +1082,8 @@ impl<K: Key, V: Value> Sink for Inner<K, V> {
     }
 
     fn stats(&self) -> CacheStats {
-        self.counters.snapshot(self.store.len())
+        let hot = self.hot().map_or(0, Store::len);
+        self.counters.snapshot(self.store.len() + hot)
     }
 
     fn is_peer_only(&self) -> bool {
@@ -794,6 +1101,14 @@ impl<K: Key, V: Value> Sink for Inner<K, V> {
         };
         match parse(text) {
             Some(key) => {
+                if self.partition.is_some() {
+                    match wire::encode_item(&key) {
+                        Ok(key_bytes) => self.changing(&key_bytes),
+                        // Which hash the key has is unknown: take every key as changed.
+                        Err(_) => self.changing_all(),
+                    }
+                }
+                self.forget_hot(&key);
                 self.store.remove(&key);
                 self.counters.logged_applied.incr();
             }
@@ -812,7 +1127,17 @@ impl<K: Key, V: Value> Sink for Inner<K, V> {
                 .all_held_until
                 .fetch_max(self.hold_limit(), Ordering::AcqRel);
         }
+        self.changing_all();
+        if let Some(hot) = self.hot() {
+            hot.clear();
+        }
         self.store.clear();
         self.counters.flushes.incr();
+    }
+
+    fn serve(self: Arc<Self>, key: &[u8]) -> Option<Serving> {
+        self.partition.as_ref()?;
+        let key: Option<K> = wire::decode_item(key).ok();
+        Some(Box::pin(async move { self.serve_owned(key?).await }))
     }
 }

@@ -22,18 +22,21 @@
 mod confirm;
 mod driver;
 mod link_queue;
+pub(crate) mod ownership;
 mod replay;
 pub(crate) mod sequence;
 mod state;
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
-use tokio::sync::{Notify, broadcast, mpsc, oneshot, watch};
+use tokio::sync::{Notify, Semaphore, broadcast, mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
@@ -49,6 +52,7 @@ use crate::metrics::{CacheStats, ClusterCounters, ClusterStats};
 use crate::transport::{ClusterKey, Keyring, LinkError, Listener, Network};
 use crate::wire::{Change, Event, Frame};
 use link_queue::QueueTx;
+use ownership::Owners;
 #[cfg(fuzzing)]
 pub(crate) use state::play_link;
 use state::{Inbound, LinkId, NodeState, Output, Peer, To, Transmit};
@@ -83,7 +87,18 @@ pub(crate) trait Sink: Send + Sync {
     fn apply_logged(&self, key: &str);
     /// Empties the cache: the node missed changes and cannot tell which keys they touched.
     fn flush(&self);
+    /// The value of the key encoded as `key`, for a peer that asked this node as the key's
+    /// owner: `None` if the cache is not partitioned (then nobody should have asked).
+    fn serve(self: Arc<Self>, key: &[u8]) -> Option<Serving>;
 }
+
+/// A partitioned cache's answer to a peer's request, once it has one: the value's encoding, or
+/// `None` when it cannot serve it.
+pub(crate) type Serving = Pin<Box<dyn Future<Output = Option<Vec<u8>>> + Send>>;
+
+/// How many peer requests a node serves at once; past it, a request is answered at once with
+/// no value (the asker loads from the source itself), so peers cannot pile up work here.
+const MAX_SERVING: usize = 1024;
 
 /// Starts a node named `id` accepting links from `listener` (bound at `bound`): its tasks, and
 /// its dialers to the seeds resolved to `seeds` (given as addresses, found by name).
@@ -161,6 +176,10 @@ pub(crate) struct Node {
     rng_seed: u64,
     /// This node, for the dialers it starts.
     me: Weak<Node>,
+    /// Who owns which key of a partitioned cache, as this node's links see it.
+    owners: RwLock<Owners>,
+    /// Permits for serving peers' requests; see [`MAX_SERVING`].
+    serving: Arc<Semaphore>,
 }
 
 /// The node's state and the shell's side of its outputs, under one lock: the queue of every
@@ -171,6 +190,14 @@ struct Core {
     intents: BTreeMap<u64, oneshot::Sender<()>>,
     /// The timeout the timer task sleeps until.
     armed: Option<Millis>,
+    /// Requests to owners awaiting an answer.
+    requests: BTreeMap<u64, Asker>,
+}
+
+/// Who awaits the answer to a request, and from which owner it must come.
+struct Asker {
+    owner: NodeId,
+    answer: oneshot::Sender<Option<Vec<u8>>>,
 }
 
 impl Node {
@@ -193,6 +220,7 @@ impl Node {
             Arc::clone(&counters),
         );
         let clock = Clock::from(config.time_source);
+        let id_for_owners = id.clone();
         let node = Arc::new_cyclic(|me| Self {
             id,
             incarnation,
@@ -215,6 +243,7 @@ impl Node {
                 queues: BTreeMap::new(),
                 intents: BTreeMap::new(),
                 armed: None,
+                requests: BTreeMap::new(),
             }),
             caches: RwLock::new(BTreeMap::new()),
             events: broadcast::channel(64 * 1024).0,
@@ -235,6 +264,8 @@ impl Node {
             network: Arc::clone(&config.network),
             rng_seed,
             me: me.clone(),
+            owners: RwLock::new(Owners::new(id_for_owners, [])),
+            serving: Arc::new(Semaphore::new(MAX_SERVING)),
         });
         // The state's first output sets the peer lease: with no peers, it runs from the start.
         node.with_state(|_| ());
@@ -300,6 +331,7 @@ impl Node {
                     self.peer_lease
                         .set(&self.clock, since, self.config.max_staleness);
                 }
+                Output::Owners(owners) => *self.owners.write() = owners,
             }
         }
     }
@@ -468,6 +500,40 @@ impl Node {
         }
     }
 
+    /// The owner of the key encoded as `key` in partitioned caches: `None` for this node.
+    pub(crate) fn owner_of(&self, key: &[u8]) -> Option<NodeId> {
+        self.owners.read().owner(key).cloned()
+    }
+
+    /// Asks `owner` for `key` of `cache`, behind every change this node published before.
+    /// `None` when it has no link to the owner, the owner cannot serve the key, or no answer
+    /// came `within`.
+    pub(crate) async fn ask(
+        &self,
+        owner: &NodeId,
+        cache: &str,
+        key: &[u8],
+        within: Duration,
+    ) -> Option<Vec<u8>> {
+        let (answer, answered) = oneshot::channel();
+        let pending = {
+            let mut core = self.core.lock();
+            let id = core.state.request(owner, cache, key)?;
+            core.requests.insert(
+                id,
+                Asker {
+                    owner: owner.clone(),
+                    answer,
+                },
+            );
+            self.carry_out(&mut core);
+            Pending { node: self, id }
+        };
+        let value = tokio::time::timeout(within, answered).await;
+        drop(pending);
+        value.ok()?.ok()?
+    }
+
     /// Stops the node: tells every peer it is leaving (each link's writer sends that last, then
     /// closes), and ends every other task.
     pub(crate) fn stop(&self) {
@@ -538,16 +604,60 @@ impl Node {
         }
     }
 
-    /// Handles a frame from an inbound link, and applies it if it is an event to apply.
+    /// Handles a frame from an inbound link: applies an event to apply, serves a request, hands
+    /// an answer to its asker.
     fn receive(&self, from: &Peer, frame: &Frame<'_>) -> Result<Inbound, LinkError> {
         let Frame::Event(event) = frame else {
-            return Ok(self.with_time(|state, now| state.handle_frame(from, frame, now))?);
+            let inbound = self.with_time(|state, now| state.handle_frame(from, frame, now))?;
+            match (inbound, frame) {
+                (Inbound::Serve, &Frame::Request { id, cache, key }) => {
+                    self.serve(from, id, cache, key);
+                }
+                (Inbound::Answer, &Frame::Answer { id, value }) => self.answered(from, id, value),
+                _ => {}
+            }
+            return Ok(inbound);
         };
         let inbound = self.with_state(|state| state.handle_event(from, event))?;
         if inbound == Inbound::Apply {
             self.apply(from, event);
         }
         Ok(inbound)
+    }
+
+    /// Serves `from`'s request `id` for `key` of `cache` in a task of its own, or answers at
+    /// once that it cannot: no such partitioned cache here, or too many requests in hand.
+    fn serve(&self, from: &Peer, id: u64, cache: &str, key: &[u8]) {
+        let serving = self
+            .caches
+            .read()
+            .get(cache)
+            .cloned()
+            .and_then(|sink| sink.serve(key));
+        let permit = Arc::clone(&self.serving).try_acquire_owned().ok();
+        let (Some(serving), Some(permit), Some(node)) = (serving, permit, self.me.upgrade()) else {
+            self.with_state(|state| state.answer(from, id, None));
+            return;
+        };
+        let from = from.clone();
+        self.tasks.spawn(async move {
+            let value = serving.await;
+            drop(permit);
+            node.with_state(|state| state.answer(&from, id, value.as_deref()));
+        });
+    }
+
+    /// Hands an answer to the request it answers, if `from` is the owner that was asked.
+    fn answered(&self, from: &Peer, id: u64, value: Option<&[u8]>) {
+        let mut core = self.core.lock();
+        if core
+            .requests
+            .get(&id)
+            .is_some_and(|asker| asker.owner == from.node)
+            && let Some(asker) = core.requests.remove(&id)
+        {
+            let _ = asker.answer.send(value.map(<[u8]>::to_vec));
+        }
     }
 
     fn notify(&self, event: ClusterEvent) {
@@ -582,5 +692,17 @@ impl LogTarget for Node {
 
     fn notify(&self, event: ClusterEvent) {
         Node::notify(self, event);
+    }
+}
+
+/// A request awaiting its answer: forgotten when its asker stops waiting, however it stops.
+struct Pending<'a> {
+    node: &'a Node,
+    id: u64,
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        self.node.core.lock().requests.remove(&self.id);
     }
 }

@@ -20,6 +20,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::confirm::{Confirmations, PongVerdict};
+use super::ownership::Owners;
 use super::replay::{self, ReplayRing};
 use super::sequence::{Delivery, SequenceTracker};
 use crate::clock::{Millis, millis};
@@ -107,10 +108,12 @@ pub(crate) enum Output {
     IntentSettled(u64),
     /// Set the peer lease: every live member confirmed since then (`None`: not all did).
     PeerLease(Option<Millis>),
+    /// The members that own keys of partitioned caches changed: a link came up or went down.
+    Owners(Owners),
 }
 
 /// What to do with an inbound frame once the state handled it.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Inbound {
     /// Nothing more.
     Done,
@@ -119,6 +122,11 @@ pub(crate) enum Inbound {
     Apply,
     /// The peer left: close the link.
     Closed,
+    /// Serve the request (a partitioned cache's key this node owns), then call
+    /// [`NodeState::answer`].
+    Serve,
+    /// Hand the answer to whoever asked.
+    Answer,
 }
 
 /// How an acceptor answers a hello: its own hello, telling the dialer where to resume.
@@ -177,6 +185,8 @@ pub(crate) struct NodeState {
     /// SWIM's timers by deadline, in the order scheduled among equal deadlines.
     timers: BTreeMap<(Millis, u64), Timer<Identity>>,
     timers_scheduled: u64,
+    /// The last request this node sent to a key's owner.
+    requests: u64,
     stopped: bool,
     counters: Arc<ClusterCounters>,
     transmits: VecDeque<Transmit>,
@@ -229,6 +239,7 @@ impl NodeState {
             next_tick: 0,
             timers: BTreeMap::new(),
             timers_scheduled: 0,
+            requests: 0,
             stopped: false,
             counters,
             transmits: VecDeque::new(),
@@ -520,6 +531,7 @@ impl NodeState {
 
     fn set_connected(&mut self, addr: SocketAddr, node: &NodeId, connected: bool) {
         self.roster.set_connected(node, addr, connected);
+        self.outputs.push_back(Output::Owners(self.owners()));
         let node = node.clone();
         self.notify(if connected {
             ClusterEvent::PeerUp { node, addr }
@@ -565,6 +577,8 @@ impl NodeState {
                     tracing::debug!(origin = %from.node, %error, "ignored a membership packet");
                 }
             }),
+            Frame::Request { .. } => return Ok(Inbound::Serve),
+            Frame::Answer { .. } => return Ok(Inbound::Answer),
             Frame::Hello(_) => return Err(WireError::Unexpected("a second hello")),
         }
         Ok(Inbound::Done)
@@ -586,6 +600,35 @@ impl NodeState {
         } else {
             Inbound::Done
         })
+    }
+
+    /// Asks `owner` for `key` of `cache` on this node's link to it, behind every event this
+    /// node published before; returns the request's id, or `None` without a link to `owner`.
+    pub(crate) fn request(&mut self, owner: &NodeId, cache: &str, key: &[u8]) -> Option<u64> {
+        let link = self.links.iter().find(|l| l.peer.as_ref() == Some(owner))?;
+        self.requests += 1;
+        let id = self.requests;
+        self.transmits.push_back(Transmit {
+            to: To::Link(link.id),
+            frame: Frame::Request { id, cache, key }.encode(),
+        });
+        Some(id)
+    }
+
+    /// Answers `from`'s request `id` on this node's own link to it.
+    pub(crate) fn answer(&mut self, from: &Peer, id: u64, value: Option<&[u8]>) {
+        self.send_to(from.addr, &Frame::Answer { id, value }.encode());
+    }
+
+    /// The members that may own keys: this node and the peers its links reach.
+    fn owners(&self) -> Owners {
+        Owners::new(
+            self.id.clone(),
+            self.roster
+                .members()
+                .filter(|(_, entry)| entry.connected)
+                .map(|(node, _)| node.clone()),
+        )
     }
 
     /// This node applied intent `seq` from `from`: acknowledged on this node's own link to it.
@@ -1102,6 +1145,9 @@ mod tests {
         lease: Option<Millis>,
         settled: Vec<u64>,
         events: Vec<ClusterEvent>,
+        owners: Option<Owners>,
+        /// Answers to this node's requests, as (owner, id, value).
+        answers: Vec<(String, u64, Option<Vec<u8>>)>,
     }
 
     /// Nodes linked in memory. Each outgoing link delivers its frames in order to the node it
@@ -1233,6 +1279,7 @@ mod tests {
                     }
                     Output::IntentSettled(seq) => seen.settled.push(seq),
                     Output::PeerLease(since) => seen.lease = since,
+                    Output::Owners(owners) => seen.owners = Some(owners),
                 }
             }
             moved
@@ -1242,6 +1289,18 @@ mod tests {
             let now = self.now;
             let frame = wire::decode(frame).unwrap();
             let inbound = self.nodes[to].handle_frame(from, &frame, now).unwrap();
+            match (inbound, &frame) {
+                // The owner answers with the key's bytes reversed.
+                (Inbound::Serve, &Frame::Request { id, key, .. }) => {
+                    let value: Vec<u8> = key.iter().rev().copied().collect();
+                    self.nodes[to].answer(from, id, Some(&value));
+                }
+                (Inbound::Answer, &Frame::Answer { id, value }) => {
+                    let answer = (from.node.as_str().to_owned(), id, value.map(<[u8]>::to_vec));
+                    self.seen[to].answers.push(answer);
+                }
+                _ => {}
+            }
             if let (Inbound::Apply, Frame::Event(event)) = (inbound, &frame) {
                 self.seen[to]
                     .applied
@@ -1281,6 +1340,42 @@ mod tests {
             self.settle();
             seq
         }
+    }
+
+    /// Once linked, every node names the same owner for each key, each owns a share, and a
+    /// request reaches the owner on the asker's link and its answer comes back to the asker.
+    #[test]
+    fn linked_nodes_agree_on_owners_and_requests_reach_them() {
+        let mut net = Net::joined(&["a", "b", "c"]);
+        let owners: Vec<Owners> = (0..3)
+            .map(|i| net.seen[i].owners.clone().expect("links came up"))
+            .collect();
+        let mut owned = [0; 3];
+        for key in 0_u16..300 {
+            let key = key.to_le_bytes();
+            let names: Vec<&NodeId> = owners
+                .iter()
+                .zip(&net.nodes)
+                .map(|(o, node)| o.owner(&key).unwrap_or(&node.id))
+                .collect();
+            assert!(names.iter().all(|n| *n == names[0]), "{names:?}");
+            owned[net.nodes.iter().position(|n| &n.id == names[0]).unwrap()] += 1;
+        }
+        assert!(owned.iter().all(|&n| n > 50), "{owned:?}");
+
+        let b = NodeId::from("b");
+        let id = net.nodes[0]
+            .request(&b, "users", b"key")
+            .expect("a links to b");
+        assert_eq!(
+            net.nodes[0].request(&NodeId::from("z"), "users", b"key"),
+            None
+        );
+        net.settle();
+        assert_eq!(
+            net.seen[0].answers,
+            [("b".to_owned(), id, Some(b"yek".to_vec()))]
+        );
     }
 
     #[test]

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::codec::LengthDelimitedCodec;
 
 /// The protocol version this build speaks. A peer with another version is refused.
-pub(crate) const PROTOCOL_VERSION: u16 = 3;
+pub(crate) const PROTOCOL_VERSION: u16 = 4;
 
 /// Magic bytes that open every link.
 const MAGIC: [u8; 4] = *b"COHO";
@@ -106,6 +106,21 @@ pub(crate) enum Frame<'a> {
     /// A SWIM membership packet (see `membership`).
     #[serde(borrow)]
     Swim(&'a [u8]),
+    /// Asks the receiver, which owns `key` of a partitioned cache, for its value. Sent on the
+    /// sender's own link, behind every change the sender published before asking.
+    Request {
+        id: u64,
+        cache: &'a str,
+        #[serde(borrow)]
+        key: &'a [u8],
+    },
+    /// Answers request `id`, on the answering node's own link: the value's encoding, or `None`
+    /// when the owner cannot serve it now (its lease lapsed, its load failed, no such cache).
+    Answer {
+        id: u64,
+        #[serde(borrow)]
+        value: Option<&'a [u8]>,
+    },
 }
 
 /// A node's introduction.
@@ -288,6 +303,19 @@ mod tests {
             Frame::Swim(b"probe"),
             Frame::IntentAck { seq: 3 },
             Frame::Leave,
+            Frame::Request {
+                id: 9,
+                cache: "users",
+                key: b"\x07",
+            },
+            Frame::Answer {
+                id: 9,
+                value: Some(b"ada"),
+            },
+            Frame::Answer {
+                id: 10,
+                value: None,
+            },
         ] {
             let bytes = frame.encode();
             assert_eq!(decode(&bytes).unwrap(), frame);
@@ -344,8 +372,8 @@ mod tests {
         assert!(matches!(
             check_preamble(future, false),
             Err(WireError::UnsupportedVersion {
-                version: 4,
-                supported: 3
+                version: 5,
+                supported: 4
             })
         ));
     }

@@ -23,6 +23,7 @@ mod cluster;
 mod keys;
 mod limits;
 mod members;
+mod partitioned;
 
 /// A stand-in for the source of truth: rows of (name, version) by id, counting reads.
 #[derive(Clone, Default)]
