@@ -112,6 +112,12 @@ impl DbLink {
         self.open.send_replace(!paused);
     }
 
+    /// The committed version of `key`, read over this connection.
+    pub(crate) async fn read(&self, key: u64) -> u64 {
+        self.query(|tables| tables.versions.get(&key).copied().unwrap_or(0))
+            .await
+    }
+
     /// Runs `query` as the server would: after the connection lets it through, taking a while,
     /// its answer held back too while paused.
     async fn query<T>(&self, query: impl FnOnce(&mut Tables) -> T) -> T {

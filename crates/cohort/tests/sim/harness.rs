@@ -225,6 +225,8 @@ pub(crate) struct Run {
     pub(crate) serving_again_after: Option<Duration>,
     /// The members each node running at the end lists.
     pub(crate) members: Vec<Vec<Member>>,
+    /// Reads answered by a key's owner on another node (partitioned mode), on those nodes.
+    pub(crate) remote_hits: u64,
 }
 
 /// The nodes running at the end of the workload, as read inside the simulation (their clocks are
@@ -233,6 +235,7 @@ struct End {
     mesh: ClusterStats,
     flushes: u64,
     members: Vec<Vec<Member>>,
+    remote_hits: u64,
 }
 
 impl End {
@@ -241,6 +244,7 @@ impl End {
             mesh: ClusterStats::default(),
             flushes: 0,
             members: Vec::new(),
+            remote_hits: 0,
         };
         for (cluster, cache) in shared.nodes.lock().iter().flatten() {
             let stats = cluster.stats();
@@ -248,6 +252,7 @@ impl End {
             end.mesh.events_replayed += stats.events_replayed;
             end.mesh.connects += stats.connects;
             end.flushes += cache.stats().flushes;
+            end.remote_hits += cache.stats().remote_hits;
             end.members.push(cluster.members());
         }
         end
@@ -318,6 +323,17 @@ fn host(plan: HostPlan) -> impl Fn() -> BoxFuture<'static, turmoil::Result> {
             let cluster = builder.start().await?;
             let mut cache = cluster.cache::<u64, u64>("kv");
             cache.mode(setup.mode).version(|version| *version);
+            if setup.mode == Mode::Partitioned {
+                // The owner loads through its own database connection: a stalled one makes it
+                // miss the owner timeout, and the askers load for themselves.
+                let db = plan.db.clone();
+                cache
+                    .loader(move |key| {
+                        let db = db.clone();
+                        async move { Ok::<_, Infallible>(db.read(key).await) }
+                    })
+                    .hot_copies(64 << 10);
+            }
             if setup.log {
                 cache.watch_table("kv", "id");
             }
@@ -527,6 +543,7 @@ pub(crate) fn simulate_expecting(
         mesh,
         flushes,
         members,
+        remote_hits,
     } = end_state
         .lock()
         .take()
@@ -538,6 +555,7 @@ pub(crate) fn simulate_expecting(
         flushes,
         serving_again_after,
         members,
+        remote_hits,
     })
 }
 

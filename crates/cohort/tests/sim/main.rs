@@ -234,6 +234,72 @@ fn replicate_and_strong_under_faults() {
     }
 }
 
+const PARTITIONED: Setup = Setup {
+    mode: Mode::Partitioned,
+    ..THREE
+};
+
+/// Partitioned caches through partitions, held and lost frames, resets and an owner's crash:
+/// owners move while a node is cut off and back when it returns, requests in flight to a crashed
+/// owner fall back to the source, and answers cross invalidations (loads take a while). The
+/// checker holds, and reads were answered by owners on other nodes.
+#[test]
+fn partitioned_under_faults() {
+    for seed in [30, 31] {
+        let run = simulate(
+            PARTITIONED,
+            seed,
+            vec![
+                at(1_000, 1_500, Fault::Isolate(0)),
+                at(3_000, 1_000, Fault::Hold(1, 2)),
+                at(4_500, 0, Fault::Reset(1)),
+                at(5_000, 1_000, Fault::Crash(2)),
+                at(6_500, 800, Fault::Loss(0)),
+            ],
+            secs(9),
+        )
+        .unwrap();
+        assert!(run.remote_hits > 100, "{} remote hits", run.remote_hits);
+    }
+}
+
+/// Partitioned caches watching the change log, some writers bypassing cohort, and an owner whose
+/// database connection stalls (its askers wait out the owner timeout and load for themselves).
+#[test]
+fn partitioned_with_the_change_log_and_a_stalled_owner() {
+    let setup = Setup {
+        log: true,
+        ..PARTITIONED
+    };
+    simulate(
+        setup,
+        32,
+        vec![
+            at(1_000, 2_000, Fault::DbPause(1)),
+            at(3_500, 2_000, Fault::Isolate(2)),
+            at(6_000, 1_000, Fault::Crash(0)),
+        ],
+        secs(9),
+    )
+    .unwrap();
+}
+
+/// Nodes leaving and coming back one after another at new addresses: each returning node takes
+/// its keys back from the others.
+#[test]
+fn a_rolling_crash_restart_in_partitioned_mode() {
+    let run = rolling(
+        Setup {
+            nodes: 4,
+            ..PARTITIONED
+        },
+        33,
+        4,
+        false,
+    );
+    assert!(run.remote_hits > 100, "{} remote hits", run.remote_hits);
+}
+
 /// Set in the child processes of [`a_seed_replays_exactly`].
 const REPLAY_CHILD: &str = "COHORT_SIM_REPLAY_CHILD";
 
@@ -381,6 +447,7 @@ fn the_checker_catches_a_node_that_ignores_its_leases() {
             Setup { log: true, ..THREE },
             vec![Fault::Isolate(1), Fault::DbPause(1)],
         ),
+        (PARTITIONED, isolated.clone()),
     ];
     for (setup, faults) in controls {
         let schedule: Vec<Scheduled> = faults
@@ -408,7 +475,8 @@ fn setup() -> impl Strategy<Value = Setup> {
     let mode = prop_oneof![
         Just(Mode::Invalidate),
         Just(Mode::Replicate),
-        Just(Mode::Strong)
+        Just(Mode::Strong),
+        Just(Mode::Partitioned)
     ];
     (3..=5_usize, mode, any::<bool>(), any::<bool>()).prop_map(|(nodes, mode, log, keyed)| Setup {
         nodes,
