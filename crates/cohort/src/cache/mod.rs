@@ -7,6 +7,10 @@
 //! The no-stale-fill rule lives here and in the store: a load or a write takes a slot for its key
 //! before it reads or writes the source, and any change to that key meanwhile (from a peer, from
 //! another local write) voids the slot, so the value is returned to its caller but not stored.
+//!
+//! A [`Mode::Partitioned`] cache stores only the keys its node owns, asks the owner for the
+//! others, and may keep hot copies of them; `partition` holds those parts and the rule deciding
+//! whether an owner's answer may be kept.
 
 use std::collections::HashMap;
 use std::fmt;

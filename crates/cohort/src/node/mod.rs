@@ -11,6 +11,9 @@
 //!   to empty, dialers to start, SWIM timers, the peer lease). It also routes peer events to
 //!   the caches registered by name.
 //! - `link_queue`: the bounded queue of one outgoing link.
+//! - `ownership`: who owns a key of a partitioned cache (rendezvous hashing over the members
+//!   this node's links reach); the shell keeps the current owners for the caches to ask, and
+//!   serves peers' requests for keys this node owns.
 //! - `driver`: the tasks moving bytes (accepting, dialing, reading, writing, heartbeats, SWIM
 //!   timers, seed refresh). The change log's tailer (`crate::changelog`) feeds the node
 //!   through [`LogTarget`].
