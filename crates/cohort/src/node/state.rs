@@ -1091,7 +1091,12 @@ pub(crate) fn play_link(bytes: &[u8]) {
                         node.acknowledge(from, event.seq);
                     }
                 }
-                Ok(Inbound::Done) => {}
+                Ok(Inbound::Serve) => {
+                    if let Frame::Request { id, key, .. } = frame {
+                        node.answer(from, id, Some(key));
+                    }
+                }
+                Ok(Inbound::Done | Inbound::Answer) => {}
                 Ok(Inbound::Closed) | Err(_) => return,
             },
         }

@@ -458,6 +458,25 @@ async fn bad_configuration_is_refused() {
             .build()
             .is_err()
     );
+    let loader = |id: u64| async move { Ok::<_, Infallible>((format!("user {id}"), 1)) };
+    let refusal = |builder: &mut cohort::CacheBuilder<u64, User>| {
+        builder.build().err().expect("refused").to_string()
+    };
+    let no_loader = refusal(taken.cache("users").mode(Mode::Partitioned));
+    assert!(no_loader.contains("needs a loader"), "{no_loader}");
+    let not_partitioned = refusal(taken.cache("users").loader(loader));
+    assert!(
+        not_partitioned.contains("Mode::Partitioned only"),
+        "{not_partitioned}"
+    );
+    let too_patient = refusal(
+        taken
+            .cache("users")
+            .mode(Mode::Partitioned)
+            .loader(loader)
+            .owner_timeout(Duration::from_secs(60)),
+    );
+    assert!(too_patient.contains("owner_timeout"), "{too_patient}");
     taken.cache::<u64, User>("users").build().unwrap();
     assert!(
         taken.cache::<u64, User>("users").build().is_err(),

@@ -291,3 +291,47 @@ async fn slow_bound_mesh(n: usize) -> Vec<Cluster> {
     }
     nodes
 }
+
+/// With a version, an update carries its value: the owner holding the key takes it in place of
+/// its older copy, and no node loads the key again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_the_replicate_flavour_the_owner_takes_the_writers_value() {
+    let nodes = mesh(3).await;
+    let db = rows(1);
+    let caches: Vec<_> = nodes
+        .iter()
+        .map(|node| {
+            let db = db.clone();
+            node.cache::<u64, User>("users")
+                .mode(Mode::Partitioned)
+                .version(|(_, version)| *version)
+                .loader(move |id| {
+                    let db = db.clone();
+                    async move { Ok::<_, Infallible>(db.read(id)) }
+                })
+                .build()
+                .unwrap()
+        })
+        .collect();
+    let owner = owner_index(&nodes, &caches, 0);
+    let (writer, reader) = ((owner + 1) % 3, (owner + 2) % 3);
+    read(&caches[reader], &db, 0).await;
+    assert_eq!(db.reads(), 1);
+
+    let mut events = nodes[owner].subscribe();
+    let receipt = caches[writer]
+        .update(&0, |id| {
+            let db = db.clone();
+            async move { Ok::<_, Infallible>(db.write(id, "renamed")) }
+        })
+        .await
+        .unwrap();
+    applied(&mut events, &receipt.event).await;
+    assert_eq!(caches[owner].get(&0), Some(receipt.value.clone()));
+    let fetched = read(&caches[reader], &db, 0).await;
+    assert_eq!(
+        (fetched.value, fetched.source),
+        (receipt.value, Source::Owner)
+    );
+    assert_eq!(db.reads(), 1, "nobody loaded the key again");
+}
