@@ -460,7 +460,7 @@ async fn bad_configuration_is_refused() {
     );
     let loader = |id: u64| async move { Ok::<_, Infallible>((format!("user {id}"), 1)) };
     let refusal = |builder: &mut cohort::CacheBuilder<u64, User>| {
-        builder.build().err().expect("refused").to_string()
+        builder.build().expect_err("refused").to_string()
     };
     let no_loader = refusal(taken.cache("users").mode(Mode::Partitioned));
     assert!(no_loader.contains("needs a loader"), "{no_loader}");
