@@ -55,6 +55,19 @@ pub(crate) struct Health {
     pub(crate) status: String,
 }
 
+/// `GET /readyz`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct Ready {
+    /// The node's name.
+    pub(crate) node: String,
+    /// Joined and serving: the answer's status is 200, else 503.
+    pub(crate) ready: bool,
+    /// The node reached a peer, or was given no seeds.
+    pub(crate) joined: bool,
+    /// The users cache serves from memory now.
+    pub(crate) serving: bool,
+}
+
 /// `GET /cluster`: the node, its members, its change log and its mesh's counters.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) struct ClusterState {

@@ -3,6 +3,7 @@
 mod api;
 mod bench;
 mod check;
+mod config_file;
 mod demo;
 mod http_limits;
 mod keys;
@@ -45,7 +46,15 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
+    let args =
+        match config_file::expand(std::env::args_os().collect(), |name| std::env::var_os(name)) {
+            Ok(args) => args,
+            Err(e) => {
+                eprintln!("cohort: {e:#}");
+                return ExitCode::FAILURE;
+            }
+        };
+    let cli = Cli::parse_from(args);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {

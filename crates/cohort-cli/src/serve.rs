@@ -23,7 +23,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::api::{
-    ClusterState, Events, Health, Link, LogState, MemberState, Rename, Source, UserRead, Written,
+    ClusterState, Events, Health, Link, LogState, MemberState, Ready, Rename, Source, UserRead,
+    Written,
 };
 use crate::http_limits::{self, GuardedListener};
 use crate::keys;
@@ -36,41 +37,41 @@ pub(crate) const DB_CONNECTIONS: u32 = 8;
 #[derive(clap::Args, Debug)]
 pub(crate) struct Args {
     /// This node's name, unique in the cluster [default: node-<peer port>].
-    #[arg(long)]
+    #[arg(long, env = "COHORT_NAME")]
     name: Option<String>,
     /// Where to serve HTTP (port 0: any free port, printed when ready).
-    #[arg(long, default_value = "127.0.0.1:8081")]
+    #[arg(long, env = "COHORT_HTTP", default_value = "127.0.0.1:8081")]
     http: SocketAddr,
     /// Where to accept peer links (port 0: any free port, printed when ready).
-    #[arg(long, default_value = "127.0.0.1:7001")]
+    #[arg(long, env = "COHORT_LISTEN", default_value = "127.0.0.1:7001")]
     listen: SocketAddr,
     /// The address peers should dial, when it differs from `--listen` (NAT, a proxy).
-    #[arg(long)]
+    #[arg(long, env = "COHORT_ADVERTISE")]
     advertise: Option<SocketAddr>,
     /// Peers to join through, comma-separated `host:port`.
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, env = "COHORT_SEEDS", value_delimiter = ',')]
     seeds: Vec<String>,
     /// The database: `sqlite://path` (created if missing) or `postgres://…`; the users table is
     /// created and seeded if missing.
-    #[arg(long, default_value = "sqlite://cohort-demo.db")]
+    #[arg(long, env = "COHORT_DB", default_value = "sqlite://cohort-demo.db")]
     db: String,
     /// The staleness bound, e.g. `500ms` or `2s`.
-    #[arg(long, default_value = "500ms", value_parser = parse_duration)]
+    #[arg(long, env = "COHORT_MAX_STALENESS", default_value = "500ms", value_parser = parse_duration)]
     max_staleness: Duration,
     /// How long a member may stay unreached, or declared down, before this node forgets it,
     /// e.g. `30s` [default: 30s, or 4 × --max-staleness if longer]. A node restarted under the
     /// same name replaces its old entry at once.
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, env = "COHORT_FORGET_AFTER", value_parser = parse_duration)]
     forget_after: Option<Duration>,
     /// How long change-log rows are kept, e.g. `10m`.
-    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    #[arg(long, env = "COHORT_LOG_RETENTION", default_value = "10m", value_parser = parse_duration)]
     log_retention: Duration,
     /// Users to create in a new database.
-    #[arg(long, default_value_t = 1_000)]
+    #[arg(long, env = "COHORT_USERS", default_value_t = 1_000)]
     users: u64,
     /// What the cache promises: `bounded` (no read older than the bound) or `strong` (reads
     /// linearizable with respect to completed updates).
-    #[arg(long, value_enum, default_value_t = Consistency::Bounded)]
+    #[arg(long, env = "COHORT_MODE", value_enum, default_value_t = Consistency::Bounded)]
     mode: Consistency,
     /// A file of cluster keys, one per line (`cohort keygen` makes one), the first used to dial:
     /// peer links are then authenticated and encrypted. Read again on SIGHUP, for rotation.
@@ -80,6 +81,10 @@ pub(crate) struct Args {
     /// port can then join, read every change and inject its own.
     #[arg(long, env = "COHORT_INSECURE")]
     insecure: bool,
+    /// A TOML file of these flags (`max_staleness = "2s"`, `seeds = ["a:7001"]`, …), for those
+    /// that neither the command line nor the environment sets.
+    #[arg(long, env = "COHORT_CONFIG")]
+    config: Option<PathBuf>,
     /// Serve cached values without checking that they are fresh: breaks the staleness bound on
     /// purpose, so that `cohort check` can show it catches it.
     #[arg(long, hide = true)]
@@ -122,10 +127,15 @@ struct App {
     cluster: Cluster,
     users: Cache<u64, Arc<User>>,
     db: UsersDb,
+    /// The seeds this node was given: a node with none has joined from the start.
+    seeded: Arc<[String]>,
 }
 
 /// Runs the service until SIGTERM or ctrl-c.
 pub(crate) async fn run(args: Args) -> anyhow::Result<bool> {
+    if let Some(path) = &args.config {
+        tracing::info!(path = %path.display(), "flags not given otherwise read from the config file");
+    }
     let db = UsersDb::connect(&args.db, DB_CONNECTIONS).await?;
     db.ensure_users(args.users).await?;
     let mut builder = Cluster::builder();
@@ -170,10 +180,17 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<bool> {
         cluster: cluster.clone(),
         users,
         db,
+        seeded: args
+            .seeds
+            .iter()
+            .filter(|s| !s.is_empty())
+            .cloned()
+            .collect(),
     };
     let router = axum::Router::new()
         .route("/users/{id}", get(read_user).put(write_user))
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/cluster", get(cluster_state))
         .layer(axum::middleware::from_fn(http_limits::request_timeout))
@@ -343,6 +360,30 @@ async fn healthz(State(app): State<App>) -> Response {
         status: "ok".to_owned(),
     })
     .into_response()
+}
+
+/// `GET /readyz`: 200 once the node joined (it reached a peer; or it was given no seeds, or
+/// every seed turned out to be itself: a cluster of one) and its cache serves from memory; 503
+/// otherwise. A load balancer sends traffic only to ready nodes; an unready one still answers
+/// reads, from the database.
+async fn readyz(State(app): State<App>) -> Response {
+    let members = app.cluster.members();
+    let joined = app.seeded.is_empty()
+        || members.iter().any(|m| m.connected)
+        || members.iter().all(|m| m.node.is_some());
+    let serving = app.users.is_serving();
+    let status = if joined && serving {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let ready = Ready {
+        node: app.cluster.node_id().to_string(),
+        ready: status == StatusCode::OK,
+        joined,
+        serving,
+    };
+    (status, Json(ready)).into_response()
 }
 
 async fn metrics(State(app): State<App>) -> Response {

@@ -672,3 +672,39 @@ fn five_processes_started_at_once_on_an_empty_postgres_database_all_come_up() {
     }
     eprintln!("{ROUNDS} rounds in {:?}", started.elapsed());
 }
+
+/// `/readyz` answers 200 only once a node joined and serves; a node whose seeds nobody answers
+/// has not joined. Flags also come from a TOML file (`--config`): here the seed list.
+#[test]
+fn readiness_and_flags_from_a_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("users.db");
+    let a = Server::start("a", &db, &[]);
+    let (status, ready) = a.get("/readyz");
+    assert_eq!(
+        (status, &ready["joined"], &ready["serving"]),
+        (200, &Value::Bool(true), &Value::Bool(true))
+    );
+
+    let nobody = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let unanswered = nobody.local_addr().unwrap().to_string();
+    drop(nobody);
+    let lonely = Server::start_with("lonely", &db, &[], &["--seeds", &unanswered]);
+    let (status, ready) = lonely.get("/readyz");
+    assert_eq!(
+        (status, &ready["ready"], &ready["joined"]),
+        (503, &Value::Bool(false), &Value::Bool(false))
+    );
+
+    let config = dir.path().join("b.toml");
+    std::fs::write(&config, format!("seeds = [\"{}\"]\n", a.listen)).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_cohort"))
+        .args(serve_args("b", &format!("sqlite://{}", db.display())))
+        .args(["--config", config.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("cohort serve starts");
+    let b = Server::ready(Process(child));
+    b.wait_linked(1);
+    b.wait_until("ready", |s| s.get("/readyz").0 == 200);
+}
