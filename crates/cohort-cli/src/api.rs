@@ -29,7 +29,8 @@ pub(crate) enum Source {
     Db,
     /// Partitioned mode: the key's owner, another node, answered.
     Owner,
-    /// Partitioned mode: the key's owner did not answer in time; the node read the database.
+    /// Partitioned mode: the key's owner did not answer in time, or could not serve (its lease
+    /// had lapsed, its load failed); the node read the database itself.
     OwnerSkipped,
 }
 

@@ -85,7 +85,7 @@ pub(crate) struct Counts {
     pub(crate) from_cache: u64,
     /// Reads another node answered, as the key's owner (partitioned mode).
     pub(crate) from_owner: u64,
-    /// Reads whose owner did not answer in time, read from the database instead.
+    /// Reads whose owner did not answer in time or could not serve, read from the database.
     pub(crate) owner_skipped: u64,
     pub(crate) updates: u64,
     /// Updates by plain SQL, through no node.

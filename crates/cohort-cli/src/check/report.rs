@@ -47,7 +47,7 @@ pub(crate) fn report(
         counts.reads - counts.from_cache - counts.from_owner,
         if counts.owner_skipped > 0 {
             format!(
-                ", {} of them as their owner did not answer in time",
+                ", {} of them as their owner did not answer in time or could not serve",
                 counts.owner_skipped
             )
         } else {
