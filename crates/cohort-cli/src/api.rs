@@ -21,12 +21,29 @@ pub(crate) struct UserRead {
 
 /// What answered a read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub(crate) enum Source {
-    /// The node's cache.
+    /// The node's cache (in partitioned mode: a key it owns, or its hot copy of another's).
     Cache,
     /// The database.
     Db,
+    /// Partitioned mode: the key's owner, another node, answered.
+    Owner,
+    /// Partitioned mode: the key's owner did not answer in time, or could not serve (its lease
+    /// had lapsed, its load failed); the node read the database itself.
+    OwnerSkipped,
+}
+
+impl Source {
+    /// The name the JSON gives it.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Self::Cache => "cache",
+            Self::Db => "db",
+            Self::Owner => "owner",
+            Self::OwnerSkipped => "owner_skipped",
+        }
+    }
 }
 
 /// The body of `PUT /users/{id}`.
@@ -158,4 +175,26 @@ pub(crate) struct Events {
     pub(crate) members_refused: u64,
     /// Events this node originated.
     pub(crate) sent: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The names scripts (and `check`) read in a read's `source`.
+    #[test]
+    fn sources_have_their_documented_names() {
+        let named = [
+            (Source::Cache, "cache"),
+            (Source::Db, "db"),
+            (Source::Owner, "owner"),
+            (Source::OwnerSkipped, "owner_skipped"),
+        ];
+        for (source, name) in named {
+            assert_eq!(source.name(), name);
+            let json = serde_json::to_string(&source).unwrap();
+            assert_eq!(json, format!("\"{name}\""));
+            assert_eq!(serde_json::from_str::<Source>(&json).unwrap(), source);
+        }
+    }
 }

@@ -1,8 +1,13 @@
 //! `cohort demo`: several nodes in one process over one SQLite file, a mixed workload, a verdict.
 //!
 //! Every node is a full cohort node on its own loopback port with its own database pool, as
-//! separate servers would be, tailing the database's change log. Clients send reads (Zipf-distributed keys) and updates to random
-//! nodes; every operation is recorded and the history is judged against the staleness bound.
+//! separate servers would be, tailing the database's change log. Clients send reads
+//! (Zipf-distributed keys) and updates to random nodes; every operation is recorded and the
+//! history is judged against the staleness bound (in strong mode, an update is promised at once).
+//!
+//! In partitioned mode each user is cached by its owner only, and the other nodes ask it: the
+//! report adds the database loads per 1,000 reads and the share of reads an owner on another
+//! node answered.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,6 +23,7 @@ use sqlx::sqlite::SqlitePool;
 use tokio::sync::{broadcast, watch};
 
 use crate::latency::Latencies;
+use crate::serve::{Consistency, DEFAULT_HOT_COPIES_BYTES};
 use crate::users_db;
 use crate::workload::Zipf;
 use cohort_testkit::history::{self, Read, Update};
@@ -46,6 +52,9 @@ pub(crate) struct Args {
     /// The promised staleness bound, in milliseconds.
     #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..))]
     max_staleness_ms: u64,
+    /// What the nodes' caches promise, and where they keep users (as `cohort serve --mode`).
+    #[arg(long, value_enum, default_value_t = Consistency::Bounded)]
+    mode: Consistency,
 }
 
 /// A row of the users table, as cached.
@@ -69,6 +78,8 @@ struct ClientLog {
     updates: Vec<Update<()>>,
     /// When each update's `update` call returned, by the event that carried it.
     returned: Vec<(EventId, Instant)>,
+    /// Updates refused by the fence of strong mode, unwritten.
+    fenced: u64,
 }
 
 /// Runs the demo; returns whether it passed.
@@ -79,7 +90,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<bool> {
     let seeder = users_db::open(&path, 1).await?;
     users_db::ensure_users(&seeder, args.keys).await?;
     seeder.close().await;
-    let nodes = Arc::new(start_nodes(&path, args.nodes, bound).await?);
+    let nodes = Arc::new(start_nodes(&path, args.nodes, bound, args.mode).await?);
 
     let collectors = collect_applied(&nodes);
     let progress = ProgressBar::new(args.ops).with_style(
@@ -104,33 +115,66 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<bool> {
         log.reads.extend(part.reads);
         log.updates.extend(part.updates);
         log.returned.extend(part.returned);
+        log.fenced += part.fenced;
     }
     let elapsed = started.elapsed();
     progress.finish_and_clear();
 
     let propagation = propagation(&nodes, &log, collectors).await;
-    let updates = log.updates.iter().map(|u| Update {
-        promise: bound,
-        ..*u
-    });
-    let (_, verdict) = history::judge(updates, log.reads.iter().copied());
-    print_report(&nodes, &log, &propagation, &verdict, bound, elapsed);
-
-    let (hits, misses) = nodes.iter().fold((0, 0), |(h, m), n| {
-        let s = n.users.stats();
-        (h + s.hits, m + s.misses)
-    });
-    let hit_ratio = if hits + misses == 0 {
-        0.0
-    } else {
-        hits as f64 / (hits + misses) as f64
+    // A strong update is promised to every read that starts after it returned.
+    let promise = match args.mode {
+        Consistency::Strong => Duration::ZERO,
+        Consistency::Bounded | Consistency::Partitioned => bound,
     };
-    let pass = verdict.stale_beyond_bound == 0 && propagation.missing == 0;
+    let updates = log.updates.iter().map(|u| Update { promise, ..*u });
+    let (_, verdict) = history::judge(updates, log.reads.iter().copied());
+    print_report(
+        &nodes,
+        &log,
+        &propagation,
+        &verdict,
+        promise,
+        elapsed,
+        args.mode,
+    );
+    let totals = Totals::of(&nodes, log.reads.len());
     println!(
-        "demo: nodes={} reads={} updates={} hit_ratio={hit_ratio:.3} propagation_p50_us={} propagation_p99_us={} stale_beyond_bound={} result={}",
+        "database loads: {} for {} reads, {:.1} per 1,000 reads",
+        totals.loads,
+        totals.reads,
+        totals.loads_per_1000_reads()
+    );
+    if args.mode == Consistency::Partitioned {
+        println!(
+            "answered by an owner on another node: {} reads, a share of {:.3}",
+            totals.remote_hits,
+            totals.remote_hit_share()
+        );
+    }
+
+    let mut pass = verdict.stale_beyond_bound == 0 && propagation.missing == 0;
+    // Partitioned mode that never asked an owner did not partition anything: not a pass.
+    if args.mode == Consistency::Partitioned && nodes.len() > 1 && totals.remote_hits == 0 {
+        println!("problem: no read was answered by an owner on another node");
+        pass = false;
+    }
+    // The fields partitioned mode adds go last: scripts that read the line's first fields
+    // read the same ones in every mode.
+    let partitioned = if args.mode == Consistency::Partitioned {
+        format!(
+            " loads_per_1000_reads={:.1} remote_hit_share={:.3}",
+            totals.loads_per_1000_reads(),
+            totals.remote_hit_share()
+        )
+    } else {
+        String::new()
+    };
+    println!(
+        "demo: nodes={} reads={} updates={} hit_ratio={:.3} propagation_p50_us={} propagation_p99_us={} stale_beyond_bound={} result={}{partitioned}",
         nodes.len(),
         log.reads.len(),
         log.updates.len(),
+        totals.hit_ratio(),
         propagation.micros(0.50),
         propagation.micros(0.99),
         verdict.stale_beyond_bound,
@@ -142,10 +186,64 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<bool> {
     Ok(pass)
 }
 
+/// The users caches' counters, summed over the nodes.
+struct Totals {
+    reads: usize,
+    hits: u64,
+    misses: u64,
+    /// Database reads by the caches: misses loaded here, and loads by owners for other nodes.
+    loads: u64,
+    /// Reads an owner on another node answered.
+    remote_hits: u64,
+}
+
+impl Totals {
+    fn of(nodes: &[Node], reads: usize) -> Self {
+        let mut totals = Self {
+            reads,
+            hits: 0,
+            misses: 0,
+            loads: 0,
+            remote_hits: 0,
+        };
+        for node in nodes {
+            let s = node.users.stats();
+            totals.hits += s.hits;
+            totals.misses += s.misses;
+            totals.loads += s.loads;
+            totals.remote_hits += s.remote_hits;
+        }
+        totals
+    }
+
+    /// Reads a node answered from its own memory (an owner's answer is a miss there).
+    fn hit_ratio(&self) -> f64 {
+        ratio(self.hits, self.hits + self.misses)
+    }
+
+    fn loads_per_1000_reads(&self) -> f64 {
+        1_000.0 * ratio(self.loads, self.reads as u64)
+    }
+
+    fn remote_hit_share(&self) -> f64 {
+        ratio(self.remote_hits, self.reads as u64)
+    }
+}
+
+/// `part / whole`, zero for an empty whole.
+fn ratio(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        part as f64 / whole as f64
+    }
+}
+
 async fn start_nodes(
     path: &std::path::Path,
     count: u16,
     bound: Duration,
+    mode: Consistency,
 ) -> anyhow::Result<Vec<Node>> {
     let mut nodes = Vec::new();
     for i in 0..count {
@@ -160,11 +258,24 @@ async fn start_nodes(
             builder.seeds([first.cluster.local_addr().to_string()]);
         }
         let cluster = builder.start().await.context("cannot start a node")?;
-        let users = cluster
-            .cache::<u64, Arc<User>>("users")
+        let mut users = cluster.cache::<u64, Arc<User>>("users");
+        users
             .capacity(1_000_000)
-            .watch_table("users", "id")
-            .build()?;
+            .mode(mode.mode())
+            .watch_table("users", "id");
+        if mode == Consistency::Partitioned {
+            let owner_db = db.clone();
+            users
+                // What this node loads for the others as the owner: the clients' read.
+                .loader(move |key| {
+                    let db = owner_db.clone();
+                    async move { read_user(&db, key).await }
+                })
+                .hot_copies(DEFAULT_HOT_COPIES_BYTES)
+                // Updates carry the new row to its owner, which keeps the higher version.
+                .version(|user| user.version);
+        }
+        let users = users.build()?;
         nodes.push(Node { cluster, users, db });
     }
     let peers = nodes.len() - 1;
@@ -204,10 +315,21 @@ async fn client(
         if rng.random_range(0..100) < update_percent {
             let name = format!("user-{key}-{}", rng.random::<u32>());
             let db = node.db.clone();
-            let receipt = node
+            let written = node
                 .users
                 .update(&key, |key| async move { write_user(&db, key, &name).await })
-                .await?;
+                .await;
+            let receipt = match written {
+                Ok(receipt) => receipt,
+                // Strong mode: the node had not confirmed its peers within the bound, so the
+                // write did not run (the library's fence); the application would retry later.
+                Err(cohort::UpdateError::Fenced) => {
+                    log.fenced += 1;
+                    progress.inc(1);
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
             let returned = Instant::now();
             log.updates.push(Update {
                 key,
@@ -365,8 +487,10 @@ fn print_report(
     verdict: &history::Verdict,
     bound: Duration,
     elapsed: Duration,
+    mode: Consistency,
 ) {
-    println!(
+    let partitioned = mode == Consistency::Partitioned;
+    let mut header = format!(
         "{:<8} {:>9} {:>8} {:>7} {:>9} {:>8} {:>10} {:>10} {:>9}",
         "node",
         "hits",
@@ -378,9 +502,13 @@ fn print_report(
         "from log",
         "bypasses"
     );
+    if partitioned {
+        header += &format!(" {:>9} {:>8} {:>8}", "by owner", "skipped", "served");
+    }
+    println!("{header}");
     for node in nodes {
         let s = node.users.stats();
-        println!(
+        let mut row = format!(
             "{:<8} {:>9} {:>8} {:>7} {:>9} {:>8} {:>10} {:>10} {:>9}",
             node.cluster.node_id().as_str(),
             s.hits,
@@ -388,16 +516,31 @@ fn print_report(
             s.loads,
             s.fills_rejected,
             s.updates,
-            s.invalidations_applied,
+            s.invalidations_applied + s.replicas_applied,
             s.logged_applied,
             s.bypasses,
         );
+        if partitioned {
+            row += &format!(
+                " {:>9} {:>8} {:>8}",
+                s.remote_hits, s.owner_skipped, s.served
+            );
+        }
+        println!("{row}");
     }
     let ops = log.reads.len() + log.updates.len();
     println!(
-        "ops: {ops} in {:.2}s ({:.0} ops/s)",
+        "ops: {ops} in {:.2}s ({:.0} ops/s){}",
         elapsed.as_secs_f64(),
-        ops as f64 / elapsed.as_secs_f64()
+        ops as f64 / elapsed.as_secs_f64(),
+        if log.fenced > 0 {
+            format!(
+                ", and {} updates refused by the fence (not written)",
+                log.fenced
+            )
+        } else {
+            String::new()
+        }
     );
     println!(
         "propagation (update returned on the writer -> applied on a peer): {} deliveries, p50 {} us, p99 {} us, max {} us, missing {}",

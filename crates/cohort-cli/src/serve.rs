@@ -1,6 +1,7 @@
 //! `cohort serve`: the example users service as one cohort node.
 //!
-//! `GET /users/{id}` reads through the node's cache (`"source"` says whether the cache answered),
+//! `GET /users/{id}` reads through the node's cache (`"source"` says whether the cache, the
+//! key's owner on another node in partitioned mode, or the database answered),
 //! `PUT /users/{id}` writes the database through `update`, `/healthz`, `/metrics` (Prometheus) and
 //! `/cluster` (members, lease, lag) report on the node; the JSON bodies' shapes are in
 //! [`crate::api`]. The database holds a `users` table, created and seeded on first run, watched
@@ -69,10 +70,16 @@ pub(crate) struct Args {
     /// Users to create in a new database.
     #[arg(long, env = "COHORT_USERS", default_value_t = 1_000)]
     users: u64,
-    /// What the cache promises: `bounded` (no read older than the bound) or `strong` (reads
-    /// linearizable with respect to completed updates).
+    /// What the cache promises, and where it keeps users: `bounded` (every node caches what it
+    /// reads; no read older than the bound), `strong` (reads linearizable with respect to
+    /// completed updates) or `partitioned` (each user cached once in the cluster, by its owner,
+    /// and read from it by the other nodes; no read older than the bound).
     #[arg(long, env = "COHORT_MODE", value_enum, default_value_t = Consistency::Bounded)]
     mode: Consistency,
+    /// Partitioned mode: how many bytes of copies of hot users owned by other nodes this node
+    /// keeps, so they are read at local speed; 0 for none [default: 16777216].
+    #[arg(long, env = "COHORT_HOT_COPIES_BYTES")]
+    hot_copies_bytes: Option<u64>,
     /// A file of cluster keys, one per line (`cohort keygen` makes one), the first used to dial:
     /// peer links are then authenticated and encrypted. Read again on SIGHUP, for rotation.
     #[arg(long, env = "COHORT_CLUSTER_KEY_FILE")]
@@ -91,14 +98,42 @@ pub(crate) struct Args {
     unsafe_ignore_leases: bool,
 }
 
-/// What `cohort serve`'s cache promises.
+/// What `cohort serve`'s cache promises (and `demo`'s and `check`'s nodes').
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub(crate) enum Consistency {
     /// No read returns a value older than the bound.
     Bounded,
     /// Once an update returns, no read returns the old value.
     Strong,
+    /// Each key cached by one owner and asked of it by the other nodes; no read returns a value
+    /// older than the bound.
+    Partitioned,
 }
+
+impl Consistency {
+    /// The cache mode that keeps this promise.
+    pub(crate) fn mode(self) -> cohort::Mode {
+        match self {
+            Self::Bounded => cohort::Mode::Invalidate,
+            Self::Strong => cohort::Mode::Strong,
+            Self::Partitioned => cohort::Mode::Partitioned,
+        }
+    }
+
+    /// The flag's value, as `--mode` takes it.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Self::Bounded => "bounded",
+            Self::Strong => "strong",
+            Self::Partitioned => "partitioned",
+        }
+    }
+}
+
+/// Hot copies a partitioned node keeps by default, in bytes: 16 MiB, room for 60,000 users or
+/// more (a user takes 20 to 270 bytes on the wire), a small share beside the million users it
+/// may own.
+pub(crate) const DEFAULT_HOT_COPIES_BYTES: u64 = 16 << 20;
 
 /// Parses a duration flag: `250ms`, `2s`, `10m`, `1h 30m` (humantime's units).
 pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -122,6 +157,14 @@ fn user((id, name, version): UserRow) -> Arc<User> {
     })
 }
 
+/// Reads user `id` from the database: what a read that misses the cache runs, and what an owner
+/// runs for the other nodes in partitioned mode.
+async fn load_user(db: UsersDb, id: u64) -> Result<Arc<User>, sqlx::Error> {
+    // An id past i64 (which a peer may ask an owner for) names no row.
+    let id = i64::try_from(id).map_err(|_| sqlx::Error::RowNotFound)?;
+    db.user(id).await.map(user)
+}
+
 #[derive(Clone)]
 struct App {
     cluster: Cluster,
@@ -135,6 +178,9 @@ struct App {
 pub(crate) async fn run(args: Args) -> anyhow::Result<bool> {
     if let Some(path) = &args.config {
         tracing::info!(path = %path.display(), "flags not given otherwise read from the config file");
+    }
+    if args.hot_copies_bytes.is_some() && args.mode != Consistency::Partitioned {
+        anyhow::bail!("--hot-copies-bytes is for --mode partitioned only");
     }
     let db = UsersDb::connect(&args.db, DB_CONNECTIONS).await?;
     db.ensure_users(args.users).await?;
@@ -163,15 +209,22 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<bool> {
     if let Some(path) = args.cluster_key_file.clone() {
         tokio::spawn(reload_keys_on_hangup(cluster.clone(), path));
     }
-    let users = cluster
-        .cache::<u64, Arc<User>>("users")
+    let mut users = cluster.cache::<u64, Arc<User>>("users");
+    users
         .capacity(1_000_000)
-        .mode(match args.mode {
-            Consistency::Bounded => cohort::Mode::Invalidate,
-            Consistency::Strong => cohort::Mode::Strong,
-        })
-        .watch_table("users", "id")
-        .build()?;
+        .mode(args.mode.mode())
+        .watch_table("users", "id");
+    if args.mode == Consistency::Partitioned {
+        let db = db.clone();
+        users
+            // What this node loads for the others, as the owner: the read `GET /users/{id}` makes.
+            .loader(move |id| load_user(db.clone(), id))
+            .hot_copies(args.hot_copies_bytes.unwrap_or(DEFAULT_HOT_COPIES_BYTES))
+            // Updates then carry the new row to its owner (and hot copies), which keep the
+            // higher version, instead of only dropping it there.
+            .version(|user| user.version);
+    }
+    let users = users.build()?;
     let http = tokio::net::TcpListener::bind(args.http)
         .await
         .with_context(|| format!("cannot serve HTTP on {}", args.http))?;
@@ -299,15 +352,16 @@ fn user_id(text: &str) -> Result<u64, Failure> {
 
 async fn read_user(State(app): State<App>, Path(id): Path<String>) -> Result<Response, Failure> {
     let id = user_id(&id)?;
-    let db = app.db.clone();
     let fetched = app
         .users
-        .fetch(&id, |id| async move { db.user(id as i64).await.map(user) })
+        .fetch(&id, |id| load_user(app.db.clone(), id))
         .await?;
-    let source = if fetched.source == cohort::Source::Cache {
-        Source::Cache
-    } else {
-        Source::Db
+    let source = match fetched.source {
+        cohort::Source::Cache => Source::Cache,
+        cohort::Source::Owner => Source::Owner,
+        cohort::Source::OwnerSkipped => Source::OwnerSkipped,
+        // Loaded, Bypassed, and whatever a later cohort adds: read from the database here.
+        _ => Source::Db,
     };
     let user = &fetched.value;
     Ok(Json(UserRead {

@@ -50,7 +50,12 @@ fn the_quick_bench_reports_every_figure_as_json() {
             > 0.0
     );
     // The servers are installed (`.ci/run`) and started by the bench: these rows are measured.
-    for name in ["redis_get", "redis_pubsub_p50", "postgres_select"] {
+    for name in [
+        "redis_get",
+        "redis_pubsub_p50",
+        "postgres_select",
+        "redis_get_p50",
+    ] {
         assert!(
             named(name)["value"].as_f64().unwrap() > 0.0,
             "{name} skipped"
@@ -68,4 +73,22 @@ fn the_quick_bench_reports_every_figure_as_json() {
         named("propagation_redis_bus_p50")["vs"],
         "propagation_2_nodes_p50"
     );
+    // Partitioned mode, each figure against its baseline from the same run.
+    for (figure, baseline) in [
+        (
+            "loads_per_1000_reads_partitioned",
+            "loads_per_1000_reads_replicated",
+        ),
+        (
+            "cluster_hit_ratio_partitioned",
+            "cluster_hit_ratio_replicated",
+        ),
+        ("remote_hit_p50", "redis_get_p50"),
+        ("remote_hit_p99", "redis_get_p99"),
+        ("hit_hot_copy_1t", "hit_replicated_1t"),
+        ("hit_hot_copy_2t", "hit_replicated_2t"),
+    ] {
+        assert_eq!(named(figure)["vs"], baseline);
+        assert!(named(figure)["ratio"].as_f64().is_some(), "{figure}");
+    }
 }

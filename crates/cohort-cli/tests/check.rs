@@ -65,6 +65,26 @@ fn strong_mode_reads_miss_no_completed_update() {
     assert_eq!(field(&last, "bound_ms"), 0);
 }
 
+/// Partitioned mode: each user cached by its owner and read from it by the other nodes, under
+/// every fault kind, promises the bound.
+#[test]
+fn partitioned_mode_and_nothing_stale_beyond_the_bound() {
+    let (passed, last) = check(&[
+        "--duration",
+        "10s",
+        "--faults",
+        "kill,pause,partition,drop,slow,external",
+        "--mode",
+        "partitioned",
+        "--seed",
+        "11",
+    ]);
+    assert!(last.ends_with("result=PASS"), "{last}");
+    assert!(passed);
+    assert_eq!(field(&last, "stale_beyond_bound"), 0);
+    assert_eq!(field(&last, "bound_ms"), 500);
+}
+
 /// A node that ignores its leases serves what it holds after a pause, before it has caught up
 /// with the backlog written meanwhile: the checker must see those reads and fail.
 #[test]
@@ -147,6 +167,26 @@ fn in_strong_mode_a_node_that_ignores_its_leases_is_caught() {
     assert!(last.ends_with("result=FAIL"), "{last}");
     assert!(!passed);
     assert_eq!(field(&last, "bound_ms"), 0);
+    assert!(field(&last, "stale_beyond_bound") > 0);
+}
+
+/// The partitioned check's negative control: the broken node serves what it owns, to its
+/// clients and to the nodes asking it, without its lease.
+#[test]
+fn in_partitioned_mode_a_node_that_ignores_its_leases_is_caught() {
+    let (passed, last) = check(&[
+        "--duration",
+        "8s",
+        "--faults",
+        "pause",
+        "--mode",
+        "partitioned",
+        "--seed",
+        "1",
+        "--break-node",
+    ]);
+    assert!(last.ends_with("result=FAIL"), "{last}");
+    assert!(!passed);
     assert!(field(&last, "stale_beyond_bound") > 0);
 }
 

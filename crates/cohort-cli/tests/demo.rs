@@ -66,12 +66,51 @@ fn demo_passes_and_reports_in_the_promised_format() {
     assert_eq!(fields["result"], "PASS");
 }
 
+/// Partitioned mode: the same line, then its own two figures; owners on other nodes answer a
+/// share of the reads, and the cluster loads far fewer rows than it reads.
+#[test]
+fn the_partitioned_demo_passes_and_appends_its_figures() {
+    let out = cohort(&[
+        "demo",
+        "--nodes",
+        "3",
+        "--keys",
+        "200",
+        "--ops",
+        "6000",
+        "--seed",
+        "3",
+        "--mode",
+        "partitioned",
+    ]);
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last = stdout.lines().last().unwrap_or_default();
+    assert!(
+        last.contains(" result=PASS loads_per_1000_reads="),
+        "the figures come after the result: {last}"
+    );
+    let fields = last_line_fields(&out.stdout, "demo: ");
+    assert_eq!(fields.len(), 10, "{fields:?}");
+    assert_eq!(fields["stale_beyond_bound"], "0");
+    let share: f64 = fields["remote_hit_share"].parse().unwrap();
+    // Two thirds of the keys are owned elsewhere, less what hot copies answer.
+    assert!(share > 0.05 && share < 0.8, "{share}");
+    let loads: f64 = fields["loads_per_1000_reads"].parse().unwrap();
+    assert!(loads > 0.0 && loads < 500.0, "{loads}");
+}
+
 #[test]
 fn bad_flags_get_one_clear_error_and_a_failure_status() {
     for args in [
         &["demo", "--nodes", "0"][..],
         &["demo", "--update-percent", "101"],
         &["demo", "--ops", "many"],
+        &["demo", "--mode", "sharded"],
     ] {
         let out = cohort(args);
         assert!(!out.status.success(), "{args:?} succeeded");

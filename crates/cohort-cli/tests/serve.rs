@@ -125,6 +125,8 @@ impl Server {
         let source = match body["source"].as_str() {
             Some("cache") => "cache",
             Some("db") => "db",
+            Some("owner") => "owner",
+            Some("owner_skipped") => "owner_skipped",
             other => panic!("bad source {other:?}"),
         };
         (body["name"].as_str().unwrap().to_owned(), source)
@@ -273,6 +275,50 @@ fn three_processes_on_one_sqlite_file() {
     assert_eq!(health["status"], "ok");
 }
 
+/// Partitioned mode across processes: the nodes that do not own a user read it from its owner
+/// (`"source": "owner"`), a user read again becomes a hot copy (`"cache"`), and a rename through
+/// any node is seen on every node within the bound.
+#[test]
+fn partitioned_processes_ask_the_owner_and_see_renames_within_the_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("users.db");
+    let flags = ["--mode", "partitioned"];
+    let a = Server::start_with("a", &db, &[], &flags);
+    let b = Server::start_with("b", &db, &[&a], &flags);
+    let c = Server::start_with("c", &db, &[&a], &flags);
+    let servers = [&a, &b, &c];
+    for server in servers {
+        server.wait_linked(2);
+    }
+    let mut sources = std::collections::BTreeMap::<&str, usize>::new();
+    for id in 1..=30 {
+        for server in servers {
+            *sources.entry(server.user(id).1).or_default() += 1;
+        }
+    }
+    // Each user has one owner: the other two nodes' reads are its answers (bar an owner that did
+    // not answer in time, which reads the database itself).
+    let owner = sources.get("owner").copied().unwrap_or(0);
+    assert!(owner >= 40, "sources of 90 reads: {sources:?}");
+
+    // Read a second time, a user is kept as a hot copy on the nodes that do not own it.
+    for server in servers {
+        server.wait_until("reading user 1 from memory", |s| s.user(1).1 == "cache");
+    }
+    let version = b.rename(1, "ada");
+    let written = Instant::now();
+    for server in servers {
+        fresh_after(server, 1, "ada", written);
+    }
+    assert_eq!(version, 2);
+    // And a user nobody has read yet.
+    c.rename(31, "alan");
+    let written = Instant::now();
+    for server in servers {
+        fresh_after(server, 31, "alan", written);
+    }
+}
+
 /// SIGTERM: the process tells every peer it is leaving and exits cleanly; the others drop it
 /// from their member lists at once (a node that merely went silent stays listed, not live).
 #[test]
@@ -353,7 +399,7 @@ fn bad_flags_and_an_unusable_database_fail_with_one_clear_line() {
     let not_a_dir = dir.path().join("missing").join("users.db");
     let unusable = format!("sqlite://{}", not_a_dir.display());
     let ports = ["--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"];
-    let cases: [(Vec<&str>, &str); 4] = [
+    let cases: [(Vec<&str>, &str); 5] = [
         (
             [&ports[..], &["--max-staleness", "fast"]].concat(),
             "invalid value",
@@ -369,6 +415,10 @@ fn bad_flags_and_an_unusable_database_fail_with_one_clear_line() {
         (
             vec!["--listen", "127.0.0.1:0", "--http", "not an address"],
             "invalid value",
+        ),
+        (
+            [&ports[..], &["--hot-copies-bytes", "1024"]].concat(),
+            "--hot-copies-bytes is for --mode partitioned only",
         ),
     ];
     for (args, expected) in cases {

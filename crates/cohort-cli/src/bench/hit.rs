@@ -20,7 +20,8 @@ use super::{Figure, median};
 use crate::workload::Zipf;
 
 const KEYS: u64 = 100_000;
-const SEQUENCE: usize = 1 << 16;
+/// Reads in the key sequence every contender reads.
+pub(super) const SEQUENCE: usize = 1 << 16;
 
 type Value = Arc<[u8]>;
 
@@ -84,18 +85,15 @@ pub(super) fn measure(quick: bool) -> anyhow::Result<Vec<Figure>> {
     let zipf = Zipf::new(KEYS, 0.99);
     let mut rng = StdRng::seed_from_u64(42);
     let keys: Vec<u64> = (0..SEQUENCE).map(|_| zipf.sample(&mut rng)).collect();
-    let rounds = if quick { 7 } else { 21 };
-    let passes = if quick { 4 } else { 16 };
-
     let mut figures = Vec::new();
-    for threads in [1, 2] {
-        let mut samples = vec![Vec::new(); NAMES.len()];
-        for round in 0..rounds {
-            for turn in 0..NAMES.len() {
-                let which = (round + turn) % NAMES.len();
-                samples[which].push(time_reads(&contenders, which, &keys, threads, passes));
-            }
-        }
+    for threads in THREADS {
+        let mut samples = take_turns(
+            NAMES.len(),
+            |which, key| contenders.get(which, key),
+            &keys,
+            threads,
+            quick,
+        );
         let results: Vec<Figure> = samples
             .iter_mut()
             .zip(NAMES)
@@ -111,16 +109,47 @@ pub(super) fn measure(quick: bool) -> anyhow::Result<Vec<Figure>> {
     Ok(figures)
 }
 
+/// The thread counts every hit is measured with.
+pub(super) const THREADS: [usize; 2] = [1, 2];
+
+/// Times `contenders` contenders reading `keys` on `threads` threads, taking turns round after
+/// round; returns each one's samples (nanoseconds per read), by index. `get(which, key)` reads
+/// `key` from contender `which`.
+pub(super) fn take_turns(
+    contenders: usize,
+    get: impl Fn(usize, &u64) -> bool + Sync,
+    keys: &[u64],
+    threads: usize,
+    quick: bool,
+) -> Vec<Vec<f64>> {
+    let rounds = if quick { 7 } else { 21 };
+    let passes = if quick { 4 } else { 16 };
+    let mut samples = vec![Vec::new(); contenders];
+    for round in 0..rounds {
+        for turn in 0..contenders {
+            let which = (round + turn) % contenders;
+            samples[which].push(time_reads(&get, which, keys, threads, passes));
+        }
+    }
+    samples
+}
+
 /// Reads the key sequence `passes` times per thread; returns nanoseconds per read, counting all
 /// threads' reads against the wall time.
-fn time_reads(c: &Contenders, which: usize, keys: &[u64], threads: usize, passes: usize) -> f64 {
+fn time_reads(
+    get: &(impl Fn(usize, &u64) -> bool + Sync),
+    which: usize,
+    keys: &[u64],
+    threads: usize,
+    passes: usize,
+) -> f64 {
     let start = Instant::now();
     std::thread::scope(|scope| {
         for t in 0..threads {
             scope.spawn(move || {
                 let offset = t * keys.len() / threads.max(1);
                 for key in keys.iter().cycle().skip(offset).take(keys.len() * passes) {
-                    black_box(c.get(which, key));
+                    black_box(get(which, key));
                 }
             });
         }

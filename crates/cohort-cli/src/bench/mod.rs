@@ -1,11 +1,15 @@
 //! `cohort bench`: cohort measured side by side with what a user would pick instead, in one run,
 //! reported as ratios against a baseline measured in the same run.
 //!
+//! Partitioned mode is measured against replicated caches (database loads, hit ratio, local
+//! hits) and against Redis (a read answered by another node).
+//!
 //! Each figure prints as `bench: <name> <value> <unit> ratio=<x> vs=<baseline>`; `--json` prints
 //! the same figures as one JSON array instead.
 
 mod hit;
 mod memory;
+mod partitioned;
 mod postgres;
 mod propagation;
 mod redis;
@@ -94,6 +98,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<bool> {
         figures.extend(redis::measure(args.quick, &hit, &p50).await);
         figures.push(postgres::measure(args.quick, &hit).await);
     }
+    figures.extend(partitioned::measure(args.quick).await?);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&figures)?);
     } else {

@@ -16,11 +16,11 @@ use super::{Figure, propagation};
 use crate::latency::Latencies;
 
 /// One RESP connection.
-struct Conn(BufReader<TcpStream>);
+pub(super) struct Conn(BufReader<TcpStream>);
 
 /// A reply, as far as the benchmark needs it.
 #[derive(Debug)]
-enum Reply {
+pub(super) enum Reply {
     Simple,
     Integer,
     Bulk(Option<Vec<u8>>),
@@ -28,7 +28,7 @@ enum Reply {
 }
 
 impl Conn {
-    async fn open(addr: SocketAddr) -> anyhow::Result<Self> {
+    pub(super) async fn open(addr: SocketAddr) -> anyhow::Result<Self> {
         let stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
         Ok(Self(BufReader::new(stream)))
@@ -45,7 +45,7 @@ impl Conn {
         Ok(())
     }
 
-    async fn call(&mut self, args: &[&[u8]]) -> anyhow::Result<Reply> {
+    pub(super) async fn call(&mut self, args: &[&[u8]]) -> anyhow::Result<Reply> {
         self.send(args).await?;
         self.reply().await
     }

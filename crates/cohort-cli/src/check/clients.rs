@@ -11,7 +11,7 @@ use rand::{RngExt, SeedableRng};
 use super::http;
 use super::nodes::Cluster;
 use super::record::{Actor, Op, Recorded};
-use crate::api::{Rename, Source, UserRead, Written};
+use crate::api::{Rename, UserRead, Written};
 
 /// How long a client waits for one answer. Reads sent to a paused node in its last second are
 /// answered, and judged, once it resumes; the others give up, so the workload goes on.
@@ -42,7 +42,7 @@ pub(crate) async fn run_client(
         let answer = if read {
             http::get::<UserRead>(http, &path, REQUEST_TIMEOUT)
                 .await
-                .map(|user| (user.version, Some(user.source == Source::Cache)))
+                .map(|user| (user.version, Some(user.source)))
         } else {
             renames += 1;
             let rename = Rename {
@@ -54,7 +54,7 @@ pub(crate) async fn run_client(
         };
         let ended = Instant::now();
         let mut recorded = recorded.lock();
-        let Ok((version, from_cache)) = answer else {
+        let Ok((version, source)) = answer else {
             recorded.counts.failed += 1;
             continue;
         };
@@ -62,7 +62,7 @@ pub(crate) async fn run_client(
             actor: Actor::Client { client, node },
             key,
             version,
-            from_cache,
+            source,
             started,
             ended,
         };

@@ -155,7 +155,7 @@ async fn rename_by_sql(db: &UsersDb, key: u64, recorded: &Mutex<Recorded>) -> an
         actor: Actor::Sql,
         key,
         version: version.unsigned_abs(),
-        from_cache: None,
+        source: None,
         started,
         ended: Instant::now(),
     });

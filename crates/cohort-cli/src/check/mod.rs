@@ -58,8 +58,9 @@ pub(crate) struct Args {
         default_value = "kill,pause,partition,drop,slow,external"
     )]
     faults: Vec<FaultKind>,
-    /// What the nodes promise: bounded staleness, or reads linearizable with respect to
-    /// completed updates.
+    /// What the nodes promise: bounded staleness (`bounded`, and `partitioned`, where each key
+    /// is cached by one owner), or reads linearizable with respect to completed updates
+    /// (`strong`).
     #[arg(long, value_enum, default_value_t = Consistency::Bounded)]
     mode: Consistency,
     /// Seed of the faults and the workload.

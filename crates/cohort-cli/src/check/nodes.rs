@@ -65,13 +65,11 @@ impl Node {
                 &format!("{}ms", spec.max_staleness.as_millis()),
             ])
             .args(["--users", &spec.users.to_string()])
+            .args(["--mode", spec.mode.name()])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .kill_on_drop(true);
-        if spec.mode == Consistency::Strong {
-            command.args(["--mode", "strong"]);
-        }
         if spec.broken.contains(&index) {
             command.arg("--unsafe-ignore-leases");
         }

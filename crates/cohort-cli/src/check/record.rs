@@ -12,6 +12,8 @@ use serde_json::json;
 
 use cohort_testkit::history::{Judge, Late, Read, Update};
 
+use crate::api::Source;
+
 /// How long after an operation completes the judge waits for those that completed before it:
 /// clients record an answer under one lock right after it comes, so this only covers a thread
 /// descheduled in between.
@@ -40,8 +42,8 @@ pub(crate) struct Op {
     pub(crate) key: u64,
     /// The version read, or written.
     pub(crate) version: u64,
-    /// For reads: whether the node's cache answered.
-    pub(crate) from_cache: Option<bool>,
+    /// For reads: what answered.
+    pub(crate) source: Option<Source>,
     pub(crate) started: Instant,
     pub(crate) ended: Instant,
 }
@@ -53,8 +55,9 @@ pub(crate) enum By {
     Put { node: usize },
     /// Plain SQL, through no node.
     Sql,
-    /// A read on node `n{node}`; as an update, the first read that returned the version.
-    Read { node: usize, cache: bool },
+    /// A read on node `n{node}`, answered by `source`; as an update, the first read that
+    /// returned the version.
+    Read { node: usize, source: Source },
 }
 
 /// What a run recorded: operations are counted, written to the history file and handed to the
@@ -80,6 +83,10 @@ pub(crate) struct Counts {
     pub(crate) reads: u64,
     /// Reads the node's cache answered.
     pub(crate) from_cache: u64,
+    /// Reads another node answered, as the key's owner (partitioned mode).
+    pub(crate) from_owner: u64,
+    /// Reads whose owner did not answer in time or could not serve, read from the database.
+    pub(crate) owner_skipped: u64,
     pub(crate) updates: u64,
     /// Updates by plain SQL, through no node.
     pub(crate) by_sql: u64,
@@ -112,13 +119,16 @@ impl Recorded {
         let Actor::Client { node, .. } = op.actor else {
             return;
         };
-        let cache = op.from_cache == Some(true);
+        // Reads always say what answered; one that did not would have come from the database.
+        let source = op.source.unwrap_or(Source::Db);
         self.counts.reads += 1;
-        self.counts.from_cache += u64::from(cache);
+        self.counts.from_cache += u64::from(source == Source::Cache);
+        self.counts.from_owner += u64::from(source == Source::Owner);
+        self.counts.owner_skipped += u64::from(source == Source::OwnerSkipped);
         if let Some(history) = &mut self.history {
             history.write("read", &op);
         }
-        let by = By::Read { node, cache };
+        let by = By::Read { node, source };
         self.judge.handle_update(Update {
             key: op.key,
             version: op.version,
@@ -226,7 +236,7 @@ impl HistoryFile {
             "node": node,
             "key": op.key,
             "version": op.version,
-            "source": op.from_cache.map(|c| if c { "cache" } else { "db" }),
+            "source": op.source,
             "start_us": us(op.started),
             "end_us": us(op.ended),
         });

@@ -4,6 +4,7 @@ use std::time::Instant;
 
 use super::Args;
 use super::record::{By, JUDGE_HORIZON, JUDGE_WINDOW, Recorded};
+use crate::api::Source;
 
 /// What the nodes running at the end say their mesh did.
 #[derive(Clone, Copy, Debug, Default)]
@@ -37,12 +38,21 @@ pub(crate) fn report(
         .map(|(kind, count)| format!("{kind} {count}"))
         .collect();
     println!(
-        "operations  {ops} ({:.0}/s): reads {} ({} from cache, {} from the database), \
-         updates {} ({} by plain SQL), {} failed or timed out",
+        "operations  {ops} ({:.0}/s): reads {} ({} from cache, {} from owners, {} from the \
+         database{}), updates {} ({} by plain SQL), {} failed or timed out",
         ops as f64 / secs,
         counts.reads,
         counts.from_cache,
-        counts.reads - counts.from_cache,
+        counts.from_owner,
+        counts.reads - counts.from_cache - counts.from_owner,
+        if counts.owner_skipped > 0 {
+            format!(
+                ", {} of them as their owner did not answer in time or could not serve",
+                counts.owner_skipped
+            )
+        } else {
+            String::new()
+        },
         counts.updates,
         counts.by_sql,
         counts.failed,
@@ -75,10 +85,10 @@ pub(crate) fn report(
     let at = |i: Instant| i.saturating_duration_since(origin).as_secs_f64();
     for late in &recorded.worst {
         let (read, missed) = (&late.read, &late.missed);
-        let (node, cache) = match read.by {
-            By::Read { node, cache } => (node, cache),
-            By::Put { node } => (node, false),
-            By::Sql => (usize::MAX, false),
+        let (node, source) = match read.by {
+            By::Read { node, source } => (node, source),
+            By::Put { node } => (node, Source::Db),
+            By::Sql => (usize::MAX, Source::Db),
         };
         let by = match missed.by {
             By::Put { node } => format!("PUT on n{node}"),
@@ -91,7 +101,7 @@ pub(crate) fn report(
             read.key,
             at(read.started),
             read.version,
-            if cache { "cache" } else { "db" },
+            source.name(),
             missed.version,
             at(missed.returned),
             if late.at_least { "at least " } else { "" },

@@ -100,7 +100,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<bool> {
         None => None,
     };
     let bound = match args.mode {
-        Consistency::Bounded => args.max_staleness,
+        Consistency::Bounded | Consistency::Partitioned => args.max_staleness,
         Consistency::Strong => Duration::ZERO,
     };
     let recorded = Arc::new(Mutex::new(Recorded::new(
