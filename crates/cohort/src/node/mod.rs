@@ -51,7 +51,7 @@ use crate::event::ClusterEvent;
 use crate::id::{EventId, NodeId};
 use crate::lease::Lease;
 use crate::membership::Member;
-use crate::metrics::{CacheStats, ClusterCounters, ClusterStats};
+use crate::metrics::{CacheStats, ClusterCounters, ClusterStats, NodeReport};
 use crate::transport::{ClusterKey, Keyring, LinkError, Listener, Network};
 use crate::wire::{Change, Event, Frame};
 use link_queue::QueueTx;
@@ -435,6 +435,18 @@ impl Node {
             .iter()
             .map(|(name, sink)| (name.to_string(), sink.stats()))
             .collect()
+    }
+
+    /// Everything this node counts, for its Prometheus page and the `metrics` facade.
+    pub(crate) fn report(&self) -> NodeReport<'_> {
+        NodeReport {
+            node: self.id.as_str(),
+            peers_connected: self.connected_peers(),
+            peer_lease_remaining: self.peer_lease.remaining(&self.clock),
+            cluster: self.stats(),
+            caches: self.cache_stats(),
+            log: self.log.as_ref().map(|log| log.status()),
+        }
     }
 
     /// The members, as [`Cluster::members`](crate::Cluster::members) shows them.
