@@ -17,6 +17,9 @@ use std::time::Duration;
 
 use crate::changelog::LogStatus;
 
+#[cfg(feature = "metrics")]
+pub(crate) mod facade;
+
 const STRIPES: usize = 64;
 
 /// A counter that many threads bump often and that is read rarely.

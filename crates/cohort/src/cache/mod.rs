@@ -691,7 +691,15 @@ impl<K: Key, V: Value> Cache<K, V> {
             cache = %inner.name,
             key_hash = inner.key_hash(key)
         );
-        self.write_through(key, write).instrument(span).await
+        #[cfg(feature = "metrics")]
+        let started = tokio::time::Instant::now();
+        let updated = self.write_through(key, write).instrument(span).await;
+        // Timed only when the write ran: a refused update returns at once.
+        #[cfg(feature = "metrics")]
+        if let Ok(_) | Err(UpdateError::Write(_)) = updated {
+            crate::metrics::facade::record_update(inner.node.id(), &inner.name, started.elapsed());
+        }
+        updated
     }
 
     /// [`update`](Self::update), untraced.
@@ -866,7 +874,7 @@ impl<K: Key, V: Value> Inner<K, V> {
     }
 
     /// Runs the application's `load` of `key`: counted, in a `cohort.load` span (`reason`: why
-    /// the source is read).
+    /// the source is read) and, with the `metrics` feature, timed.
     async fn load<F, Fut, E>(&self, key: K, reason: &'static str, load: F) -> Result<V, E>
     where
         F: FnOnce(K) -> Fut,
@@ -880,7 +888,12 @@ impl<K: Key, V: Value> Inner<K, V> {
             key_hash = self.key_hash(&key),
             reason
         );
-        load(key).instrument(span).await
+        #[cfg(feature = "metrics")]
+        let started = tokio::time::Instant::now();
+        let loaded = load(key).instrument(span).await;
+        #[cfg(feature = "metrics")]
+        crate::metrics::facade::record_load(self.node.id(), &self.name, started.elapsed());
+        loaded
     }
 
     /// What names `key` in traces: the stable hash of its wire encoding, the same on every node,

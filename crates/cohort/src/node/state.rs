@@ -112,6 +112,10 @@ pub(crate) enum Output {
     PeerLease(Option<Millis>),
     /// The members that own keys of partitioned caches changed: a link came up or went down.
     Owners(Owners),
+    /// A ping to `peer` was queued, whose pong will answer `nonce`: the shell times the round
+    /// trip (it reads a finer clock than the state is given).
+    #[cfg(feature = "metrics")]
+    Pinged { peer: NodeId, nonce: u64 },
 }
 
 /// What to do with an inbound frame once the state handled it.
@@ -971,6 +975,11 @@ impl NodeState {
                     to: To::Link(link.id),
                     frame: Frame::Ping { nonce }.encode(),
                 });
+                #[cfg(feature = "metrics")]
+                self.outputs.push_back(Output::Pinged {
+                    peer: peer.clone(),
+                    nonce,
+                });
             }
         }
         let dead = self.confirmations.expire(now);
@@ -1308,6 +1317,8 @@ mod tests {
                     Output::IntentSettled(seq) => seen.settled.push(seq),
                     Output::PeerLease(since) => seen.lease = since,
                     Output::Owners(owners) => seen.owners = Some(owners),
+                    #[cfg(feature = "metrics")]
+                    Output::Pinged { .. } => {}
                 }
             }
             moved

@@ -2,4 +2,6 @@
 //! invalidations, flushes and membership changes, and, with the `metrics` feature, its counters,
 //! gauges and histograms through the `metrics` facade.
 
+#[cfg(feature = "metrics")]
+mod facade;
 mod spans;
