@@ -42,7 +42,9 @@
 //! - `cache`: the typed handle ([`Cache`]): `get`, `get_or_load`, `update`, `invalidate`.
 //! - `cluster`: the public handle ([`Cluster`]) and its builder ([`ClusterBuilder`]).
 //! - `changelog`: the database change log ([`ChangeLog`]): triggers, tailing, the poll lease.
-//! - `metrics`: counters and their snapshots ([`CacheStats`], [`ClusterStats`]).
+//! - `metrics`: counters and their snapshots ([`CacheStats`], [`ClusterStats`]), the Prometheus
+//!   page ([`Cluster::prometheus`]) and, with the `metrics` feature, the export to the `metrics`
+//!   facade.
 //!
 //! Dependencies run one way: `id`, `event`, `clock`, `wire` ← `lease`, `store`, `membership`,
 //! `transport` ← `changelog`, `metrics`, `config` ← `node` ← `cache` ← `cluster`.
@@ -53,6 +55,7 @@
 //! | `sqlite` | yes | [`ChangeLog::sqlite`]: the change log in a SQLite database (sqlx) |
 //! | `postgres` | no | `ChangeLog::postgres`: the change log in Postgres, with NOTIFY wake-ups |
 //! | `redis` | no | `RedisBus`: links over Redis pub/sub, for nodes that cannot reach each other |
+//! | `metrics` | no | every counter and gauge, and histograms of load and update durations and peer round trips, through the [`metrics`](https://docs.rs/metrics) facade to the recorder the application installs (names in the README) |
 
 mod cache;
 mod changelog;

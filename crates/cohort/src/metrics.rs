@@ -5,12 +5,20 @@
 //! store rather than a locked read-modify-write (measured: the `lock xadd` alone made a hot hit
 //! 12% slower). Everything else is a plain relaxed atomic. [`CacheStats`] and [`ClusterStats`]
 //! are point-in-time copies.
+//!
+//! A [`NodeReport`] gathers a node's snapshots; its figures, their names and help texts are
+//! listed once here, for the Prometheus page ([`render_prometheus`]) and, with the `metrics`
+//! feature, for the `metrics` facade (`facade`), which also records the histograms.
 
 use std::cell::Cell;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
 
 use crate::changelog::LogStatus;
+
+#[cfg(feature = "metrics")]
+pub(crate) mod facade;
 
 const STRIPES: usize = 64;
 
@@ -265,243 +273,311 @@ pub struct ClusterStats {
     pub replicas_downgraded: u64,
 }
 
-/// A per-cache counter: its name, its help text and how to read it from a snapshot.
-type CacheCounterRow = (&'static str, &'static str, fn(&CacheStats) -> u64);
+/// One counter of a snapshot: its metric name, its help text and how to read it.
+type Row<S> = (&'static str, &'static str, fn(&S) -> u64);
 
-/// Everything [`render_prometheus`] reports about one node.
+/// A cache's reads as the page counts them: `misses` includes `bypasses`. The `metrics` feature
+/// exports them as one counter split by a `result` label instead.
+const READ_COUNTERS: [Row<CacheStats>; 3] = [
+    (
+        "cohort_cache_hits_total",
+        "Reads answered from the cache.",
+        |s| s.hits,
+    ),
+    (
+        "cohort_cache_misses_total",
+        "Reads the cache could not answer.",
+        |s| s.misses,
+    ),
+    (
+        "cohort_cache_bypasses_total",
+        "Reads sent to the source because the change-log lease had lapsed.",
+        |s| s.bypasses,
+    ),
+];
+
+/// A cache's other counters.
+const CACHE_COUNTERS: [Row<CacheStats>; 11] = [
+    ("cohort_cache_loads_total", "Loader calls.", |s| s.loads),
+    (
+        "cohort_cache_fills_rejected_total",
+        "Loaded or written values not stored because the key changed meanwhile.",
+        |s| s.fills_rejected,
+    ),
+    (
+        "cohort_cache_updates_total",
+        "Successful updates through this node.",
+        |s| s.updates,
+    ),
+    (
+        "cohort_cache_invalidations_applied_total",
+        "Peer invalidations applied.",
+        |s| s.invalidations_applied,
+    ),
+    (
+        "cohort_cache_replicas_applied_total",
+        "Peer replicated values applied.",
+        |s| s.replicas_applied,
+    ),
+    (
+        "cohort_cache_logged_applied_total",
+        "Change-log rows applied.",
+        |s| s.logged_applied,
+    ),
+    (
+        "cohort_cache_logged_unparsable_total",
+        "Change-log rows whose key did not parse.",
+        |s| s.logged_unparsable,
+    ),
+    (
+        "cohort_cache_flushes_total",
+        "Times the cache was emptied.",
+        |s| s.flushes,
+    ),
+    (
+        "cohort_cache_remote_hits_total",
+        "Partitioned caches: reads answered by the key's owner on another node.",
+        |s| s.remote_hits,
+    ),
+    (
+        "cohort_cache_owner_skipped_total",
+        "Partitioned caches: reads loaded here because the key's owner did not answer in time.",
+        |s| s.owner_skipped,
+    ),
+    (
+        "cohort_cache_served_total",
+        "Partitioned caches: peers' requests answered as the key's owner.",
+        |s| s.served,
+    ),
+];
+
+const CLUSTER_COUNTERS: [Row<ClusterStats>; 13] = [
+    ("cohort_events_sent_total", "Events originated here.", |c| {
+        c.events_sent
+    }),
+    (
+        "cohort_events_applied_total",
+        "Peer events applied here.",
+        |c| c.events_applied,
+    ),
+    (
+        "cohort_events_duplicate_total",
+        "Peer events ignored as already applied.",
+        |c| c.events_duplicate,
+    ),
+    (
+        "cohort_gaps_total",
+        "Peer events missed for good (each flushed the caches no change log covers).",
+        |c| c.gaps,
+    ),
+    (
+        "cohort_events_replayed_total",
+        "Events sent again from the replay buffer to a peer whose link broke.",
+        |c| c.events_replayed,
+    ),
+    (
+        "cohort_frames_rejected_total",
+        "Rejected frames and handshakes.",
+        |c| c.frames_rejected,
+    ),
+    (
+        "cohort_links_overflowed_total",
+        "Peer links closed because the peer fell behind.",
+        |c| c.links_overflowed,
+    ),
+    (
+        "cohort_connects_total",
+        "Outgoing links established.",
+        |c| c.connects,
+    ),
+    (
+        "cohort_members_refused_total",
+        "Members not admitted to the member table.",
+        |c| c.members_refused,
+    ),
+    (
+        "cohort_auth_failures_total",
+        "Link handshakes that failed to authenticate.",
+        |c| c.auth_failures,
+    ),
+    (
+        "cohort_links_refused_total",
+        "Connections closed at once: too many inbound links.",
+        |c| c.links_refused,
+    ),
+    (
+        "cohort_replicas_downgraded_total",
+        "Replicated values too large for a frame, sent as invalidations.",
+        |c| c.replicas_downgraded,
+    ),
+    (
+        "cohort_members_forgotten_total",
+        "Members forgotten after being unreached or down for the grace period.",
+        |c| c.members_forgotten,
+    ),
+];
+
+const LOG_COUNTERS: [Row<LogStatus>; 3] = [
+    (
+        "cohort_log_polls_total",
+        "Complete polls of the change log.",
+        |l| l.polls,
+    ),
+    (
+        "cohort_log_errors_total",
+        "Failed change-log operations.",
+        |l| l.errors,
+    ),
+    (
+        "cohort_log_pruned_flushes_total",
+        "Flushes after rows were pruned unread.",
+        |l| l.pruned_flushes,
+    ),
+];
+
+/// Everything a node reports: the page [`render_prometheus`] writes, and, with the `metrics`
+/// feature, what goes to the facade.
 pub(crate) struct NodeReport<'a> {
     pub(crate) node: &'a str,
     pub(crate) peers_connected: usize,
+    /// How much longer the peer lease (that of caches without a change log) holds; `None` once
+    /// it lapsed.
+    pub(crate) peer_lease_remaining: Option<Duration>,
     pub(crate) cluster: ClusterStats,
     pub(crate) caches: Vec<(String, CacheStats)>,
     pub(crate) log: Option<LogStatus>,
 }
 
-/// The node's counters in the Prometheus text exposition format (version 0.0.4).
+/// What a sample reads: a counter's total, or a gauge's level.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum Reading {
+    Total(u64),
+    Level(f64),
+}
+
+/// One figure of a [`NodeReport`].
+#[derive(Debug)]
+pub(crate) struct Sample<'a> {
+    pub(crate) name: &'static str,
+    pub(crate) help: &'static str,
+    /// The cache it is about, for a cache's figures.
+    pub(crate) cache: Option<&'a str>,
+    pub(crate) reading: Reading,
+}
+
+impl NodeReport<'_> {
+    /// A cache's reads, as the page counts them (see [`READ_COUNTERS`]).
+    fn reads(&self) -> Vec<Sample<'_>> {
+        self.per_cache(&READ_COUNTERS)
+    }
+
+    /// Every figure but a cache's reads, which the page and the facade count differently; the
+    /// samples of one name come together.
+    pub(crate) fn samples(&self) -> Vec<Sample<'_>> {
+        let mut samples = self.per_cache(&CACHE_COUNTERS);
+        let level = |name, help, value| Sample {
+            name,
+            help,
+            cache: None,
+            reading: Reading::Level(value),
+        };
+        let seconds = |d: Option<Duration>| d.unwrap_or_default().as_secs_f64();
+        samples.extend(self.caches.iter().map(|(cache, stats)| Sample {
+            name: "cohort_cache_entries",
+            help: "Entries held.",
+            cache: Some(cache),
+            reading: Reading::Level(stats.entries as f64),
+        }));
+        samples.push(level(
+            "cohort_peers_connected",
+            "Peers this node's links reach.",
+            self.peers_connected as f64,
+        ));
+        samples.push(level(
+            "cohort_peer_lease_remaining_seconds",
+            "Time left on the peer lease (caches without a change log serve under it); 0 once lapsed.",
+            seconds(self.peer_lease_remaining),
+        ));
+        samples.extend(totals(&CLUSTER_COUNTERS, &self.cluster));
+        if let Some(log) = &self.log {
+            samples.push(level(
+                "cohort_log_serving",
+                "1 while the change-log lease holds.",
+                f64::from(u8::from(log.serving)),
+            ));
+            samples.push(level(
+                "cohort_log_lease_remaining_seconds",
+                "Time left on the change-log lease; 0 once lapsed.",
+                seconds(log.lease_remaining),
+            ));
+            if let Some(age) = log.last_poll_age {
+                samples.push(level(
+                    "cohort_log_last_poll_age_seconds",
+                    "Age of the last complete poll's start.",
+                    age.as_secs_f64(),
+                ));
+            }
+            samples.push(level(
+                "cohort_log_behind_rows",
+                "Rows the last complete poll applied.",
+                log.behind_rows as f64,
+            ));
+            samples.extend(totals(&LOG_COUNTERS, log));
+        }
+        samples
+    }
+
+    /// `rows` for every cache, each row's caches together.
+    fn per_cache(&self, rows: &'static [Row<CacheStats>]) -> Vec<Sample<'_>> {
+        rows.iter()
+            .flat_map(|&(name, help, read)| {
+                self.caches.iter().map(move |(cache, stats)| Sample {
+                    name,
+                    help,
+                    cache: Some(cache),
+                    reading: Reading::Total(read(stats)),
+                })
+            })
+            .collect()
+    }
+}
+
+/// The node-wide counters `rows` read from `snapshot`.
+fn totals<'a, S>(
+    rows: &'static [Row<S>],
+    snapshot: &'a S,
+) -> impl Iterator<Item = Sample<'a>> + 'a {
+    rows.iter().map(move |&(name, help, read)| Sample {
+        name,
+        help,
+        cache: None,
+        reading: Reading::Total(read(snapshot)),
+    })
+}
+
+/// The node's figures in the Prometheus text exposition format (version 0.0.4).
 pub(crate) fn render_prometheus(report: &NodeReport<'_>) -> String {
     let mut out = String::new();
     let node = escape(report.node);
-    let mut metric = |name: &str, kind: &str, help: &str, samples: &[(String, f64)]| {
-        let _ = writeln!(out, "# HELP cohort_{name} {help}");
-        let _ = writeln!(out, "# TYPE cohort_{name} {kind}");
-        for (labels, value) in samples {
-            let _ = writeln!(out, "cohort_{name}{{node=\"{node}\"{labels}}} {value}");
+    let mut last = "";
+    for sample in report.reads().into_iter().chain(report.samples()) {
+        if sample.name != last {
+            let kind = match sample.reading {
+                Reading::Total(_) => "counter",
+                Reading::Level(_) => "gauge",
+            };
+            let _ = writeln!(out, "# HELP {} {}", sample.name, sample.help);
+            let _ = writeln!(out, "# TYPE {} {kind}", sample.name);
+            last = sample.name;
         }
-    };
-    let per_cache = |value: fn(&CacheStats) -> u64| -> Vec<(String, f64)> {
-        report
-            .caches
-            .iter()
-            .map(|(name, stats)| (format!(",cache=\"{}\"", escape(name)), value(stats) as f64))
-            .collect()
-    };
-    let cache_counters: [CacheCounterRow; 14] = [
-        ("cache_hits_total", "Reads answered from the cache.", |s| {
-            s.hits
-        }),
-        (
-            "cache_misses_total",
-            "Reads the cache could not answer.",
-            |s| s.misses,
-        ),
-        (
-            "cache_bypasses_total",
-            "Reads sent to the source because the change-log lease had lapsed.",
-            |s| s.bypasses,
-        ),
-        ("cache_loads_total", "Loader calls.", |s| s.loads),
-        (
-            "cache_fills_rejected_total",
-            "Loaded or written values not stored because the key changed meanwhile.",
-            |s| s.fills_rejected,
-        ),
-        (
-            "cache_updates_total",
-            "Successful updates through this node.",
-            |s| s.updates,
-        ),
-        (
-            "cache_invalidations_applied_total",
-            "Peer invalidations applied.",
-            |s| s.invalidations_applied,
-        ),
-        (
-            "cache_replicas_applied_total",
-            "Peer replicated values applied.",
-            |s| s.replicas_applied,
-        ),
-        (
-            "cache_logged_applied_total",
-            "Change-log rows applied.",
-            |s| s.logged_applied,
-        ),
-        (
-            "cache_logged_unparsable_total",
-            "Change-log rows whose key did not parse.",
-            |s| s.logged_unparsable,
-        ),
-        ("cache_flushes_total", "Times the cache was emptied.", |s| {
-            s.flushes
-        }),
-        (
-            "cache_remote_hits_total",
-            "Partitioned caches: reads answered by the key's owner on another node.",
-            |s| s.remote_hits,
-        ),
-        (
-            "cache_owner_skipped_total",
-            "Partitioned caches: reads loaded here because the key's owner did not answer in time.",
-            |s| s.owner_skipped,
-        ),
-        (
-            "cache_served_total",
-            "Partitioned caches: peers' requests answered as the key's owner.",
-            |s| s.served,
-        ),
-    ];
-    for (name, help, value) in cache_counters {
-        metric(name, "counter", help, &per_cache(value));
-    }
-    metric(
-        "cache_entries",
-        "gauge",
-        "Entries held.",
-        &per_cache(|s| s.entries as u64),
-    );
-
-    let c = &report.cluster;
-    let plain = |value: u64| [(String::new(), value as f64)];
-    metric(
-        "peers_connected",
-        "gauge",
-        "Peers this node's links reach.",
-        &plain(report.peers_connected as u64),
-    );
-    metric(
-        "events_sent_total",
-        "counter",
-        "Events originated here.",
-        &plain(c.events_sent),
-    );
-    metric(
-        "events_applied_total",
-        "counter",
-        "Peer events applied here.",
-        &plain(c.events_applied),
-    );
-    metric(
-        "events_duplicate_total",
-        "counter",
-        "Peer events ignored as already applied.",
-        &plain(c.events_duplicate),
-    );
-    metric(
-        "gaps_total",
-        "counter",
-        "Peer events missed for good (each flushed the caches no change log covers).",
-        &plain(c.gaps),
-    );
-    metric(
-        "events_replayed_total",
-        "counter",
-        "Events sent again from the replay buffer to a peer whose link broke.",
-        &plain(c.events_replayed),
-    );
-    metric(
-        "frames_rejected_total",
-        "counter",
-        "Rejected frames and handshakes.",
-        &plain(c.frames_rejected),
-    );
-    metric(
-        "links_overflowed_total",
-        "counter",
-        "Peer links closed because the peer fell behind.",
-        &plain(c.links_overflowed),
-    );
-    metric(
-        "connects_total",
-        "counter",
-        "Outgoing links established.",
-        &plain(c.connects),
-    );
-    metric(
-        "members_refused_total",
-        "counter",
-        "Members not admitted to the member table.",
-        &plain(c.members_refused),
-    );
-    metric(
-        "auth_failures_total",
-        "counter",
-        "Link handshakes that failed to authenticate.",
-        &plain(c.auth_failures),
-    );
-    metric(
-        "links_refused_total",
-        "counter",
-        "Connections closed at once: too many inbound links.",
-        &plain(c.links_refused),
-    );
-    metric(
-        "replicas_downgraded_total",
-        "counter",
-        "Replicated values too large for a frame, sent as invalidations.",
-        &plain(c.replicas_downgraded),
-    );
-    metric(
-        "members_forgotten_total",
-        "counter",
-        "Members forgotten after being unreached or down for the grace period.",
-        &plain(c.members_forgotten),
-    );
-
-    if let Some(log) = &report.log {
-        let seconds = |d: Option<std::time::Duration>| {
-            [(String::new(), d.map_or(f64::NAN, |d| d.as_secs_f64()))]
+        let cache = sample
+            .cache
+            .map(|cache| format!(",cache=\"{}\"", escape(cache)))
+            .unwrap_or_default();
+        let _ = match sample.reading {
+            Reading::Total(n) => writeln!(out, "{}{{node=\"{node}\"{cache}}} {n}", sample.name),
+            Reading::Level(x) => writeln!(out, "{}{{node=\"{node}\"{cache}}} {x}", sample.name),
         };
-        metric(
-            "log_serving",
-            "gauge",
-            "1 while the change-log lease holds.",
-            &plain(u64::from(log.serving)),
-        );
-        metric(
-            "log_lease_remaining_seconds",
-            "gauge",
-            "Time left on the lease.",
-            &seconds(log.lease_remaining),
-        );
-        metric(
-            "log_last_poll_age_seconds",
-            "gauge",
-            "Age of the last complete poll's start.",
-            &seconds(log.last_poll_age),
-        );
-        metric(
-            "log_behind_rows",
-            "gauge",
-            "Rows the last complete poll applied.",
-            &plain(log.behind_rows),
-        );
-        metric(
-            "log_polls_total",
-            "counter",
-            "Complete polls of the change log.",
-            &plain(log.polls),
-        );
-        metric(
-            "log_errors_total",
-            "counter",
-            "Failed change-log operations.",
-            &plain(log.errors),
-        );
-        metric(
-            "log_pruned_flushes_total",
-            "counter",
-            "Flushes after rows were pruned unread.",
-            &plain(log.pruned_flushes),
-        );
     }
     out
 }
@@ -525,6 +601,7 @@ mod tests {
         let report = NodeReport {
             node: "a\"b",
             peers_connected: 2,
+            peer_lease_remaining: None,
             cluster: ClusterStats {
                 events_sent: 5,
                 ..ClusterStats::default()
@@ -553,6 +630,16 @@ mod tests {
             !text.contains("cohort_log_"),
             "no change log, no log metrics"
         );
+        assert!(
+            text.contains("cohort_peer_lease_remaining_seconds{node=\"a\\\"b\"} 0\n"),
+            "a lapsed lease has no time left: {text}"
+        );
+        // The samples of one metric come together, under one header.
+        let mut headers: Vec<&str> = text.lines().filter(|l| l.starts_with("# HELP")).collect();
+        let all = headers.len();
+        headers.sort_unstable();
+        headers.dedup();
+        assert_eq!(headers.len(), all, "{text}");
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let (_, value) = line.rsplit_once(' ').unwrap();
             value.parse::<f64>().unwrap();

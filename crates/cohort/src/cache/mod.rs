@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tracing::Instrument;
 
 use crate::changelog::WatchedTable;
 use crate::clock::Millis;
@@ -660,8 +661,7 @@ impl<K: Key, V: Value> Cache<K, V> {
             Lookup::Hit(value) if inner.serving() => fetched(value, Source::Cache),
             Lookup::Hit(_) => fetched(inner.bypass(key, load).await?, Source::Bypassed),
             Lookup::Miss(slot) => {
-                inner.counters.loads.incr();
-                let value = load(key.clone()).await?;
+                let value = inner.load(key.clone(), "miss", load).await?;
                 if inner.is_held(key) {
                     drop(slot);
                     inner.counters.fills_rejected.incr();
@@ -680,6 +680,34 @@ impl<K: Key, V: Value> Cache<K, V> {
     /// change to `key` from elsewhere arrived while the write ran, in which case the key is left
     /// empty rather than risk keeping the older of the two.
     pub async fn update<F, Fut, E>(&self, key: &K, write: F) -> Result<Receipt<V>, UpdateError<E>>
+    where
+        F: FnOnce(K) -> Fut,
+        Fut: Future<Output = Result<V, E>>,
+    {
+        let inner = &*self.inner;
+        let span = tracing::debug_span!(
+            "cohort.update",
+            node = %inner.node.id(),
+            cache = %inner.name,
+            key_hash = inner.key_hash(key)
+        );
+        #[cfg(feature = "metrics")]
+        let started = tokio::time::Instant::now();
+        let updated = self.write_through(key, write).instrument(span).await;
+        // Timed only when the write ran: a refused update returns at once.
+        #[cfg(feature = "metrics")]
+        if let Ok(_) | Err(UpdateError::Write(_)) = updated {
+            crate::metrics::facade::record_update(inner.node.id(), &inner.name, started.elapsed());
+        }
+        updated
+    }
+
+    /// [`update`](Self::update), untraced.
+    async fn write_through<F, Fut, E>(
+        &self,
+        key: &K,
+        write: F,
+    ) -> Result<Receipt<V>, UpdateError<E>>
     where
         F: FnOnce(K) -> Fut,
         Fut: Future<Output = Result<V, E>>,
@@ -774,12 +802,20 @@ impl<K: Key, V: Value> Cache<K, V> {
     pub async fn invalidate(&self, key: &K) -> Result<EventId, EncodeError> {
         let inner = &*self.inner;
         let key_bytes = inner.encode_key(key)?;
-        inner.changing(&key_bytes);
-        inner.forget_hot(key);
-        inner.store.remove(key);
-        Ok(inner
-            .node
-            .publish(&inner.name, Change::Invalidate { key: &key_bytes }))
+        let span = tracing::debug_span!(
+            "cohort.invalidate",
+            node = %inner.node.id(),
+            cache = %inner.name,
+            key_hash = stable_hash(&key_bytes)
+        );
+        Ok(span.in_scope(|| {
+            inner.changing(&key_bytes);
+            inner.forget_hot(key);
+            inner.store.remove(key);
+            inner
+                .node
+                .publish(&inner.name, Change::Invalidate { key: &key_bytes })
+        }))
     }
 
     /// For a [`Mode::Partitioned`] cache, the node that owns `key` as this node's links see it
@@ -834,8 +870,36 @@ impl<K: Key, V: Value> Inner<K, V> {
         Fut: Future<Output = Result<V, E>>,
     {
         self.counters.bypasses.incr();
+        self.load(key.clone(), "bypass", load).await
+    }
+
+    /// Runs the application's `load` of `key`: counted, in a `cohort.load` span (`reason`: why
+    /// the source is read) and, with the `metrics` feature, timed.
+    async fn load<F, Fut, E>(&self, key: K, reason: &'static str, load: F) -> Result<V, E>
+    where
+        F: FnOnce(K) -> Fut,
+        Fut: Future<Output = Result<V, E>>,
+    {
         self.counters.loads.incr();
-        load(key.clone()).await
+        let span = tracing::debug_span!(
+            "cohort.load",
+            node = %self.node.id(),
+            cache = %self.name,
+            key_hash = self.key_hash(&key),
+            reason
+        );
+        #[cfg(feature = "metrics")]
+        let started = tokio::time::Instant::now();
+        let loaded = load(key).instrument(span).await;
+        #[cfg(feature = "metrics")]
+        crate::metrics::facade::record_load(self.node.id(), &self.name, started.elapsed());
+        loaded
+    }
+
+    /// What names `key` in traces: the stable hash of its wire encoding, the same on every node,
+    /// which does not show the key itself; `None` for a key that does not serialize.
+    fn key_hash(&self, key: &K) -> Option<u64> {
+        wire::encode_item(key).ok().map(|bytes| stable_hash(&bytes))
     }
 
     /// Holds back fills of `key` until a matching [`release`](Self::release), or for four
@@ -960,8 +1024,10 @@ impl<K: Key, V: Value> Inner<K, V> {
             }
             None => {
                 self.counters.owner_skipped.incr();
-                self.counters.loads.incr();
-                (load(key.clone()).await?, Source::OwnerSkipped)
+                (
+                    self.load(key.clone(), "owner_skipped", load).await?,
+                    Source::OwnerSkipped,
+                )
             }
         };
         if let Some(slot) = slot {
@@ -989,8 +1055,8 @@ impl<K: Key, V: Value> Inner<K, V> {
                 Lookup::Hit(value) if self.serving() => value,
                 Lookup::Hit(_) => return None,
                 Lookup::Miss(slot) => {
-                    self.counters.loads.incr();
-                    let value = match (partition.load)(key).await {
+                    let loaded = self.load(key, "owner", |key| (partition.load)(key)).await;
+                    let value = match loaded {
                         Ok(value) => value,
                         Err(error) => {
                             tracing::warn!(cache = %self.name, %error, "the owner's load failed");
@@ -1125,6 +1191,9 @@ impl<K: Key, V: Value> Sink for Inner<K, V> {
     }
 
     fn flush(&self) {
+        // Rare, and what an operator wants to see: at info level.
+        let _span = tracing::info_span!("cohort.flush", node = %self.node.id(), cache = %self.name)
+            .entered();
         if let Some(strong) = &self.strong {
             // Missed events may have been intents for any key: hold them all, first.
             strong

@@ -16,7 +16,7 @@ use crate::config::ConfigError;
 use crate::event::ClusterEvent;
 use crate::id::NodeId;
 use crate::membership::Member;
-use crate::metrics::{CacheStats, ClusterStats, NodeReport, render_prometheus};
+use crate::metrics::{CacheStats, ClusterStats, render_prometheus};
 use crate::node::{Node, Running};
 use crate::transport::ClusterKey;
 
@@ -152,13 +152,7 @@ impl Cluster {
     /// # Ok(()) }
     /// ```
     pub fn prometheus(&self) -> String {
-        render_prometheus(&NodeReport {
-            node: self.node.id().as_str(),
-            peers_connected: self.node.connected_peers(),
-            cluster: self.stats(),
-            caches: self.cache_stats(),
-            log: self.change_log_status(),
-        })
+        render_prometheus(&self.node.report())
     }
 
     /// Replaces this node's cluster keys, the first becoming the primary, and re-establishes its

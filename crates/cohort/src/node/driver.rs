@@ -148,6 +148,28 @@ pub(super) fn spawn_timers(node: &Arc<Node>) {
     });
 }
 
+/// Folds the node's counters and gauges into the `metrics` facade every
+/// [`EXPORT_EVERY`](crate::metrics::facade::EXPORT_EVERY) until the node stops.
+#[cfg(feature = "metrics")]
+pub(super) fn spawn_metrics(node: &Arc<Node>) {
+    use crate::metrics::facade;
+
+    let node = Arc::clone(node);
+    let tasks = node.tasks.clone();
+    tasks.spawn(async move {
+        let mut shutdown = node.shutdown.subscribe();
+        let mut ticks = tokio::time::interval(facade::EXPORT_EVERY);
+        ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.wait_for(|stop| *stop) => return,
+                _ = ticks.tick() => facade::export(&node.report()),
+            }
+        }
+    });
+}
+
 /// Sleeps for `wait`, or forever without one.
 async fn sleep_for(wait: Option<Duration>) {
     match wait {

@@ -51,7 +51,7 @@ use crate::event::ClusterEvent;
 use crate::id::{EventId, NodeId};
 use crate::lease::Lease;
 use crate::membership::Member;
-use crate::metrics::{CacheStats, ClusterCounters, ClusterStats};
+use crate::metrics::{CacheStats, ClusterCounters, ClusterStats, NodeReport};
 use crate::transport::{ClusterKey, Keyring, LinkError, Listener, Network};
 use crate::wire::{Change, Event, Frame};
 use link_queue::QueueTx;
@@ -115,6 +115,8 @@ pub(crate) fn start(
     let node = Node::new(id, bound, config);
     driver::spawn_listener(&node, listener);
     driver::spawn_timers(&node);
+    #[cfg(feature = "metrics")]
+    driver::spawn_metrics(&node);
     let named: Vec<String> = config
         .seeds
         .iter()
@@ -195,6 +197,9 @@ struct Core {
     armed: Option<Millis>,
     /// Requests to owners awaiting an answer.
     requests: BTreeMap<u64, Asker>,
+    /// When each ping awaiting its pong left, to time round trips.
+    #[cfg(feature = "metrics")]
+    round_trips: crate::metrics::facade::RoundTrips,
 }
 
 /// Who awaits the answer to a request, and from which owner it must come.
@@ -247,6 +252,8 @@ impl Node {
                 intents: BTreeMap::new(),
                 armed: None,
                 requests: BTreeMap::new(),
+                #[cfg(feature = "metrics")]
+                round_trips: Default::default(),
             }),
             caches: RwLock::new(BTreeMap::new()),
             events: broadcast::channel(64 * 1024).0,
@@ -335,6 +342,13 @@ impl Node {
                         .set(&self.clock, since, self.config.max_staleness);
                 }
                 Output::Owners(owners) => *self.owners.write() = owners,
+                #[cfg(feature = "metrics")]
+                Output::Pinged { peer, nonce } => {
+                    // A pong comes within twice the bound or the link is dropped.
+                    let forget_after = self.config.max_staleness * 2;
+                    core.round_trips
+                        .pinged(nonce, peer, Instant::now(), forget_after);
+                }
             }
         }
     }
@@ -435,6 +449,18 @@ impl Node {
             .iter()
             .map(|(name, sink)| (name.to_string(), sink.stats()))
             .collect()
+    }
+
+    /// Everything this node counts, for its Prometheus page and the `metrics` facade.
+    pub(crate) fn report(&self) -> NodeReport<'_> {
+        NodeReport {
+            node: self.id.as_str(),
+            peers_connected: self.connected_peers(),
+            peer_lease_remaining: self.peer_lease.remaining(&self.clock),
+            cluster: self.stats(),
+            caches: self.cache_stats(),
+            log: self.log.as_ref().map(|log| log.status()),
+        }
     }
 
     /// The members, as [`Cluster::members`](crate::Cluster::members) shows them.
@@ -617,6 +643,8 @@ impl Node {
                     self.serve(from, id, cache, key);
                 }
                 (Inbound::Answer, &Frame::Answer { id, value }) => self.answered(from, id, value),
+                #[cfg(feature = "metrics")]
+                (_, &Frame::Pong { nonce, .. }) => self.ponged(from, nonce),
                 _ => {}
             }
             return Ok(inbound);
@@ -648,6 +676,19 @@ impl Node {
             drop(permit);
             node.with_state(|state| state.answer(&from, id, value.as_deref()));
         });
+    }
+
+    /// Times the round trip of the ping `from` answered with `nonce`.
+    #[cfg(feature = "metrics")]
+    fn ponged(&self, from: &Peer, nonce: u64) {
+        let took = self
+            .core
+            .lock()
+            .round_trips
+            .ponged(nonce, &from.node, Instant::now());
+        if let Some(took) = took {
+            crate::metrics::facade::record_round_trip(&self.id, &from.node, took);
+        }
     }
 
     /// Hands an answer to the request it answers, if `from` is the owner that was asked.

@@ -14,10 +14,12 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
+use std::slice;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use tracing::span::EnteredSpan;
 
 use super::confirm::{Confirmations, PongVerdict};
 use super::ownership::Owners;
@@ -110,6 +112,10 @@ pub(crate) enum Output {
     PeerLease(Option<Millis>),
     /// The members that own keys of partitioned caches changed: a link came up or went down.
     Owners(Owners),
+    /// A ping to `peer` was queued, whose pong will answer `nonce`: the shell times the round
+    /// trip (it reads a finer clock than the state is given).
+    #[cfg(feature = "metrics")]
+    Pinged { peer: NodeId, nonce: u64 },
 }
 
 /// What to do with an inbound frame once the state handled it.
@@ -726,6 +732,7 @@ impl NodeState {
     /// The node listening at `addr`, `origin`, said it is leaving: forget it at once rather than
     /// wait for its silence.
     fn on_leave(&mut self, origin: &NodeId, addr: SocketAddr, now: Millis) {
+        let _span = self.membership_span("member_left", slice::from_ref(origin));
         self.roster.leave(origin, now);
         self.confirmations.leave(origin);
         self.close_links_where(|link| link.addr == addr);
@@ -853,6 +860,7 @@ impl NodeState {
     /// Acts on a member's admission: a replaced entry's links to its old address close.
     fn admitted(&mut self, node: &NodeId, addr: SocketAddr, admission: &Admission) {
         if let &Admission::Replaced { old_addr, .. } = admission {
+            let _span = self.membership_span("member_replaced", slice::from_ref(node));
             if old_addr != addr {
                 self.close_links_where(|link| link.addr == old_addr);
             }
@@ -903,6 +911,7 @@ impl NodeState {
                     self.timers.insert((due, self.timers_scheduled), timer);
                 }
                 membership::Output::Up(id) => {
+                    let _span = self.membership_span("member_up", slice::from_ref(&id.node));
                     let admission = self.roster.swim_up(&id.node, id.incarnation, id.addr, now);
                     self.on_news(&id.node, id.addr, admission);
                     self.notify(ClusterEvent::MemberUp {
@@ -911,6 +920,7 @@ impl NodeState {
                     });
                 }
                 membership::Output::Down(id) => {
+                    let _span = self.membership_span("member_down", slice::from_ref(&id.node));
                     self.roster.swim_down(&id.node, id.incarnation);
                     self.notify(ClusterEvent::MemberDown {
                         node: id.node,
@@ -965,22 +975,36 @@ impl NodeState {
                     to: To::Link(link.id),
                     frame: Frame::Ping { nonce }.encode(),
                 });
+                #[cfg(feature = "metrics")]
+                self.outputs.push_back(Output::Pinged {
+                    peer: peer.clone(),
+                    nonce,
+                });
             }
         }
         let dead = self.confirmations.expire(now);
-        self.close_links_where(|link| link.peer.as_ref().is_some_and(|p| dead.contains(p)));
-        if !dead.is_empty() {
-            // They may have written, and sent events now lost, until their own leases ended;
-            // those keys are unknown, so the caches that only they could have told are emptied,
-            // before the lease (no longer waiting for them) lets those caches serve again.
-            tracing::info!(node = %self.id, peers = ?dead, "peers went silent; flushing peer-only caches");
-            self.outputs.push_back(Output::Flush);
+        if dead.is_empty() {
+            self.refresh_lease();
+        } else {
+            self.retire(dead);
         }
+        self.forget_due(now);
+    }
+
+    /// Retires the members that went `dead` (silent, on a majority's testimony): closes their
+    /// links and stops waiting for them.
+    fn retire(&mut self, dead: Vec<NodeId>) {
+        let _span = self.membership_span("members_retired", &dead);
+        self.close_links_where(|link| link.peer.as_ref().is_some_and(|p| dead.contains(p)));
+        // They may have written, and sent events now lost, until their own leases ended; those
+        // keys are unknown, so the caches that only they could have told are emptied, before
+        // the lease (no longer waiting for them) lets those caches serve again.
+        tracing::info!(node = %self.id, peers = ?dead, "peers went silent; flushing peer-only caches");
+        self.outputs.push_back(Output::Flush);
         self.refresh_lease();
         for node in dead {
             self.notify(ClusterEvent::PeerSilent { node });
         }
-        self.forget_due(now);
     }
 
     /// Forgets the members the member table says are due (see `membership::roster`), and the
@@ -995,6 +1019,8 @@ impl NodeState {
         if forgotten.is_empty() {
             return;
         }
+        let names: Vec<NodeId> = forgotten.iter().map(|(node, _)| node.clone()).collect();
+        let _span = self.membership_span("members_forgotten", &names);
         for (node, _) in &forgotten {
             self.confirmations.leave(node);
             self.tracker.forget(node);
@@ -1038,6 +1064,12 @@ impl NodeState {
 
     fn notify(&mut self, event: ClusterEvent) {
         self.outputs.push_back(Output::Notify(event));
+    }
+
+    /// A span over the handling of one membership change: `change` happened to `members`. At
+    /// info level: such changes are rare, and what an operator follows.
+    fn membership_span(&self, change: &'static str, members: &[NodeId]) -> EnteredSpan {
+        tracing::info_span!("cohort.membership", node = %self.id, change, ?members).entered()
     }
 }
 
@@ -1285,6 +1317,8 @@ mod tests {
                     Output::IntentSettled(seq) => seen.settled.push(seq),
                     Output::PeerLease(since) => seen.lease = since,
                     Output::Owners(owners) => seen.owners = Some(owners),
+                    #[cfg(feature = "metrics")]
+                    Output::Pinged { .. } => {}
                 }
             }
             moved
