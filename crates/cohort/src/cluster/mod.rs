@@ -90,6 +90,32 @@ impl Cluster {
 
     /// The members this node knows, by name, and the seed addresses no member has been found
     /// at yet.
+    ///
+    /// Each says how this node's mesh reaches it: its link, what SWIM holds of it, how long ago
+    /// it last confirmed this node had all its events, and the latest ping round trip to it.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::Duration;
+    ///
+    /// let a = cohort::Cluster::builder().node_name("a").start().await?;
+    /// let b = cohort::Cluster::builder()
+    ///     .node_name("b")
+    ///     .seeds([a.local_addr().to_string()])
+    ///     .start()
+    ///     .await?;
+    /// // Confirmed: a pong from `a` came back, so its round trip is known.
+    /// tokio::time::timeout(Duration::from_secs(5), b.wait_for_peers(1)).await?;
+    /// let members = b.members();
+    /// let to_a = members.iter().find(|m| m.node.as_ref().is_some_and(|n| n.as_str() == "a"));
+    /// let to_a = to_a.expect("b knows a");
+    /// assert!(to_a.connected);
+    /// assert!(to_a.round_trip.is_some_and(|rtt| rtt < Duration::from_secs(1)));
+    /// let lease_left = b.max_staleness().saturating_sub(to_a.last_confirmed.expect("confirmed"));
+    /// println!("a: round trip {:?}, lease {lease_left:?} left", to_a.round_trip);
+    /// # Ok(()) }
+    /// ```
     pub fn members(&self) -> Vec<Member> {
         self.node.members()
     }

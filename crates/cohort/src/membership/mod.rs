@@ -51,6 +51,16 @@ pub struct Member {
     pub swim: Option<SwimState>,
     /// How long ago it last showed signs of life (or was learned of, never reached).
     pub last_heard: Option<Duration>,
+    /// How long ago this node sent the ping of the member's newest confirmation: it had then
+    /// applied every event the member originated. Peer-only caches serve while this is within
+    /// the bound for every live member, so the bound minus this is what the member leaves of
+    /// their lease. `None` while unconfirmed. At the node clock's resolution (a few ms).
+    pub last_confirmed: Option<Duration>,
+    /// The latest round trip of a ping to it: from queueing the ping, behind this node's events
+    /// to it, to the pong, behind the member's events to this node. Every event this node sent
+    /// before a ping has reached the member within that ping's round trip. `None` before the
+    /// first pong.
+    pub round_trip: Option<Duration>,
     /// Whether this node's link to it is up.
     pub connected: bool,
     /// Whether this node's peer-only caches wait for its confirmation: it has been heard from

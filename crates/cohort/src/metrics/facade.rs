@@ -9,11 +9,9 @@
 //! Every call registers its metric with the recorder installed at that moment (no handles are
 //! kept), so a recorder installed after the node started takes everything from then on.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use metrics::{Label, Unit};
-use tokio::time::Instant;
 
 use super::{NodeReport, Reading};
 use crate::id::NodeId;
@@ -120,78 +118,8 @@ pub(crate) fn record_update(node: &NodeId, cache: &str, took: Duration) {
         .record(took);
 }
 
-/// When a node sent each of its pings that await a pong, to time the round trip.
-///
-/// Nonces grow with time, so the oldest pings come first and are forgotten from the front.
-#[derive(Debug, Default)]
-pub(crate) struct RoundTrips {
-    sent: BTreeMap<u64, (NodeId, Instant)>,
-}
-
-impl RoundTrips {
-    /// The ping `nonce` to `peer` left at `now`; pings older than `forget_after` are
-    /// forgotten (their pongs are not coming: a link silent that long is dropped).
-    pub(crate) fn pinged(
-        &mut self,
-        nonce: u64,
-        peer: NodeId,
-        now: Instant,
-        forget_after: Duration,
-    ) {
-        while let Some(oldest) = self.sent.first_entry()
-            && now.saturating_duration_since(oldest.get().1) > forget_after
-        {
-            oldest.remove();
-        }
-        self.sent.insert(nonce, (peer, now));
-    }
-
-    /// The pong answering `nonce` came from `peer` at `now`: the round trip, if that ping is
-    /// known and was sent to `peer`.
-    pub(crate) fn ponged(&mut self, nonce: u64, peer: &NodeId, now: Instant) -> Option<Duration> {
-        let entry = self.sent.get(&nonce)?;
-        if entry.0 != *peer {
-            return None;
-        }
-        let (_, sent) = self.sent.remove(&nonce)?;
-        Some(now.saturating_duration_since(sent))
-    }
-}
-
 /// Records the round trip of a ping from `node` to `peer` that took `took`.
 pub(crate) fn record_round_trip(node: &NodeId, peer: &NodeId, took: Duration) {
     metrics::histogram!(ROUND_TRIP, "node" => node.as_str().to_owned(), "peer" => peer.as_str().to_owned())
         .record(took);
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_round_trip_is_timed_once_and_only_for_the_peer_pinged() {
-        let mut trips = RoundTrips::default();
-        let (a, b) = (NodeId::from("a"), NodeId::from("b"));
-        let start = Instant::now();
-        let limit = Duration::from_secs(1);
-        trips.pinged(1, a.clone(), start, limit);
-        trips.pinged(2, b.clone(), start, limit);
-        let later = start + Duration::from_millis(3);
-        assert_eq!(trips.ponged(1, &b, later), None, "b echoing a's nonce");
-        assert_eq!(trips.ponged(1, &a, later), Some(Duration::from_millis(3)));
-        assert_eq!(trips.ponged(1, &a, later), None, "answered already");
-        assert_eq!(trips.ponged(2, &b, later), Some(Duration::from_millis(3)));
-    }
-
-    #[test]
-    fn unanswered_pings_are_forgotten_after_the_limit() {
-        let mut trips = RoundTrips::default();
-        let a = NodeId::from("a");
-        let start = Instant::now();
-        let limit = Duration::from_secs(1);
-        trips.pinged(1, a.clone(), start, limit);
-        trips.pinged(2, a.clone(), start + limit, limit);
-        trips.pinged(3, a.clone(), start + limit * 2, limit);
-        assert_eq!(trips.sent.keys().copied().collect::<Vec<_>>(), [2, 3]);
-    }
 }

@@ -295,6 +295,12 @@ impl<N: Ord + Clone> Confirmations<N> {
             .try_fold(Millis::MAX, |oldest, m| m.confirmed.map(|c| oldest.min(c)))
     }
 
+    /// When the newest confirmed ping to `member` was sent: this node had applied every event it
+    /// originated before then. `None` while unconfirmed (since it last became live).
+    pub(crate) fn confirmed(&self, member: &N) -> Option<Millis> {
+        self.members.get(member).and_then(|m| m.confirmed)
+    }
+
     /// The members that count now.
     pub(crate) fn live(&self) -> impl Iterator<Item = &N> {
         self.members.iter().filter(|(_, m)| m.live).map(|(n, _)| n)

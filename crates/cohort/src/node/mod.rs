@@ -11,6 +11,8 @@
 //!   to empty, dialers to start, SWIM timers, the peer lease). It also routes peer events to
 //!   the caches registered by name.
 //! - `link_queue`: the bounded queue of one outgoing link.
+//! - `round_trip`: each member's latest ping round trip, timed by the shell at a finer
+//!   resolution than the state's clock (for [`Member::round_trip`](crate::Member::round_trip)).
 //! - `ownership`: who owns a key of a partitioned cache (rendezvous hashing over the members
 //!   this node's links reach); the shell keeps the current owners for the caches to ask, and
 //!   serves peers' requests for keys this node owns.
@@ -27,6 +29,7 @@ mod driver;
 mod link_queue;
 pub(crate) mod ownership;
 mod replay;
+mod round_trip;
 pub(crate) mod sequence;
 mod state;
 
@@ -56,6 +59,7 @@ use crate::transport::{ClusterKey, Keyring, LinkError, Listener, Network};
 use crate::wire::{Change, Event, Frame};
 use link_queue::QueueTx;
 use ownership::Owners;
+use round_trip::RoundTrips;
 #[cfg(fuzzing)]
 pub(crate) use state::play_link;
 use state::{Inbound, LinkId, NodeState, Output, Peer, To, Transmit};
@@ -197,9 +201,8 @@ struct Core {
     armed: Option<Millis>,
     /// Requests to owners awaiting an answer.
     requests: BTreeMap<u64, Asker>,
-    /// When each ping awaiting its pong left, to time round trips.
-    #[cfg(feature = "metrics")]
-    round_trips: crate::metrics::facade::RoundTrips,
+    /// Each member's pings awaiting their pongs, and its latest round trip.
+    round_trips: RoundTrips,
 }
 
 /// Who awaits the answer to a request, and from which owner it must come.
@@ -252,8 +255,7 @@ impl Node {
                 intents: BTreeMap::new(),
                 armed: None,
                 requests: BTreeMap::new(),
-                #[cfg(feature = "metrics")]
-                round_trips: Default::default(),
+                round_trips: RoundTrips::default(),
             }),
             caches: RwLock::new(BTreeMap::new()),
             events: broadcast::channel(64 * 1024).0,
@@ -326,7 +328,14 @@ impl Node {
                 return;
             };
             match output {
-                Output::Notify(event) => self.notify(event),
+                Output::Notify(event) => {
+                    if let ClusterEvent::PeerLeft { node }
+                    | ClusterEvent::MemberForgotten { node, .. } = &event
+                    {
+                        core.round_trips.forget(node);
+                    }
+                    self.notify(event);
+                }
                 Output::Flush => self.flush_caches(|sink| sink.is_peer_only() || sink.is_strong()),
                 Output::Dial(addr) => self.dial(addr),
                 Output::CloseLink(link) => {
@@ -342,12 +351,8 @@ impl Node {
                         .set(&self.clock, since, self.config.max_staleness);
                 }
                 Output::Owners(owners) => *self.owners.write() = owners,
-                #[cfg(feature = "metrics")]
                 Output::Pinged { peer, nonce } => {
-                    // A pong comes within twice the bound or the link is dropped.
-                    let forget_after = self.config.max_staleness * 2;
-                    core.round_trips
-                        .pinged(nonce, peer, Instant::now(), forget_after);
+                    core.round_trips.pinged(peer, nonce, Instant::now());
                 }
             }
         }
@@ -465,7 +470,15 @@ impl Node {
 
     /// The members, as [`Cluster::members`](crate::Cluster::members) shows them.
     pub(crate) fn members(&self) -> Vec<Member> {
-        self.with_time(|state, now| state.members(now))
+        let core = self.core.lock();
+        let mut members = core.state.members(self.clock.now());
+        for member in &mut members {
+            member.round_trip = member
+                .node
+                .as_ref()
+                .and_then(|node| core.round_trips.last(node));
+        }
+        members
     }
 
     /// How many members this node's links reach now.
@@ -643,7 +656,6 @@ impl Node {
                     self.serve(from, id, cache, key);
                 }
                 (Inbound::Answer, &Frame::Answer { id, value }) => self.answered(from, id, value),
-                #[cfg(feature = "metrics")]
                 (_, &Frame::Pong { nonce, .. }) => self.ponged(from, nonce),
                 _ => {}
             }
@@ -679,16 +691,18 @@ impl Node {
     }
 
     /// Times the round trip of the ping `from` answered with `nonce`.
-    #[cfg(feature = "metrics")]
     fn ponged(&self, from: &Peer, nonce: u64) {
         let took = self
             .core
             .lock()
             .round_trips
-            .ponged(nonce, &from.node, Instant::now());
+            .ponged(&from.node, nonce, Instant::now());
+        #[cfg(feature = "metrics")]
         if let Some(took) = took {
             crate::metrics::facade::record_round_trip(&self.id, &from.node, took);
         }
+        #[cfg(not(feature = "metrics"))]
+        let _ = took;
     }
 
     /// Hands an answer to the request it answers, if `from` is the owner that was asked.

@@ -113,8 +113,8 @@ pub(crate) enum Output {
     /// The members that own keys of partitioned caches changed: a link came up or went down.
     Owners(Owners),
     /// A ping to `peer` was queued, whose pong will answer `nonce`: the shell times the round
-    /// trip (it reads a finer clock than the state is given).
-    #[cfg(feature = "metrics")]
+    /// trip (it reads a finer clock than the state is given), for
+    /// [`Member::round_trip`] and the metrics.
     Pinged { peer: NodeId, nonce: u64 },
 }
 
@@ -789,6 +789,12 @@ impl NodeState {
                 incarnation: Some(entry.incarnation),
                 swim: self.membership.state(node, entry.incarnation),
                 last_heard: Some(Duration::from_millis(now.saturating_sub(entry.last_heard))),
+                last_confirmed: self
+                    .confirmations
+                    .confirmed(node)
+                    .map(|at| Duration::from_millis(now.saturating_sub(at))),
+                // Timed by the shell.
+                round_trip: None,
                 connected: entry.connected,
                 live: live.contains(node),
                 up: entry.swim_up,
@@ -799,6 +805,8 @@ impl NodeState {
                 incarnation: None,
                 swim: None,
                 last_heard: None,
+                last_confirmed: None,
+                round_trip: None,
                 connected: false,
                 live: false,
                 up: false,
@@ -975,7 +983,6 @@ impl NodeState {
                     to: To::Link(link.id),
                     frame: Frame::Ping { nonce }.encode(),
                 });
-                #[cfg(feature = "metrics")]
                 self.outputs.push_back(Output::Pinged {
                     peer: peer.clone(),
                     nonce,
@@ -1317,7 +1324,6 @@ mod tests {
                     Output::IntentSettled(seq) => seen.settled.push(seq),
                     Output::PeerLease(since) => seen.lease = since,
                     Output::Owners(owners) => seen.owners = Some(owners),
-                    #[cfg(feature = "metrics")]
                     Output::Pinged { .. } => {}
                 }
             }
