@@ -4,7 +4,7 @@
 //! key's owner on another node in partitioned mode, or the database answered),
 //! `PUT /users/{id}` writes the database through `update`, `/healthz`, `/metrics` (Prometheus) and
 //! `/cluster` (members, lease, lag) report on the node; the JSON bodies' shapes are in
-//! [`crate::api`]. The database holds a `users` table, created and seeded on first run, watched
+//! [`crate::api`]. `/` is the live cluster page (`cohort_page`), refreshing from `/page.json`. The database holds a `users` table, created and seeded on first run, watched
 //! through the change log so that writers bypassing the service are seen within the bound too.
 
 use std::net::SocketAddr;
@@ -229,6 +229,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<bool> {
         .await
         .with_context(|| format!("cannot serve HTTP on {}", args.http))?;
     let app_db = db.display();
+    let page = cohort_page::Page::start(&cluster);
     let app = App {
         cluster: cluster.clone(),
         users,
@@ -246,6 +247,9 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<bool> {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/cluster", get(cluster_state))
+        // The live cluster page, and the JSON it refreshes from.
+        .route_service("/", page.clone())
+        .route_service(&format!("/{}", cohort_page::JSON_PATH), page)
         .layer(axum::middleware::from_fn(http_limits::request_timeout))
         .layer(DefaultBodyLimit::max(http_limits::MAX_BODY_BYTES))
         .with_state(app);
