@@ -55,6 +55,7 @@ pub(crate) async fn run_faults(run: FaultRun<'_>) -> anyhow::Result<()> {
                 fault.lasts
             )
         });
+        let injected = Instant::now();
         match &fault.action {
             Action::Kill { node } => {
                 let killed = run.cluster.lock()[*node].take();
@@ -119,6 +120,9 @@ pub(crate) async fn run_faults(run: FaultRun<'_>) -> anyhow::Result<()> {
                 }
             }
         }
+        run.recorded
+            .lock()
+            .fault_window(fault, injected, Instant::now());
     }
     Ok(())
 }

@@ -21,10 +21,12 @@
 //! - `record`: every operation counted, written to the history file, handed to the judge.
 //! - `memory`: the nodes' resident memory, sampled and judged.
 //! - `report`: what ran, what the judge found, the verdict line.
+//! - `html`: the same as one HTML file to look at (`--report`), with its charts.
 
 mod clients;
 mod dbproxy;
 mod faults;
+mod html;
 mod http;
 mod inject;
 mod memory;
@@ -76,6 +78,11 @@ pub(crate) struct Args {
     /// Where to write the history, one JSON line per operation.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Where to write the report as one self-contained HTML file: the verdict, the operations
+    /// per node over time with every fault shaded, the staleness observed against the bound,
+    /// reads by source, and the worst reads' timelines.
+    #[arg(long)]
+    report: Option<PathBuf>,
     /// The staleness bound the nodes are started with.
     #[arg(long, default_value = "500ms", value_parser = parse_duration)]
     max_staleness: Duration,

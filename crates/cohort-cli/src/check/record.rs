@@ -14,6 +14,9 @@ use cohort_testkit::history::{Judge, Late, Read, Update};
 
 use crate::api::Source;
 
+use super::faults::Planned;
+use super::html::Gathered;
+
 /// How long after an operation completes the judge waits for those that completed before it:
 /// clients record an answer under one lock right after it comes, so this only covers a thread
 /// descheduled in between.
@@ -75,6 +78,8 @@ pub(crate) struct Recorded {
     /// The late reads with the longest lags beyond the bound, longest first.
     pub(crate) worst: Vec<Late<By>>,
     history: Option<HistoryFile>,
+    /// What `--report` draws, if asked for.
+    pub(crate) gathered: Option<Gathered>,
 }
 
 /// Operations by kind.
@@ -110,6 +115,7 @@ impl Recorded {
             faults: BTreeMap::new(),
             worst: Vec::new(),
             history,
+            gathered: None,
         }
     }
 
@@ -127,6 +133,9 @@ impl Recorded {
         self.counts.owner_skipped += u64::from(source == Source::OwnerSkipped);
         if let Some(history) = &mut self.history {
             history.write("read", &op);
+        }
+        if let Some(gathered) = &mut self.gathered {
+            gathered.op(&op, true);
         }
         let by = By::Read { node, source };
         self.judge.handle_update(Update {
@@ -151,6 +160,9 @@ impl Recorded {
         if let Some(history) = &mut self.history {
             history.write("update", &op);
         }
+        if let Some(gathered) = &mut self.gathered {
+            gathered.op(&op, false);
+        }
         let (promise, by) = match op.actor {
             Actor::Client { node, .. } => (self.bound, By::Put { node }),
             Actor::Sql => {
@@ -165,6 +177,13 @@ impl Recorded {
             promise,
             by,
         });
+    }
+
+    /// A fault's window: injected at `from`, its injection over at `to`.
+    pub(crate) fn fault_window(&mut self, fault: &Planned, from: Instant, to: Instant) {
+        if let Some(gathered) = &mut self.gathered {
+            gathered.fault(fault, from, to);
+        }
     }
 
     /// Judges the reads whose window has passed.
@@ -184,6 +203,9 @@ impl Recorded {
 
     fn collect_late(&mut self) {
         while let Some(late) = self.judge.poll_late() {
+            if let Some(gathered) = &mut self.gathered {
+                gathered.late(&late);
+            }
             if !late.beyond {
                 continue;
             }

@@ -11,6 +11,7 @@ use parking_lot::Mutex;
 use super::clients::{REQUEST_TIMEOUT, run_client};
 use super::dbproxy::{self, DbProxy};
 use super::faults::{self, Action, FaultKind};
+use super::html::{self, Gathered, Outcome};
 use super::inject::{FaultRun, run_faults};
 use super::memory;
 use super::nodes::{Cluster, Node, NodeSpec};
@@ -108,6 +109,9 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<bool> {
         args.max_staleness,
         history,
     )));
+    if args.report.is_some() {
+        recorded.lock().gathered = Some(Gathered::new(origin, n, args.duration, bound));
+    }
     let mut clients = Vec::new();
     for client in 0..args.clients {
         let (cluster, recorded) = (Arc::clone(&cluster), Arc::clone(&recorded));
@@ -208,6 +212,25 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<bool> {
     }
     let recorded = recorded.lock();
     let passed = report(&args, &recorded, mesh, origin, workload_ended, &problems);
+    if let (Some(path), Some(gathered)) = (&args.report, &recorded.gathered) {
+        let outcome = Outcome {
+            passed,
+            verdict: recorded.judge.verdict(),
+            counts: recorded.counts,
+            problems: &problems,
+            nodes: n,
+            duration: args.duration,
+            faults: args.faults.iter().map(|kind| kind.name()).collect(),
+            mode: clap::ValueEnum::to_possible_value(&args.mode)
+                .map_or_else(String::new, |mode| mode.get_name().to_owned()),
+            seed: args.seed,
+            bound,
+            max_staleness: args.max_staleness,
+            clients: args.clients,
+            keys: args.keys,
+        };
+        html::write(path, gathered, &outcome)?;
+    }
     Ok(passed)
 }
 
