@@ -2,11 +2,10 @@
 //! `chromium-driver` and `chromium`), for tests that look at cohort's pages in a real browser.
 
 use std::io;
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use rustix::process::{Pid, Signal, kill_process_group};
 use tempfile::TempDir;
@@ -38,15 +37,7 @@ impl Chromedriver {
                 format!("no Chromium at {CHROMIUM}: {INSTALL}"),
             ));
         }
-        let mut last_error = None;
-        for _ in 0..5 {
-            match Self::start_once() {
-                Ok(driver) => return Ok(driver),
-                Err(error) if error.kind() == io::ErrorKind::AddrInUse => last_error = Some(error),
-                Err(error) => return Err(error),
-            }
-        }
-        Err(last_error.unwrap_or_else(|| io::ErrorKind::AddrInUse.into()))
+        crate::start_on_free_port(Self::start_once)
     }
 
     fn start_once() -> io::Result<Self> {
@@ -70,25 +61,8 @@ impl Chromedriver {
             child,
             profile: tempfile::tempdir()?,
         };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(status) = driver.child.try_wait()? {
-                return Err(io::Error::new(
-                    io::ErrorKind::AddrInUse,
-                    format!("chromedriver exited at start ({status}): port {port} taken?"),
-                ));
-            }
-            if TcpStream::connect(driver.addr).is_ok() {
-                return Ok(driver);
-            }
-            if Instant::now() > deadline {
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "chromedriver did not start listening",
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        crate::wait_listening(&mut driver.child, driver.addr, "chromedriver")?;
+        Ok(driver)
     }
 
     /// The WebDriver endpoint.

@@ -24,6 +24,11 @@
 //! # Feature flags
 //! None.
 
+use std::io;
+use std::net::{SocketAddr, TcpStream};
+use std::process::Child;
+use std::time::{Duration, Instant};
+
 mod chromedriver;
 pub mod history;
 mod postgres;
@@ -34,8 +39,51 @@ pub use chromedriver::Chromedriver;
 pub use postgres::Postgres;
 pub use redis::Redis;
 
+/// Starts a server with `start_once` on a free port, again on another while it finds its port
+/// taken ([`io::ErrorKind::AddrInUse`]), five times at most.
+fn start_on_free_port<T>(mut start_once: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+    let mut last_error = None;
+    for _ in 0..5 {
+        match start_once() {
+            Ok(server) => return Ok(server),
+            Err(error) if error.kind() == io::ErrorKind::AddrInUse => last_error = Some(error),
+            Err(error) => return Err(error),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| io::ErrorKind::AddrInUse.into()))
+}
+
+/// Waits until `child`, the server `name` told to listen on `addr`, accepts connections there.
+/// A server that exits first is taken to have found its port taken
+/// ([`io::ErrorKind::AddrInUse`]); one that does not listen within 10 s, to have failed.
+fn wait_listening(child: &mut Child, addr: SocketAddr, name: &str) -> io::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Err(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                format!(
+                    "{name} exited at start ({status}): port {} taken?",
+                    addr.port()
+                ),
+            ));
+        }
+        if TcpStream::connect(addr).is_ok() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("{name} did not start listening"),
+            ));
+        }
+        // Another process's readiness: nothing announces it but the port answering.
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// A loopback port free at the time of asking; a server told to listen on it may still find it
-/// taken by then (the Redis server retries on another).
+/// taken by then (see [`start_on_free_port`]).
 fn free_port() -> std::io::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?

@@ -1,9 +1,8 @@
 //! A `redis-server` from the machine's PATH.
 
 use std::io;
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 /// A running throwaway `redis-server` (no persistence) on a free loopback port, killed when
 /// dropped.
@@ -17,15 +16,7 @@ impl Redis {
     /// be taken by another process before the server binds it: a server that exits at start is
     /// started again on another port.
     pub fn start() -> io::Result<Self> {
-        let mut last_error = None;
-        for _ in 0..5 {
-            match Self::start_once() {
-                Ok(server) => return Ok(server),
-                Err(error) if error.kind() == io::ErrorKind::AddrInUse => last_error = Some(error),
-                Err(error) => return Err(error),
-            }
-        }
-        Err(last_error.unwrap_or_else(|| io::ErrorKind::AddrInUse.into()))
+        crate::start_on_free_port(Self::start_once)
     }
 
     fn start_once() -> io::Result<Self> {
@@ -45,25 +36,8 @@ impl Redis {
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             child,
         };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(status) = server.child.try_wait()? {
-                return Err(io::Error::new(
-                    io::ErrorKind::AddrInUse,
-                    format!("redis-server exited at start ({status}): port {port} taken?"),
-                ));
-            }
-            if TcpStream::connect(server.addr).is_ok() {
-                return Ok(server);
-            }
-            if Instant::now() > deadline {
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "redis-server did not start listening",
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        crate::wait_listening(&mut server.child, server.addr, "redis-server")?;
+        Ok(server)
     }
 
     /// The server's address.
