@@ -27,6 +27,9 @@ pub(crate) struct Args {
     /// Print the figures as JSON.
     #[arg(long)]
     json: bool,
+    /// Measure only the read hits (the rows a change to the hit path moves).
+    #[arg(long)]
+    hits_only: bool,
     /// Internal: fill one contender with small entries in this process and print the resident
     /// memory it took (run as a child, so each contender starts from a clean heap).
     #[arg(long, hide = true)]
@@ -89,24 +92,42 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<bool> {
         memory::probe(contender).await?;
         return Ok(true);
     }
-    let mut figures = Vec::new();
-    figures.extend(tokio::task::spawn_blocking(move || hit::measure(args.quick)).await??);
-    figures.extend(memory::measure()?);
-    figures.extend(propagation::measure(args.quick).await?);
-    let named = |name: &str| figures.iter().find(|f| f.name == name).cloned();
-    if let (Some(hit), Some(p50)) = (named("hit_cohort_1t"), named("propagation_2_nodes_p50")) {
-        figures.extend(redis::measure(args.quick, &hit, &p50).await);
-        figures.push(postgres::measure(args.quick, &hit).await);
+    let mut figures = tokio::task::spawn_blocking(move || hit::measure(args.quick)).await??;
+    if !args.hits_only {
+        let rest = rest(args.quick, &figures).await?;
+        figures.extend(rest);
     }
-    figures.extend(partitioned::measure(args.quick).await?);
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&figures)?);
+    print(&figures, args.json)?;
+    Ok(true)
+}
+
+/// Every figure but the hits, some of them set against the `hits`.
+async fn rest(quick: bool, hits: &[Figure]) -> anyhow::Result<Vec<Figure>> {
+    let mut figures = memory::measure()?;
+    figures.extend(propagation::measure(quick).await?);
+    let named = |name: &str| {
+        hits.iter()
+            .chain(&figures)
+            .find(|f| f.name == name)
+            .cloned()
+    };
+    if let (Some(hit), Some(p50)) = (named("hit_cohort_1t"), named("propagation_2_nodes_p50")) {
+        figures.extend(redis::measure(quick, &hit, &p50).await);
+        figures.push(postgres::measure(quick, &hit).await);
+    }
+    figures.extend(partitioned::measure(quick).await?);
+    Ok(figures)
+}
+
+fn print(figures: &[Figure], json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(figures)?);
     } else {
         println!(
             "{:<36} {:>14} {:<12} {:>9}  vs",
             "figure", "value", "unit", "ratio"
         );
-        for f in &figures {
+        for f in figures {
             let ratio = f.ratio.map(|r| format!("{r:.2}")).unwrap_or_default();
             let value = match &f.skipped {
                 Some(_) => "skipped".to_owned(),
@@ -116,7 +137,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<bool> {
             println!("{:<36} {value:>14} {:<12} {ratio:>9}  {vs}", f.name, f.unit);
         }
         println!();
-        for f in &figures {
+        for f in figures {
             if let Some(reason) = &f.skipped {
                 println!("bench: {} skipped reason={reason}", f.name);
                 continue;
@@ -130,7 +151,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<bool> {
             }
         }
     }
-    Ok(true)
+    Ok(())
 }
 
 /// The median of `samples` (sorted in place); zero for none.
