@@ -1,8 +1,11 @@
 //! Read hits: cohort's `Cache::get` against a bare quick_cache and moka's sync cache, on the same
 //! 100k keys holding the same 1 KiB values, read in the same Zipf(0.99) order, one thread and two.
 //!
-//! The contenders take turns, round after round, and each figure is the median of its rounds:
-//! on a shared VM, back-to-back runs drift more than the differences being measured.
+//! The contenders take turns, round after round; each figure is the median of its rounds, and
+//! each ratio the median of the per-round ratios against the baseline's turn of the same round,
+//! with their interquartile range: on a shared VM, back-to-back runs drift more than the
+//! differences being measured, and a ratio whose rounds disagree too much is reported as such
+//! instead of as a number.
 //!
 //! A fourth contender, `quick_cache_clocked`, is the bare cache behind the one check every cache
 //! that bounds staleness by time must make on a hit: read the coarse monotonic clock (the clock
@@ -16,7 +19,7 @@ use std::time::Instant;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
-use super::{Figure, median};
+use super::{Figure, median, quantile};
 use crate::workload::Zipf;
 
 const KEYS: u64 = 100_000;
@@ -87,20 +90,20 @@ pub(super) fn measure(quick: bool) -> anyhow::Result<Vec<Figure>> {
     let keys: Vec<u64> = (0..SEQUENCE).map(|_| zipf.sample(&mut rng)).collect();
     let mut figures = Vec::new();
     for threads in THREADS {
-        let mut samples = take_turns(
+        let rounds = take_turns(
             NAMES.len(),
             |which, key| contenders.get(which, key),
             &keys,
             threads,
             quick,
         );
-        let results: Vec<Figure> = samples
-            .iter_mut()
-            .zip(NAMES)
-            .map(|(s, name)| Figure::plain(format!("hit_{name}_{threads}t"), median(s), "ns/op"))
+        let name = |which: usize| format!("hit_{}_{threads}t", NAMES[which]);
+        let baseline = rounds.figure(name(0), 0);
+        let others: Vec<Figure> = (1..NAMES.len())
+            .map(|which| rounds.figure_against(name(which), which, 0, &baseline))
             .collect();
-        figures.push(results[0].clone());
-        figures.extend(results[1..].iter().map(|r| r.clone().against(&results[0])));
+        figures.push(baseline);
+        figures.extend(others);
     }
     anyhow::ensure!(
         contenders.cohort.stats().misses == filled_misses,
@@ -112,16 +115,65 @@ pub(super) fn measure(quick: bool) -> anyhow::Result<Vec<Figure>> {
 /// The thread counts every hit is measured with.
 pub(super) const THREADS: [usize; 2] = [1, 2];
 
+/// Each contender's time per read in each round, in nanoseconds: `samples[contender][round]`.
+pub(super) struct Rounds {
+    samples: Vec<Vec<f64>>,
+}
+
+/// The widest interquartile range of per-round ratios, relative to their median, that still
+/// judges a ratio: the goals are set in steps of 5 to 20 %, so a wider spread cannot tell
+/// whether one is met.
+const WIDEST_JUDGED_SPREAD: f64 = 0.1;
+
+impl Rounds {
+    /// Contender `which`'s median time per read.
+    pub(super) fn figure(&self, name: String, which: usize) -> Figure {
+        let mut samples = self.samples[which].clone();
+        Figure::plain(name, median(&mut samples), "ns/op")
+    }
+
+    /// Contender `which`'s figure against contender `baseline`'s (`baseline_figure`): its ratio
+    /// is the median of each round's time over the baseline's time in the same round, its
+    /// spread their interquartile range; a spread wider than [`WIDEST_JUDGED_SPREAD`] leaves
+    /// the ratio unjudged.
+    pub(super) fn figure_against(
+        &self,
+        name: String,
+        which: usize,
+        baseline: usize,
+        baseline_figure: &Figure,
+    ) -> Figure {
+        let (ratio, spread) = self.ratios(which, baseline);
+        let mut figure = self.figure(name, which).against(baseline_figure);
+        figure.ratio = Some(ratio);
+        figure.spread = Some(spread);
+        figure.judged = (spread[1] - spread[0]) / ratio <= WIDEST_JUDGED_SPREAD;
+        figure
+    }
+
+    fn ratios(&self, which: usize, baseline: usize) -> (f64, [f64; 2]) {
+        let mut ratios: Vec<f64> = self.samples[which]
+            .iter()
+            .zip(&self.samples[baseline])
+            .map(|(ours, theirs)| ours / theirs)
+            .collect();
+        ratios.sort_by(f64::total_cmp);
+        (
+            quantile(&ratios, 0.5),
+            [quantile(&ratios, 0.25), quantile(&ratios, 0.75)],
+        )
+    }
+}
+
 /// Times `contenders` contenders reading `keys` on `threads` threads, taking turns round after
-/// round; returns each one's samples (nanoseconds per read), by index. `get(which, key)` reads
-/// `key` from contender `which`.
+/// round, each round in another order. `get(which, key)` reads `key` from contender `which`.
 pub(super) fn take_turns(
     contenders: usize,
     get: impl Fn(usize, &u64) -> bool + Sync,
     keys: &[u64],
     threads: usize,
     quick: bool,
-) -> Vec<Vec<f64>> {
+) -> Rounds {
     let rounds = if quick { 7 } else { 21 };
     let passes = if quick { 4 } else { 16 };
     let mut samples = vec![Vec::new(); contenders];
@@ -131,7 +183,7 @@ pub(super) fn take_turns(
             samples[which].push(time_reads(&get, which, keys, threads, passes));
         }
     }
-    samples
+    Rounds { samples }
 }
 
 /// Reads the key sequence `passes` times per thread; returns nanoseconds per read, counting all

@@ -48,6 +48,11 @@ pub(crate) struct Figure {
     /// Why the figure could not be measured.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) skipped: Option<String>,
+    /// For a ratio taken as the median of per-round ratios: their interquartile range.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) spread: Option<[f64; 2]>,
+    /// False when the spread is too wide for the ratio to judge anything by.
+    pub(crate) judged: bool,
 }
 
 impl Figure {
@@ -59,6 +64,8 @@ impl Figure {
             ratio: None,
             vs: None,
             skipped: None,
+            spread: None,
+            judged: true,
         }
     }
 
@@ -128,13 +135,22 @@ fn print(figures: &[Figure], json: bool) -> anyhow::Result<()> {
             "figure", "value", "unit", "ratio"
         );
         for f in figures {
-            let ratio = f.ratio.map(|r| format!("{r:.2}")).unwrap_or_default();
+            let ratio = match f.ratio {
+                Some(_) if !f.judged => "unjudged".to_owned(),
+                Some(r) => format!("{r:.2}"),
+                None => String::new(),
+            };
             let value = match &f.skipped {
                 Some(_) => "skipped".to_owned(),
                 None => format!("{:.1}", f.value),
             };
             let vs = f.vs.as_deref().or(f.skipped.as_deref()).unwrap_or("");
-            println!("{:<36} {value:>14} {:<12} {ratio:>9}  {vs}", f.name, f.unit);
+            println!(
+                "{:<36} {value:>14} {:<12} {ratio:>9}  {vs}{}",
+                f.name,
+                f.unit,
+                spread(f)
+            );
         }
         println!();
         for f in figures {
@@ -143,9 +159,20 @@ fn print(figures: &[Figure], json: bool) -> anyhow::Result<()> {
                 continue;
             }
             match (&f.ratio, &f.vs) {
+                (Some(_), Some(_)) if !f.judged => println!(
+                    "bench: {} {:.1} {} ratio=unjudged vs={}{}",
+                    f.name,
+                    f.value,
+                    f.unit,
+                    f.vs.as_deref().unwrap_or_default(),
+                    spread(f)
+                ),
                 (Some(ratio), Some(vs)) => println!(
-                    "bench: {} {:.1} {} ratio={ratio:.2} vs={vs}",
-                    f.name, f.value, f.unit
+                    "bench: {} {:.1} {} ratio={ratio:.2} vs={vs}{}",
+                    f.name,
+                    f.value,
+                    f.unit,
+                    spread(f)
                 ),
                 _ => println!("bench: {} {:.1} {}", f.name, f.value, f.unit),
             }
@@ -154,8 +181,26 @@ fn print(figures: &[Figure], json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How a ratio's rounds spread, as printed after it: nothing for a plain ratio.
+fn spread(figure: &Figure) -> String {
+    match figure.spread {
+        Some([q1, q3]) if figure.judged => format!(" iqr={q1:.2}..{q3:.2}"),
+        Some([q1, q3]) => format!(
+            " iqr={q1:.2}..{q3:.2} (its rounds disagree too much to judge the ratio; rerun on a quieter machine)"
+        ),
+        None => String::new(),
+    }
+}
+
+/// The `p` quantile (0 to 1) of `sorted`, by nearest rank; zero for none.
+pub(crate) fn quantile(sorted: &[f64], p: f64) -> f64 {
+    let last = sorted.len().saturating_sub(1);
+    let rank = (p * last as f64).round() as usize;
+    sorted.get(rank.min(last)).copied().unwrap_or(0.0)
+}
+
 /// The median of `samples` (sorted in place); zero for none.
 pub(crate) fn median(samples: &mut [f64]) -> f64 {
     samples.sort_by(f64::total_cmp);
-    samples.get(samples.len() / 2).copied().unwrap_or(0.0)
+    quantile(samples, 0.5)
 }

@@ -21,9 +21,9 @@ use cohort::{Cache, Cluster, Mode, Source};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
+use super::Figure;
 use super::hit::{SEQUENCE, THREADS, take_turns};
 use super::redis::{Conn, Reply};
-use super::{Figure, median};
 use crate::latency::Latencies;
 use crate::workload::Zipf;
 
@@ -346,7 +346,7 @@ async fn hot_copy_hits(
     let figures = tokio::task::spawn_blocking(move || {
         let mut figures = Vec::new();
         for threads in THREADS {
-            let mut samples = take_turns(
+            let rounds = take_turns(
                 2,
                 |which, key| match which {
                     0 => local_cache.get(key).is_some(),
@@ -356,17 +356,8 @@ async fn hot_copy_hits(
                 threads,
                 quick,
             );
-            let local = Figure::plain(
-                format!("hit_replicated_{threads}t"),
-                median(&mut samples[0]),
-                "ns/op",
-            );
-            let hot = Figure::plain(
-                format!("hit_hot_copy_{threads}t"),
-                median(&mut samples[1]),
-                "ns/op",
-            )
-            .against(&local);
+            let local = rounds.figure(format!("hit_replicated_{threads}t"), 0);
+            let hot = rounds.figure_against(format!("hit_hot_copy_{threads}t"), 1, 0, &local);
             figures.extend([local, hot]);
         }
         figures

@@ -35,7 +35,7 @@ use crate::lease::Lease;
 use crate::metrics::{CacheCounters, CacheStats};
 use crate::node::ownership::stable_hash;
 use crate::node::{Node, Running, Serving, Sink};
-use crate::store::{Bound, Entry, Lookup, NEVER, Store, WeighFn};
+use crate::store::{Bound, Lookup, Store, WeighFn};
 pub use partition::DEFAULT_OWNER_TIMEOUT;
 use partition::{LoadFn, Partition};
 
@@ -404,8 +404,7 @@ impl<K: Key, V: Value> CacheBuilder<K, V> {
         };
         let inner = Arc::new(Inner {
             name: Arc::clone(&name),
-            store: Store::new(bound, self.node.clock().clone()),
-            ttl: self.ttl,
+            store: Store::new(bound, self.node.clock().clone(), self.ttl),
             mode: self.mode,
             version: self.version.clone(),
             parse: self.parse.clone(),
@@ -442,6 +441,7 @@ impl<K: Key, V: Value> CacheBuilder<K, V> {
                             weigh,
                         },
                         self.node.clock().clone(),
+                        self.ttl,
                     )
                 });
                 Partition::new(load, hot, self.node.max_staleness(), owner_timeout)
@@ -516,7 +516,6 @@ struct Strong<K> {
 struct Inner<K, V> {
     name: Arc<str>,
     store: Store<K, V>,
-    ttl: Option<Duration>,
     mode: Mode,
     version: Option<VersionFn<V>>,
     /// Maps change-log key text to keys; set when the cache watches tables.
@@ -595,17 +594,12 @@ impl<K: Key, V: Value> Cache<K, V> {
     #[inline]
     pub fn get(&self, key: &K) -> Option<V> {
         let inner = &*self.inner;
-        if !inner.serving() {
-            inner.counters.misses.incr();
-            inner.counters.bypasses.incr();
-            return None;
+        let serving = inner.serving();
+        if serving && let Some(value) = inner.store.get(key) {
+            inner.counters.hits.incr();
+            return Some(value);
         }
-        let found = inner.store.get(key).or_else(|| inner.hot_get(key));
-        match found {
-            Some(_) => inner.counters.hits.incr(),
-            None => inner.counters.misses.incr(),
-        }
-        found
+        inner.get_past_store(key, serving)
     }
 
     /// Whether this node may serve this cache's values now. A cache that watches tables serves
@@ -665,7 +659,7 @@ impl<K: Key, V: Value> Cache<K, V> {
                 if inner.is_held(key) {
                     drop(slot);
                     inner.counters.fills_rejected.incr();
-                } else if !slot.fill(inner.entry(value.clone())) {
+                } else if !slot.fill(value.clone()) {
                     inner.counters.fills_rejected.incr();
                 }
                 fetched(value, Source::Loaded)
@@ -757,7 +751,7 @@ impl<K: Key, V: Value> Cache<K, V> {
             }
         };
         inner.counters.updates.incr();
-        let entry = inner.entry(value.clone());
+        let stored = value.clone();
         let version = inner.version_of(&value);
         inner.release(key);
         // A partitioned cache keeps the value on the key's owner only; the others ask for it.
@@ -772,7 +766,7 @@ impl<K: Key, V: Value> Cache<K, V> {
             drop(slot);
             inner.counters.fills_rejected.incr();
             inner.store.remove(key);
-        } else if !slot.fill(entry) {
+        } else if !slot.fill(stored) {
             // Another change to the key landed while this write ran; which is newer is unknown.
             inner.counters.fills_rejected.incr();
             inner.store.remove(key);
@@ -942,6 +936,25 @@ impl<K: Key, V: Value> Inner<K, V> {
         })
     }
 
+    /// The rest of [`Cache::get`] once the store had nothing to serve: kept out of line so that
+    /// a hit runs as few instructions as possible (on a hit bound by memory latency, each one
+    /// costs).
+    #[cold]
+    #[inline(never)]
+    fn get_past_store(&self, key: &K, serving: bool) -> Option<V> {
+        if !serving {
+            self.counters.misses.incr();
+            self.counters.bypasses.incr();
+            return None;
+        }
+        let found = self.hot_get(key);
+        match found {
+            Some(_) => self.counters.hits.incr(),
+            None => self.counters.misses.incr(),
+        }
+        found
+    }
+
     /// The live hot copy of `key`, for partitioned caches that keep them.
     #[inline]
     fn hot_get(&self, key: &K) -> Option<V> {
@@ -1034,7 +1047,7 @@ impl<K: Key, V: Value> Inner<K, V> {
             // A load from the source is as fresh as the slot; an answer may be as old as the
             // owner's lag.
             let keep = (source == Source::OwnerSkipped || !changed_lately) && partition.admit(hash);
-            if keep && !slot.fill(self.entry(value.clone())) {
+            if keep && !slot.fill(value.clone()) {
                 self.counters.fills_rejected.incr();
             }
         }
@@ -1063,7 +1076,7 @@ impl<K: Key, V: Value> Inner<K, V> {
                             return None;
                         }
                     };
-                    if !slot.fill(self.entry(value.clone())) {
+                    if !slot.fill(value.clone()) {
                         self.counters.fills_rejected.incr();
                     }
                     value
@@ -1086,15 +1099,6 @@ impl<K: Key, V: Value> Inner<K, V> {
     /// The application's version of `value`; zero for caches without versions.
     fn version_of(&self, value: &V) -> u64 {
         self.version.as_ref().map_or(0, |version| version(value))
-    }
-
-    fn entry(&self, value: V) -> Entry<V> {
-        Entry {
-            expires_at: self
-                .ttl
-                .map_or(NEVER, |ttl| self.store.clock().deadline(ttl)),
-            value,
-        }
     }
 
     fn apply_change(&self, change: &Change<'_>) -> Result<(), postcard::Error> {
@@ -1122,19 +1126,12 @@ impl<K: Key, V: Value> Inner<K, V> {
                 let key_bytes = key;
                 let key: K = wire::decode_item(key_bytes)?;
                 let value: V = wire::decode_item(value)?;
-                let expires_at = self
-                    .ttl
-                    .map_or(NEVER, |ttl| self.store.clock().deadline(ttl));
                 self.changing(key_bytes);
                 if let Some(hot) = self.hot() {
-                    hot.apply_replica(&key, value.clone(), version, expires_at, |held| {
-                        self.version_of(held)
-                    });
+                    hot.apply_replica(&key, value.clone(), version, |held| self.version_of(held));
                 }
                 self.store
-                    .apply_replica(&key, value, version, expires_at, |held| {
-                        self.version_of(held)
-                    });
+                    .apply_replica(&key, value, version, |held| self.version_of(held));
                 self.counters.replicas_applied.incr();
             }
         }

@@ -1,9 +1,11 @@
 //! The local bounded store: one node's copy of one cache.
 //!
 //! [`Store`] wraps `quick_cache` (S3-FIFO eviction, bounded by entry count or by weight) and adds
-//! what cohort needs on top: a per-entry expiry, kept inside the stored value because quick_cache
-//! has none. Versions are not stored: the application's version function reads them from the
-//! value when a replica arrives, which keeps every entry of every cache 8 bytes smaller.
+//! what cohort needs on top: a per-entry expiry for caches with a time to live, kept inside the
+//! stored value because quick_cache has none. A cache without one stores the bare value: the
+//! expiry would make every entry 8 bytes larger, and on a hit bound by memory latency a larger
+//! entry costs as much as the lease check (measured: 1.2× the bare hit). Versions are never
+//! stored: the application's version function reads them from the value when a replica arrives.
 //!
 //! Stale-fill protection rests on quick_cache's placeholders. A load or a write first takes a
 //! [`Slot`] (a placeholder) for its key; any [`Store::remove`] of that key, any plain insert and
@@ -14,6 +16,7 @@
 use std::hash::Hash;
 use std::num::NonZeroU64;
 use std::sync::Arc;
+use std::time::Duration;
 
 use quick_cache::sync::{
     Cache as QuickCache, DefaultLifecycle, EntryAction, EntryResult, PlaceholderGuard,
@@ -37,53 +40,131 @@ pub(crate) enum Bound<K, V> {
     },
 }
 
-/// One stored value with the metadata cohort keeps beside it.
-#[derive(Clone)]
-pub(crate) struct Entry<V> {
-    pub(crate) value: V,
-    /// When the entry stops being served; [`NEVER`] if it has no expiry.
-    pub(crate) expires_at: Millis,
+/// What a table holds for one key: the value, and whatever decides whether it is still live.
+trait Held<V>: Clone {
+    fn new(value: V, expires_at: Millis) -> Self;
+    fn value(&self) -> &V;
+    fn into_value(self) -> V;
+    fn is_live(&self, clock: &Clock) -> bool;
 }
 
-/// `expires_at` of an entry that never expires.
-pub(crate) const NEVER: Millis = Millis::MAX;
+/// A value that lives until it is removed or evicted.
+#[derive(Clone)]
+struct Lasting<V>(V);
 
-impl<V> Entry<V> {
-    #[inline]
+impl<V: Clone> Held<V> for Lasting<V> {
+    fn new(value: V, _: Millis) -> Self {
+        Self(value)
+    }
+
+    fn value(&self) -> &V {
+        &self.0
+    }
+
+    #[inline(always)]
+    fn into_value(self) -> V {
+        self.0
+    }
+
+    #[inline(always)]
+    fn is_live(&self, _: &Clock) -> bool {
+        true
+    }
+}
+
+/// A value that stops being served at a deadline.
+#[derive(Clone)]
+struct Expiring<V> {
+    value: V,
+    expires_at: Millis,
+}
+
+impl<V: Clone> Held<V> for Expiring<V> {
+    fn new(value: V, expires_at: Millis) -> Self {
+        Self { value, expires_at }
+    }
+
+    fn value(&self) -> &V {
+        &self.value
+    }
+
+    #[inline(always)]
+    fn into_value(self) -> V {
+        self.value
+    }
+
+    #[inline(always)]
     fn is_live(&self, clock: &Clock) -> bool {
-        self.expires_at == NEVER || clock.now() < self.expires_at
+        clock.now() < self.expires_at
     }
 }
 
-#[derive(Clone)]
-pub(crate) struct EntryWeighter<K, V>(Option<WeighFn<K, V>>);
+struct HeldWeighter<K, V>(Option<WeighFn<K, V>>);
 
-impl<K, V> Weighter<K, Entry<V>> for EntryWeighter<K, V> {
-    fn weight(&self, key: &K, entry: &Entry<V>) -> u64 {
-        self.0.as_ref().map_or(1, |weigh| weigh(key, &entry.value))
+impl<K, V> Clone for HeldWeighter<K, V> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
     }
 }
 
-type Inner<K, V> =
-    QuickCache<K, Entry<V>, EntryWeighter<K, V>, DefaultHashBuilder, DefaultLifecycle<K, Entry<V>>>;
+impl<K, V, H: Held<V>> Weighter<K, H> for HeldWeighter<K, V> {
+    fn weight(&self, key: &K, held: &H) -> u64 {
+        self.0.as_ref().map_or(1, |weigh| weigh(key, held.value()))
+    }
+}
+
+type Table<K, V, H> =
+    QuickCache<K, H, HeldWeighter<K, V>, DefaultHashBuilder, DefaultLifecycle<K, H>>;
+
+type Guard<'a, K, V, H> =
+    PlaceholderGuard<'a, K, H, HeldWeighter<K, V>, DefaultHashBuilder, DefaultLifecycle<K, H>>;
+
+/// The table of a cache without a time to live, or of one with.
+enum Tables<K, V> {
+    Lasting(Table<K, V, Lasting<V>>),
+    Expiring(Table<K, V, Expiring<V>>),
+}
+
+/// Runs `$body` on whichever table the store has, with `$wrap` (if named) the [`Claim`] variant
+/// for it.
+macro_rules! with_table {
+    ($store:expr, |$table:ident| $body:expr) => {
+        match &$store.tables {
+            Tables::Lasting($table) => $body,
+            Tables::Expiring($table) => $body,
+        }
+    };
+    ($store:expr, |$table:ident, $wrap:ident| $body:expr) => {
+        match &$store.tables {
+            Tables::Lasting($table) => {
+                let $wrap = Claim::Lasting;
+                $body
+            }
+            Tables::Expiring($table) => {
+                let $wrap = Claim::Expiring;
+                $body
+            }
+        }
+    };
+}
 
 /// One node's bounded copy of one cache.
 pub(crate) struct Store<K, V> {
-    inner: Inner<K, V>,
+    tables: Tables<K, V>,
     clock: Clock,
+    ttl: Option<Duration>,
 }
 
 /// A claim on a key that is being loaded or written; see [`Store::load_slot`].
-pub(crate) struct Slot<'a, K, V>(Guard<'a, K, V>);
+pub(crate) struct Slot<'a, K, V> {
+    claim: Claim<'a, K, V>,
+    store: &'a Store<K, V>,
+}
 
-type Guard<'a, K, V> = PlaceholderGuard<
-    'a,
-    K,
-    Entry<V>,
-    EntryWeighter<K, V>,
-    DefaultHashBuilder,
-    DefaultLifecycle<K, Entry<V>>,
->;
+enum Claim<'a, K, V> {
+    Lasting(Guard<'a, K, V, Lasting<V>>),
+    Expiring(Guard<'a, K, V, Expiring<V>>),
+}
 
 /// What [`Store::load_slot`] found.
 pub(crate) enum Lookup<'a, K, V> {
@@ -111,7 +192,9 @@ where
     K: Eq + Hash + Clone,
     V: Clone,
 {
-    pub(crate) fn new(bound: Bound<K, V>, clock: Clock) -> Self {
+    /// A store bounded by `bound` whose entries, with a `ttl`, stop being served that long after
+    /// they were stored.
+    pub(crate) fn new(bound: Bound<K, V>, clock: Clock, ttl: Option<Duration>) -> Self {
         let (estimated, max_weight, weigh) = match bound {
             Bound::Entries(n) => (
                 usize::try_from(n.get()).unwrap_or(usize::MAX),
@@ -124,73 +207,92 @@ where
                 weigh,
             } => (estimated_entries, max.get(), Some(weigh)),
         };
-        let inner = QuickCache::with(
-            estimated,
-            max_weight,
-            EntryWeighter(weigh),
-            DefaultHashBuilder::default(),
-            Default::default(),
-        );
-        Self { inner, clock }
+        fn table<K: Eq + Hash + Clone, V: Clone, H: Held<V>>(
+            estimated: usize,
+            max_weight: u64,
+            weigh: Option<WeighFn<K, V>>,
+        ) -> Table<K, V, H> {
+            QuickCache::with(
+                estimated,
+                max_weight,
+                HeldWeighter(weigh),
+                DefaultHashBuilder::default(),
+                DefaultLifecycle::default(),
+            )
+        }
+        let tables = match ttl {
+            None => Tables::Lasting(table(estimated, max_weight, weigh)),
+            Some(_) => Tables::Expiring(table(estimated, max_weight, weigh)),
+        };
+        Self { tables, clock, ttl }
     }
 
     /// The live value of `key`, if held. Allocation-free unless cloning `V` allocates.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn get(&self, key: &K) -> Option<V> {
-        let entry = self.inner.get(key)?;
-        entry.is_live(&self.clock).then_some(entry.value)
+        with_table!(self, |table| {
+            let held = table.get(key)?;
+            held.is_live(&self.clock).then(|| held.into_value())
+        })
     }
 
     /// A live value of `key`, or a slot to fill. If another task is loading `key`, waits for it
     /// (single flight) and returns its value when it stored one.
     pub(crate) async fn load_slot(&self, key: &K) -> Lookup<'_, K, V> {
         let clock = &self.clock;
-        match self
-            .inner
-            .entry_async(key, |_, entry| {
-                if entry.is_live(clock) {
-                    EntryAction::Retain(entry.value.clone())
-                } else {
-                    EntryAction::ReplaceWithGuard
+        with_table!(self, |table, wrap| {
+            match table
+                .entry_async(key, |_, held| {
+                    if held.is_live(clock) {
+                        EntryAction::Retain(held.value().clone())
+                    } else {
+                        EntryAction::ReplaceWithGuard
+                    }
+                })
+                .await
+            {
+                EntryResult::Retained(value) => Lookup::Hit(value),
+                EntryResult::Vacant(guard) | EntryResult::Replaced(guard, _) => {
+                    Lookup::Miss(self.slot(wrap(guard)))
                 }
-            })
-            .await
-        {
-            EntryResult::Retained(value) => Lookup::Hit(value),
-            EntryResult::Vacant(guard) | EntryResult::Replaced(guard, _) => {
-                Lookup::Miss(Slot(guard))
+                // Only the blocking `entry` with a timeout returns these.
+                EntryResult::Removed(..) | EntryResult::Timeout => {
+                    unreachable!("entry_async retains, replaces or hands out a guard")
+                }
             }
-            // Only the blocking `entry` with a timeout returns these.
-            EntryResult::Removed(..) | EntryResult::Timeout => {
-                unreachable!("entry_async retains, replaces or hands out a guard")
-            }
-        }
+        })
     }
 
     /// A slot for a write of `key` that is about to run: drops the held value and cancels any
     /// load or write of `key` in flight, whose fill would predate this write.
     pub(crate) fn write_slot(&self, key: &K) -> Slot<'_, K, V> {
-        loop {
-            match self
-                .inner
-                .entry(key, Some(std::time::Duration::ZERO), |_, _| {
-                    EntryAction::<()>::ReplaceWithGuard
-                }) {
-                EntryResult::Vacant(guard) | EntryResult::Replaced(guard, _) => return Slot(guard),
+        with_table!(self, |table, wrap| loop {
+            match table.entry(key, Some(Duration::ZERO), |_, _| {
+                EntryAction::<()>::ReplaceWithGuard
+            }) {
+                EntryResult::Vacant(guard) | EntryResult::Replaced(guard, _) => {
+                    return self.slot(wrap(guard));
+                }
                 // Someone else holds a slot: detach it so its fill fails, then claim the key.
                 EntryResult::Timeout => {
-                    self.inner.remove(key);
+                    table.remove(key);
                 }
                 EntryResult::Retained(()) | EntryResult::Removed(..) => {
                     unreachable!("the callback always replaces")
                 }
             }
-        }
+        })
+    }
+
+    fn slot<'a>(&'a self, claim: Claim<'a, K, V>) -> Slot<'a, K, V> {
+        Slot { claim, store: self }
     }
 
     /// Drops `key` and cancels any load or write of it in flight.
     pub(crate) fn remove(&self, key: &K) {
-        self.inner.remove(key);
+        with_table!(self, |table| {
+            table.remove(key);
+        });
     }
 
     /// Offers a value replicated from a peer. Only a held, older version (as `version_of` reads
@@ -201,58 +303,60 @@ where
         key: &K,
         value: V,
         version: u64,
-        expires_at: Millis,
         version_of: impl Fn(&V) -> u64,
     ) -> ReplicaOutcome {
         let mut offered = Some(value);
-        match self.inner.entry(
-            key,
-            Some(std::time::Duration::ZERO),
-            |_: &K, held: &mut Entry<V>| {
-                if version_of(&held.value) < version {
+        let expires_at = self.expiry();
+        with_table!(self, |table| {
+            match table.entry(key, Some(Duration::ZERO), |_, held| {
+                if version_of(held.value()) < version {
                     if let Some(value) = offered.take() {
-                        *held = Entry { value, expires_at };
+                        *held = Held::new(value, expires_at);
                     }
                     EntryAction::Retain(ReplicaOutcome::Replaced)
                 } else {
                     EntryAction::Retain(ReplicaOutcome::KeptNewer)
                 }
-            },
-        ) {
-            EntryResult::Retained(outcome) => outcome,
-            // The guard is dropped unfilled: the key stays absent.
-            EntryResult::Vacant(_) => ReplicaOutcome::Absent,
-            EntryResult::Timeout => {
-                self.inner.remove(key);
-                ReplicaOutcome::Cancelled
+            }) {
+                EntryResult::Retained(outcome) => outcome,
+                // The guard is dropped unfilled: the key stays absent.
+                EntryResult::Vacant(_) => ReplicaOutcome::Absent,
+                EntryResult::Timeout => {
+                    table.remove(key);
+                    ReplicaOutcome::Cancelled
+                }
+                EntryResult::Removed(..) | EntryResult::Replaced(..) => {
+                    unreachable!("the callback always retains")
+                }
             }
-            EntryResult::Removed(..) | EntryResult::Replaced(..) => {
-                unreachable!("the callback always retains")
-            }
-        }
+        })
     }
 
     /// Drops everything and cancels every load and write in flight.
     pub(crate) fn clear(&self) {
-        self.inner.clear();
+        with_table!(self, |table| table.clear());
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.inner.len()
+        with_table!(self, |table| table.len())
     }
 
     pub(crate) fn clock(&self) -> &Clock {
         &self.clock
     }
 
+    /// When an entry stored now stops being served; `Millis::MAX` without a time to live.
+    fn expiry(&self) -> Millis {
+        self.ttl.map_or(Millis::MAX, |ttl| self.clock.deadline(ttl))
+    }
+
     /// Checks the store's invariants; panics on a violation.
     #[cfg(any(test, fuzzing))]
     pub(crate) fn validate(&self) {
+        let (weight, capacity) = with_table!(self, |table| (table.weight(), table.capacity()));
         assert!(
-            self.inner.weight() <= self.inner.capacity(),
-            "weight {} over capacity {}",
-            self.inner.weight(),
-            self.inner.capacity()
+            weight <= capacity,
+            "weight {weight} over capacity {capacity}"
         );
     }
 }
@@ -262,10 +366,14 @@ where
     K: Eq + Hash + Clone,
     V: Clone,
 {
-    /// Stores `entry` unless the key was removed, inserted or cleared since the slot was taken.
+    /// Stores `value` unless the key was removed, inserted or cleared since the slot was taken.
     /// Returns whether it was stored.
-    pub(crate) fn fill(self, entry: Entry<V>) -> bool {
-        self.0.insert(entry).is_ok()
+    pub(crate) fn fill(self, value: V) -> bool {
+        let expires_at = self.store.expiry();
+        match self.claim {
+            Claim::Lasting(guard) => guard.insert(Held::new(value, expires_at)).is_ok(),
+            Claim::Expiring(guard) => guard.insert(Held::new(value, expires_at)).is_ok(),
+        }
     }
 }
 
@@ -279,14 +387,12 @@ mod tests {
         Store::new(
             Bound::Entries(NonZeroU64::new(capacity).unwrap()),
             Clock::manual(1_000),
+            None,
         )
     }
 
-    fn entry(value: &str) -> Entry<String> {
-        Entry {
-            value: value.to_owned(),
-            expires_at: NEVER,
-        }
+    fn entry(value: &str) -> String {
+        value.to_owned()
     }
 
     /// Test values carry their version after a `v`: "v5", "v5 again".
@@ -317,12 +423,12 @@ mod tests {
 
     #[tokio::test]
     async fn expired_entries_are_misses_and_reloadable() {
-        let store = store(10);
-        let expires_at = store.clock().deadline(Duration::from_millis(50));
-        assert!(miss(&store, 1).await.fill(Entry {
-            expires_at,
-            ..entry("one")
-        }));
+        let store: Store<u64, String> = Store::new(
+            Bound::Entries(NonZeroU64::new(10).unwrap()),
+            Clock::manual(1_000),
+            Some(Duration::from_millis(50)),
+        );
+        assert!(miss(&store, 1).await.fill(entry("one")));
         store.clock().advance(Duration::from_millis(49));
         assert_eq!(store.get(&1).as_deref(), Some("one"));
         store.clock().advance(Duration::from_millis(1));
@@ -363,24 +469,22 @@ mod tests {
     async fn replicas_replace_only_older_held_versions() {
         let store = store(10);
         assert_eq!(
-            store.apply_replica(&1, "v5".into(), 5, NEVER, |held: &String| version_of(held)),
+            store.apply_replica(&1, "v5".into(), 5, |held: &String| version_of(held)),
             ReplicaOutcome::Absent
         );
         assert_eq!(store.get(&1), None, "an absent key stays absent");
 
         assert!(miss(&store, 1).await.fill(entry("v3")));
         assert_eq!(
-            store.apply_replica(&1, "v5".into(), 5, NEVER, |held: &String| version_of(held)),
+            store.apply_replica(&1, "v5".into(), 5, |held: &String| version_of(held)),
             ReplicaOutcome::Replaced
         );
         assert_eq!(
-            store.apply_replica(&1, "v4".into(), 4, NEVER, |held: &String| version_of(held)),
+            store.apply_replica(&1, "v4".into(), 4, |held: &String| version_of(held)),
             ReplicaOutcome::KeptNewer
         );
         assert_eq!(
-            store.apply_replica(&1, "v5 again".into(), 5, NEVER, |held: &String| version_of(
-                held
-            )),
+            store.apply_replica(&1, "v5 again".into(), 5, |held: &String| version_of(held)),
             ReplicaOutcome::KeptNewer
         );
         assert_eq!(store.get(&1).as_deref(), Some("v5"));
@@ -392,7 +496,7 @@ mod tests {
         let store = store(10);
         let slot = miss(&store, 1).await;
         assert_eq!(
-            store.apply_replica(&1, "v9".into(), 9, NEVER, |held: &String| version_of(held)),
+            store.apply_replica(&1, "v9".into(), 9, |held: &String| version_of(held)),
             ReplicaOutcome::Cancelled
         );
         assert!(!slot.fill(entry("v8")));
@@ -418,6 +522,7 @@ mod tests {
                 weigh: Arc::new(|_, v: &String| v.len() as u64),
             },
             Clock::manual(0),
+            None,
         );
         for key in 0..100 {
             assert!(miss(&store, key).await.fill(entry(&"x".repeat(100))));
