@@ -81,6 +81,8 @@ pub use changelog::{
     LogStatus, WatchedTable,
 };
 pub use clock::TimeSource;
+#[doc(hidden)]
+pub use clock::coarse_now;
 pub use cluster::{Cluster, ClusterBuilder, StartError};
 pub use config::{
     ConfigError, DEFAULT_FORGET_AFTER, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_LINK_QUEUE,

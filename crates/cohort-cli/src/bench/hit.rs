@@ -9,7 +9,7 @@
 //!
 //! A fourth contender, `quick_cache_clocked`, is the bare cache behind the one check every cache
 //! that bounds staleness by time must make on a hit: read the coarse monotonic clock (the clock
-//! cohort reads) and compare it with a deadline. It is the floor for cohort's hit: the part of
+//! cohort reads, read as cohort reads it) and compare it with a deadline. It is the floor for cohort's hit: the part of
 //! cohort's cost that no implementation of a lease can shed.
 
 use std::hint::black_box;
@@ -43,17 +43,12 @@ impl Contenders {
             0 => self.bare.get(key).is_some(),
             1 => self.cohort.get(key).is_some(),
             2 => self.moka.get(key).is_some(),
-            _ => coarse_now() < black_box(u64::MAX) && self.bare.get(key).is_some(),
+            _ => cohort::coarse_now() < black_box(u64::MAX) && self.bare.get(key).is_some(),
         }
     }
 }
 
 const NAMES: [&str; 4] = ["quick_cache", "cohort", "moka", "quick_cache_clocked"];
-
-fn coarse_now() -> u64 {
-    let ts = rustix::time::clock_gettime(rustix::time::ClockId::MonotonicCoarse);
-    (ts.tv_sec as u64) * 1_000 + (ts.tv_nsec as u64) / 1_000_000
-}
 
 pub(super) fn measure(quick: bool) -> anyhow::Result<Vec<Figure>> {
     let runtime = tokio::runtime::Builder::new_current_thread()
