@@ -31,8 +31,8 @@ pub(crate) struct Args {
     #[arg(long)]
     json: bool,
     /// Also with `--quick`: how cost grows with the cluster, at 5, 10, 25 and 50 nodes
-    /// (propagation to every peer, bytes and system calls per update and idle, change-log polls,
-    /// memory per node); about two minutes. A full run always includes these rows.
+    /// (propagation to every peer, bytes and system calls per update and idle, idle CPU,
+    /// change-log polls, memory per node); about a minute. A full run always includes these rows.
     #[arg(long)]
     scale: bool,
     /// Internal: fill one contender with small entries in this process and print the resident
