@@ -77,7 +77,7 @@ fn report(before: u64, entries: usize) -> anyhow::Result<()> {
 }
 
 /// Resident set size, from `/proc/self/statm` (in pages of 4 KiB).
-fn resident_bytes() -> u64 {
+pub(super) fn resident_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/statm")
         .ok()
         .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())

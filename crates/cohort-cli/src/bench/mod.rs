@@ -4,6 +4,8 @@
 //! Partitioned mode is measured against replicated caches (database loads, hit ratio, local
 //! hits) and against Redis (a read answered by another node).
 //!
+//! How cost grows with the cluster (`scale`: 5 to 50 nodes) runs in a full run, or with `--scale`.
+//!
 //! Each figure prints as `bench: <name> <value> <unit> ratio=<x> vs=<baseline>`; `--json` prints
 //! the same figures as one JSON array instead.
 
@@ -13,6 +15,7 @@ mod partitioned;
 mod postgres;
 mod propagation;
 mod redis;
+mod scale;
 
 use std::time::Duration;
 
@@ -28,12 +31,21 @@ pub(crate) struct Args {
     #[arg(long)]
     json: bool,
     /// Measure only the read hits (the rows a change to the hit path moves).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "scale")]
     hits_only: bool,
+    /// Also with `--quick`: how cost grows with the cluster, at 5, 10, 25 and 50 nodes
+    /// (propagation to every peer, bytes and system calls per update and idle, idle CPU,
+    /// change-log polls, memory per node); about a minute. A full run always includes these rows.
+    #[arg(long)]
+    scale: bool,
     /// Internal: fill one contender with small entries in this process and print the resident
     /// memory it took (run as a child, so each contender starts from a clean heap).
     #[arg(long, hide = true)]
     memory_probe: Option<memory::Contender>,
+    /// Internal: measure a cluster of this many nodes in this process and print the figures as
+    /// JSON (run as a child, one per size, so each starts from a clean heap).
+    #[arg(long, hide = true)]
+    scale_probe: Option<usize>,
 }
 
 /// One measured figure.
@@ -99,10 +111,17 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<bool> {
         memory::probe(contender).await?;
         return Ok(true);
     }
+    if let Some(nodes) = args.scale_probe {
+        scale::probe(nodes).await?;
+        return Ok(true);
+    }
     let mut figures = tokio::task::spawn_blocking(move || hit::measure(args.quick)).await??;
     if !args.hits_only {
         let rest = rest(args.quick, &figures).await?;
         figures.extend(rest);
+    }
+    if args.scale || !(args.quick || args.hits_only) {
+        figures.extend(scale::measure().await?);
     }
     print(&figures, args.json)?;
     Ok(true)

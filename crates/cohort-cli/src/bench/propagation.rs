@@ -52,7 +52,7 @@ pub(super) async fn cluster_on_redis(n: usize, url: &str) -> anyhow::Result<Node
     linked(nodes).await
 }
 
-async fn linked(nodes: Vec<Cluster>) -> anyhow::Result<Nodes> {
+pub(super) async fn linked(nodes: Vec<Cluster>) -> anyhow::Result<Nodes> {
     let n = nodes.len();
     let mut out = Vec::new();
     for node in nodes {
@@ -132,7 +132,7 @@ pub(super) async fn latencies(nodes: &Nodes, samples: usize) -> anyhow::Result<L
     Ok(delays)
 }
 
-async fn applied_at(
+pub(super) async fn applied_at(
     events: &mut broadcast::Receiver<ClusterEvent>,
     event: &cohort::EventId,
 ) -> anyhow::Result<tokio::time::Instant> {
