@@ -169,8 +169,10 @@ pub(super) fn take_turns(
     threads: usize,
     quick: bool,
 ) -> Rounds {
-    let rounds = if quick { 7 } else { 21 };
-    let passes = if quick { 4 } else { 16 };
+    // Many short turns rather than a few long ones: a burst of another process's work then
+    // spoils a few rounds, which the medians discard, instead of a large share of the run.
+    let rounds = if quick { 21 } else { 101 };
+    let passes = if quick { 2 } else { 4 };
     let mut samples = vec![Vec::new(); contenders];
     for round in 0..rounds {
         for turn in 0..contenders {
@@ -182,7 +184,11 @@ pub(super) fn take_turns(
 }
 
 /// Reads the key sequence `passes` times per thread; returns nanoseconds per read, counting all
-/// threads' reads against the wall time.
+/// threads' reads against the wall time of the slowest.
+///
+/// Each thread first reads the sequence once untimed: contenders take turns, and without it
+/// the one whose turn follows a contender sharing its map (the bare cache and the clocked one)
+/// would find it warm, the others cold.
 fn time_reads(
     get: &(impl Fn(usize, &u64) -> bool + Sync),
     which: usize,
@@ -190,16 +196,31 @@ fn time_reads(
     threads: usize,
     passes: usize,
 ) -> f64 {
-    let start = Instant::now();
-    std::thread::scope(|scope| {
-        for t in 0..threads {
-            scope.spawn(move || {
-                let offset = t * keys.len() / threads.max(1);
-                for key in keys.iter().cycle().skip(offset).take(keys.len() * passes) {
-                    black_box(get(which, key));
-                }
-            });
-        }
+    let ready = std::sync::Barrier::new(threads);
+    let slowest = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|t| {
+                let ready = &ready;
+                scope.spawn(move || {
+                    let offset = t * keys.len() / threads.max(1);
+                    let sequence = || keys.iter().cycle().skip(offset);
+                    for key in sequence().take(keys.len()) {
+                        black_box(get(which, key));
+                    }
+                    ready.wait();
+                    let start = Instant::now();
+                    for key in sequence().take(keys.len() * passes) {
+                        black_box(get(which, key));
+                    }
+                    start.elapsed()
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .filter_map(|worker| worker.join().ok())
+            .max()
+            .unwrap_or_default()
     });
-    start.elapsed().as_nanos() as f64 / (keys.len() * passes * threads) as f64
+    slowest.as_nanos() as f64 / (keys.len() * passes * threads) as f64
 }
