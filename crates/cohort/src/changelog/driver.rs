@@ -16,8 +16,9 @@ use crate::event::ClusterEvent;
 pub(crate) trait LogTarget: Send + Sync + 'static {
     /// The node's name, for logs and for the backend's wake-up channel.
     fn name(&self) -> &str;
-    /// Applies a change-log row: `key`, as text, changed in `cache`.
-    fn apply_logged(&self, cache: &str, key: &str);
+    /// Applies a change-log row: `key`, as text, changed in `cache`, to `version` if the log
+    /// knows it.
+    fn apply_logged(&self, cache: &str, key: &str, version: Option<u64>);
     /// Empties the caches that watch tables: the log lost rows they needed.
     fn flush_watching(&self);
     /// Tells the node's subscribers.
@@ -137,7 +138,7 @@ async fn poll(
             node.flush_watching();
         }
         for row in &step.rows {
-            node.apply_logged(&row.cache, &row.key);
+            node.apply_logged(&row.cache, &row.key, row.version);
         }
         applied += step.rows.len() as u64;
         if step.cut_off {
