@@ -93,22 +93,23 @@ async fn step(
     installed
 }
 
+/// Installs every waiting cache's watches; a cache whose installation failed waits for the next
+/// attempt, but does not hold back the others (its table may be what is wrong, say a missing
+/// version column). Returns the first failure.
 async fn install_pending(log: &LogRuntime) -> Result<(), ChangeLogError> {
     let pending = std::mem::take(&mut *log.pending.lock());
-    let mut remaining = pending.into_iter();
-    while let Some(registration) = remaining.next() {
+    let mut failure = None;
+    'registrations: for registration in pending {
         for watch in &registration.watches {
             if let Err(error) = log.backend.install(watch).await {
-                // Put this one and the rest back for the next attempt.
-                let mut pending = log.pending.lock();
-                pending.push(registration);
-                pending.extend(remaining);
-                return Err(error);
+                log.pending.lock().push(registration);
+                failure.get_or_insert(error);
+                continue 'registrations;
             }
         }
         log.installed.lock().push(registration.lease);
     }
-    Ok(())
+    failure.map_or(Ok(()), Err)
 }
 
 /// Reads the log to its end, applying every row, then renews the leases from the start of the
