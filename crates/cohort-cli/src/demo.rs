@@ -55,6 +55,10 @@ pub(crate) struct Args {
     /// What the nodes' caches promise, and where they keep users (as `cohort serve --mode`).
     #[arg(long, value_enum, default_value_t = Consistency::Bounded)]
     mode: Consistency,
+    /// Run the nodes without the change log: the mesh alone carries changes (as for a source
+    /// cohort cannot watch), to compare what tailing the log costs.
+    #[arg(long)]
+    no_change_log: bool,
 }
 
 /// A row of the users table, as cached.
@@ -90,7 +94,8 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<bool> {
     let seeder = users_db::open(&path, 1).await?;
     users_db::ensure_users(&seeder, args.keys).await?;
     seeder.close().await;
-    let nodes = Arc::new(start_nodes(&path, args.nodes, bound, args.mode).await?);
+    let nodes =
+        Arc::new(start_nodes(&path, args.nodes, bound, args.mode, !args.no_change_log).await?);
 
     let collectors = collect_applied(&nodes);
     let progress = ProgressBar::new(args.ops).with_style(
@@ -244,15 +249,16 @@ async fn start_nodes(
     count: u16,
     bound: Duration,
     mode: Consistency,
+    change_log: bool,
 ) -> anyhow::Result<Vec<Node>> {
     let mut nodes = Vec::new();
     for i in 0..count {
         let db = users_db::open(path, 4).await?;
         let mut builder = Cluster::builder();
-        builder
-            .node_name(format!("node-{i}"))
-            .max_staleness(bound)
-            .change_log(ChangeLog::sqlite(db.clone()));
+        builder.node_name(format!("node-{i}")).max_staleness(bound);
+        if change_log {
+            builder.change_log(ChangeLog::sqlite(db.clone()));
+        }
         if let Some(first) = nodes.first() {
             let first: &Node = first;
             builder.seeds([first.cluster.local_addr().to_string()]);
@@ -262,7 +268,13 @@ async fn start_nodes(
         users
             .capacity(1_000_000)
             .mode(mode.mode())
-            .watch_table("users", "id");
+            // Updates (in partitioned mode) carry the new row to its owner, which keeps the
+            // higher version; the change log's row of a node's own update spares the copies
+            // that already have it.
+            .version(|user| user.version);
+        if change_log {
+            users.watch_table("users", "id").version_column("version");
+        }
         if mode == Consistency::Partitioned {
             let owner_db = db.clone();
             users
@@ -271,9 +283,7 @@ async fn start_nodes(
                     let db = owner_db.clone();
                     async move { read_user(&db, key).await }
                 })
-                .hot_copies(DEFAULT_HOT_COPIES_BYTES)
-                // Updates carry the new row to its owner, which keeps the higher version.
-                .version(|user| user.version);
+                .hot_copies(DEFAULT_HOT_COPIES_BYTES);
         }
         let users = users.build()?;
         nodes.push(Node { cluster, users, db });

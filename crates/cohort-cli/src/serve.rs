@@ -213,16 +213,18 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<bool> {
     users
         .capacity(1_000_000)
         .mode(args.mode.mode())
-        .watch_table("users", "id");
+        // In partitioned mode updates carry the new row to its owner (and hot copies), which
+        // keep the higher version instead of only dropping it; in every mode the change log's
+        // row of this node's own update spares the copies that already have it.
+        .version(|user| user.version)
+        .watch_table("users", "id")
+        .version_column("version");
     if args.mode == Consistency::Partitioned {
         let db = db.clone();
         users
             // What this node loads for the others, as the owner: the read `GET /users/{id}` makes.
             .loader(move |id| load_user(db.clone(), id))
-            .hot_copies(args.hot_copies_bytes.unwrap_or(DEFAULT_HOT_COPIES_BYTES))
-            // Updates then carry the new row to its owner (and hot copies), which keep the
-            // higher version, instead of only dropping it there.
-            .version(|user| user.version);
+            .hot_copies(args.hot_copies_bytes.unwrap_or(DEFAULT_HOT_COPIES_BYTES));
     }
     let users = users.build()?;
     let http = tokio::net::TcpListener::bind(args.http)

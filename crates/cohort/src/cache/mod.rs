@@ -130,7 +130,10 @@ pub struct CacheBuilder<K, V> {
     ttl: Option<Duration>,
     mode: Mode,
     version: Option<VersionFn<V>>,
-    watches: Vec<(String, String)>,
+    /// Each watched table's name, key column and version column.
+    watches: Vec<(String, String, Option<String>)>,
+    /// A version column named before any table was watched: a configuration error.
+    stray_version_column: bool,
     parse: Option<ParseFn<K>>,
     loader: Option<LoadFn<K, V>>,
     hot_bytes: u64,
@@ -174,7 +177,7 @@ impl<K: Key + FromStr, V: Value> CacheBuilder<K, V> {
 impl<K: Key, V: Value> Cache<K, V> {
     /// Applies `text` as a change-log row's key, then checks the store's invariants.
     pub fn apply_logged_for_fuzzing(&self, text: &str) {
-        self.inner.apply_logged(text);
+        self.inner.apply_logged(text, None);
         self.inner.store.validate();
     }
 }
@@ -191,6 +194,7 @@ impl<K: Key, V: Value> CacheBuilder<K, V> {
             mode: Mode::default(),
             version: None,
             watches: Vec::new(),
+            stray_version_column: false,
             parse: None,
             loader: None,
             hot_bytes: 0,
@@ -209,8 +213,53 @@ impl<K: Key, V: Value> CacheBuilder<K, V> {
         key_column: &str,
         parse: impl Fn(&str) -> Option<K> + Send + Sync + 'static,
     ) -> &mut Self {
-        self.watches.push((table.to_owned(), key_column.to_owned()));
+        self.watches
+            .push((table.to_owned(), key_column.to_owned(), None));
         self.parse = Some(Arc::new(parse));
+        self
+    }
+
+    /// Names the version column of the table watched last (by [`watch_table`](Self::watch_table)
+    /// or [`watch_table_with`](Self::watch_table_with)): its change-log rows then carry the
+    /// row's new version, and a node keeps a copy whose [`version`](Self::version) is at least
+    /// that one instead of dropping it. So a writer's own change coming back through the log
+    /// costs no miss, on the writer or on peers that loaded or received the new row, while a
+    /// change through any other writer, which no node holds yet, still drops every copy.
+    ///
+    /// The promise rests on every writer of the table raising the column on every update of a
+    /// row: an update that does not raise it (and an insert, a delete, a changed key, a value
+    /// that is not a non-negative integer) is logged without a version and drops every copy,
+    /// as without this option. Needs [`version`](Self::version) to read the same number from a
+    /// cached value; installing fails (see
+    /// [`Cluster::change_log_status`](crate::Cluster::change_log_status)) if the column is
+    /// missing or holds no integers.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let pool = sqlx::SqlitePool::connect("sqlite::memory:").await?;
+    /// sqlx::query("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT, version INTEGER)")
+    ///     .execute(&pool)
+    ///     .await?;
+    /// let cluster = cohort::Cluster::builder()
+    ///     .change_log(cohort::ChangeLog::sqlite(pool))
+    ///     .start()
+    ///     .await?;
+    /// let users = cluster
+    ///     .cache::<u64, (String, u64)>("users")
+    ///     .version(|(_, version)| *version)
+    ///     .watch_table("users", "id")
+    ///     .version_column("version")
+    ///     .build()?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// Defaults to: none (every logged change drops the key's copies).
+    pub fn version_column(&mut self, column: &str) -> &mut Self {
+        match self.watches.last_mut() {
+            Some((_, _, version)) => *version = Some(column.to_owned()),
+            None => self.stray_version_column = true,
+        }
         self
     }
 
@@ -253,7 +302,8 @@ impl<K: Key, V: Value> CacheBuilder<K, V> {
     }
 
     /// The application's version of a value (a row's version column, an update timestamp); it
-    /// must grow with every write of a key. Required by [`Mode::Replicate`].
+    /// must grow with every write of a key. Required by [`Mode::Replicate`] and by a
+    /// [`version_column`](Self::version_column).
     ///
     /// Defaults to: none.
     pub fn version(&mut self, version: impl Fn(&V) -> u64 + Send + Sync + 'static) -> &mut Self {
@@ -383,17 +433,34 @@ impl<K: Key, V: Value> CacheBuilder<K, V> {
         let watches: Vec<WatchedTable> = self
             .watches
             .iter()
-            .map(|(table, key_column)| WatchedTable {
+            .map(|(table, key_column, version_column)| WatchedTable {
                 cache: Arc::clone(&name),
                 table: table.clone(),
                 key_column: key_column.clone(),
+                version_column: version_column.clone(),
             })
             .collect();
-        for watch in &watches {
+        for (i, watch) in watches.iter().enumerate() {
             watch.validate().map_err(|reason| ConfigError::Invalid {
                 setting: "watch_table",
                 reason,
             })?;
+            // A cache's triggers on a table are one set, named after the two.
+            if watches[..i].iter().any(|other| other.table == watch.table) {
+                return Err(invalid("watch_table", "a table is watched twice"));
+            }
+        }
+        if self.stray_version_column {
+            return Err(invalid(
+                "version_column",
+                "names the version column of a watched table: call it after watch_table",
+            ));
+        }
+        if self.version.is_none() && watches.iter().any(|w| w.version_column.is_some()) {
+            return Err(invalid(
+                "version_column",
+                "a version column needs a version extractor (CacheBuilder::version)",
+            ));
         }
         let log = match (self.node.log(), watches.is_empty()) {
             (_, true) => None,
@@ -1161,7 +1228,7 @@ impl<K: Key, V: Value> Sink for Inner<K, V> {
         self.strong.is_some()
     }
 
-    fn apply_logged(&self, text: &str) {
+    fn apply_logged(&self, text: &str, version: Option<u64>) {
         let Some(parse) = &self.parse else {
             // This node's copy of the cache watches no tables: the rows are for other nodes.
             return;
@@ -1175,8 +1242,13 @@ impl<K: Key, V: Value> Sink for Inner<K, V> {
                         Err(_) => self.changing_all(),
                     }
                 }
-                self.forget_hot(&key);
-                self.store.remove(&key);
+                // A copy as new as the change (the writer's own, or one loaded or replicated
+                // since) already has it; anything older, or in flight, goes.
+                let version_of = |held: &V| self.version.as_ref().map(|version| version(held));
+                if let Some(hot) = self.hot() {
+                    hot.apply_logged(&key, version, version_of);
+                }
+                self.store.apply_logged(&key, version, version_of);
                 self.counters.logged_applied.incr();
             }
             None => {

@@ -7,12 +7,14 @@ use super::ChangeLogError;
 use super::tail::{LogBatch, LogPosition};
 use crate::transport::BoxFuture;
 
-/// A table whose changes invalidate a cache: rows map to keys through its key column.
+/// A table whose changes invalidate a cache: rows map to keys through its key column, and, when
+/// the application names one, its version column tells how new each change is.
 #[derive(Clone, Debug)]
 pub struct WatchedTable {
     pub(crate) cache: std::sync::Arc<str>,
     pub(crate) table: String,
     pub(crate) key_column: String,
+    pub(crate) version_column: Option<String>,
 }
 
 impl WatchedTable {
@@ -31,9 +33,21 @@ impl WatchedTable {
         &self.key_column
     }
 
+    /// The column holding each row's version (see
+    /// [`CacheBuilder::version_column`](crate::CacheBuilder::version_column)), if named. A log
+    /// records it in [`LogRow::version`](crate::LogRow::version) for an update that raised it
+    /// and kept the key; a log that cannot may leave every row's version `None`, which
+    /// invalidates as if no column were named.
+    pub fn version_column(&self) -> Option<&str> {
+        self.version_column.as_deref()
+    }
+
     /// Table and column names go into SQL as identifiers: only plain ones are accepted.
     pub(crate) fn validate(&self) -> Result<(), String> {
-        for (what, name) in [("table", &self.table), ("key column", &self.key_column)] {
+        let names = [("table", &self.table), ("key column", &self.key_column)]
+            .into_iter()
+            .chain(self.version_column.iter().map(|c| ("version column", c)));
+        for (what, name) in names {
             let mut chars = name.chars();
             let plain = chars
                 .next()
@@ -47,8 +61,8 @@ impl WatchedTable {
     }
 }
 
-/// A change log the node tails: rows of (cache, key) written in the same transaction as every
-/// change of a watched table, readable in [`LogPosition`] order. cohort ships SQLite and Postgres
+/// A change log the node tails: rows of (cache, key, version) written in the same transaction
+/// as every change of a watched table, readable in [`LogPosition`] order. cohort ships SQLite and Postgres
 /// logs (`ChangeLog::sqlite`, `ChangeLog::postgres`, with the features of those names); implement
 /// this for another database, or for a simulated one, and pass it to
 /// [`ChangeLog::custom`](crate::ChangeLog::custom).
@@ -83,7 +97,9 @@ impl WatchedTable {
 /// ```
 pub trait LogBackend: Send + Sync + 'static {
     /// Makes sure every change of `watch`'s table is logged from now on (creating the log and
-    /// triggers as needed). Called again after a failure; must be idempotent.
+    /// triggers as needed), with the row's new version when `watch` names a
+    /// [version column](WatchedTable::version_column). Called again after a failure; must be
+    /// idempotent.
     fn install<'a>(&'a self, watch: &'a WatchedTable) -> BoxFuture<'a, Result<(), ChangeLogError>>;
 
     /// A position no row of a later commit can precede: where a starting node begins tailing.

@@ -16,8 +16,9 @@ use crate::event::ClusterEvent;
 pub(crate) trait LogTarget: Send + Sync + 'static {
     /// The node's name, for logs and for the backend's wake-up channel.
     fn name(&self) -> &str;
-    /// Applies a change-log row: `key`, as text, changed in `cache`.
-    fn apply_logged(&self, cache: &str, key: &str);
+    /// Applies a change-log row: `key`, as text, changed in `cache`, to `version` if the log
+    /// knows it.
+    fn apply_logged(&self, cache: &str, key: &str, version: Option<u64>);
     /// Empties the caches that watch tables: the log lost rows they needed.
     fn flush_watching(&self);
     /// Tells the node's subscribers.
@@ -92,22 +93,23 @@ async fn step(
     installed
 }
 
+/// Installs every waiting cache's watches; a cache whose installation failed waits for the next
+/// attempt, but does not hold back the others (its table may be what is wrong, say a missing
+/// version column). Returns the first failure.
 async fn install_pending(log: &LogRuntime) -> Result<(), ChangeLogError> {
     let pending = std::mem::take(&mut *log.pending.lock());
-    let mut remaining = pending.into_iter();
-    while let Some(registration) = remaining.next() {
+    let mut failure = None;
+    'registrations: for registration in pending {
         for watch in &registration.watches {
             if let Err(error) = log.backend.install(watch).await {
-                // Put this one and the rest back for the next attempt.
-                let mut pending = log.pending.lock();
-                pending.push(registration);
-                pending.extend(remaining);
-                return Err(error);
+                log.pending.lock().push(registration);
+                failure.get_or_insert(error);
+                continue 'registrations;
             }
         }
         log.installed.lock().push(registration.lease);
     }
-    Ok(())
+    failure.map_or(Ok(()), Err)
 }
 
 /// Reads the log to its end, applying every row, then renews the leases from the start of the
@@ -137,7 +139,7 @@ async fn poll(
             node.flush_watching();
         }
         for row in &step.rows {
-            node.apply_logged(&row.cache, &row.key);
+            node.apply_logged(&row.cache, &row.key, row.version);
         }
         applied += step.rows.len() as u64;
         if step.cut_off {

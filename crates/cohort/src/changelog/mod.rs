@@ -1,10 +1,13 @@
 //! The database's change log: the authoritative path of every change.
 //!
-//! Triggers on each watched table write (cache, key) into a `cohort_changes` table in the same
+//! Triggers on each watched table write (cache, key, version) into a `cohort_changes` table in the same
 //! transaction as the data, so the log records every committed change, whoever made it: a node
 //! through [`Cache::update`](crate::Cache::update), or any other writer of the database. Every
 //! node tails the log (every Δ/4, and right after its own writes) and applies each row as an
-//! invalidation, so the staleness bound holds when the peer mesh is broken or slow.
+//! invalidation, so the staleness bound holds when the peer mesh is broken or slow. A row that
+//! carries the row's new version (the cache named a
+//! [version column](crate::CacheBuilder::version_column)) spares a copy at least that new: the
+//! writer's own, which would otherwise cost it and its peers a miss for every write.
 //!
 //! The [poll lease](crate::lease) ties serving to tailing: a cache that watches tables serves values only
 //! while its node's last complete poll started within Δ; otherwise reads go to the source and are
@@ -119,6 +122,19 @@ pub enum ChangeLogError {
     #[cfg(any(feature = "sqlite", feature = "postgres"))]
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
+    /// A watched table's [version column](crate::CacheBuilder::version_column) is missing or
+    /// cannot hold integers. Nothing was installed for the table; its cache does not serve (it
+    /// reads the source) and installing is retried at every poll, so fixing the table or the
+    /// configuration recovers.
+    #[error("table {table:?}: version column {column:?} {problem}")]
+    VersionColumn {
+        /// The watched table.
+        table: String,
+        /// The version column named for it.
+        column: String,
+        /// What is wrong with it.
+        problem: String,
+    },
     /// A [custom](ChangeLog::custom) log failed.
     #[error("change log: {0}")]
     Backend(Box<dyn std::error::Error + Send + Sync>),

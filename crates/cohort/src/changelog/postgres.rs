@@ -18,6 +18,15 @@
 //! replication slot per node, the replication privilege, and a slot left behind by a dead node
 //! holds WAL on the server until someone drops it; reading a table needs none of that.
 //!
+//! # Versions
+//!
+//! A watch with a version column passes its name to the trigger as a third argument; an update
+//! that kept the key and raised the column (read through `to_jsonb`, so any integer type works
+//! and a value that is not a non-negative integer never fails the application's write) logs the
+//! new version, every other change NULL. A log created by an older cohort gains the nullable
+//! `version` column when a node installs; triggers of watches without a version column keep
+//! their two arguments.
+//!
 //! # Wake-ups
 //!
 //! The trigger also calls `pg_notify('cohort_changes', '')` (one notification per transaction:
@@ -77,8 +86,10 @@ CREATE TABLE IF NOT EXISTS cohort_changes (
     xid   xid8 NOT NULL DEFAULT pg_current_xact_id(),
     cache text NOT NULL,
     key   text NOT NULL,
+    version bigint,
     at    timestamptz NOT NULL DEFAULT now()
 );
+ALTER TABLE cohort_changes ADD COLUMN IF NOT EXISTS version bigint;
 CREATE INDEX IF NOT EXISTS cohort_changes_order ON cohort_changes (xid, seq);
 CREATE INDEX IF NOT EXISTS cohort_changes_at ON cohort_changes (at);
 CREATE TABLE IF NOT EXISTS cohort_log_meta (
@@ -89,10 +100,12 @@ CREATE TABLE IF NOT EXISTS cohort_log_meta (
 INSERT INTO cohort_log_meta VALUES (1, '0', 0) ON CONFLICT (id) DO NOTHING;
 "#;
 
-/// Whether the tables and indexes of [`TABLES`] exist. (`cohort_log_meta`'s row is checked
-/// apart, since the table may not exist.)
+/// Whether the tables, columns and indexes of [`TABLES`] exist. (`cohort_log_meta`'s row is
+/// checked apart, since the table may not exist.)
 const TABLES_EXIST: &str = "\
 SELECT EXISTS (SELECT FROM pg_class WHERE oid = to_regclass('cohort_changes') AND relkind = 'r') \
+   AND EXISTS (SELECT FROM pg_attribute WHERE attrelid = to_regclass('cohort_changes') \
+        AND attname = 'version' AND NOT attisdropped) \
    AND EXISTS (SELECT FROM pg_class WHERE oid = to_regclass('cohort_log_meta') AND relkind = 'r') \
    AND (SELECT count(*) FROM pg_index WHERE indrelid = to_regclass('cohort_changes') \
         AND indexrelid IN (to_regclass('cohort_changes_order'), to_regclass('cohort_changes_at'))) = 2";
@@ -100,14 +113,28 @@ SELECT EXISTS (SELECT FROM pg_class WHERE oid = to_regclass('cohort_changes') AN
 /// The trigger function's body, as `pg_proc.prosrc` keeps it: compared before replacing.
 const FUNCTION_BODY: &str = r#"
 DECLARE
+    old_row jsonb;
+    new_row jsonb;
     old_key text;
     new_key text;
+    old_version bigint;
+    new_version bigint;
 BEGIN
-    -- TG_ARGV: the cache's name, then the key column's name.
-    IF TG_OP <> 'INSERT' THEN old_key := to_jsonb(OLD) ->> TG_ARGV[1]; END IF;
-    IF TG_OP <> 'DELETE' THEN new_key := to_jsonb(NEW) ->> TG_ARGV[1]; END IF;
+    -- TG_ARGV: the cache's name, the key column's name, then the version column's name if the
+    -- cache named one.
+    IF TG_OP <> 'INSERT' THEN old_row := to_jsonb(OLD); old_key := old_row ->> TG_ARGV[1]; END IF;
+    IF TG_OP <> 'DELETE' THEN new_row := to_jsonb(NEW); new_key := new_row ->> TG_ARGV[1]; END IF;
+    -- Only an update that kept the key and raised the version logs it. CASE evaluates in order,
+    -- so the cast never sees text that is not a non-negative integer.
+    IF TG_OP = 'UPDATE' AND TG_NARGS > 2 AND new_key IS NOT DISTINCT FROM old_key THEN
+        old_version := CASE WHEN old_row ->> TG_ARGV[2] ~ '^[0-9]{1,18}$'
+                            THEN (old_row ->> TG_ARGV[2])::bigint END;
+        new_version := CASE WHEN new_row ->> TG_ARGV[2] ~ '^[0-9]{1,18}$'
+                            THEN (new_row ->> TG_ARGV[2])::bigint END;
+        IF old_version IS NULL OR new_version <= old_version THEN new_version := NULL; END IF;
+    END IF;
     IF old_key IS NOT NULL THEN
-        INSERT INTO cohort_changes (cache, key) VALUES (TG_ARGV[0], old_key);
+        INSERT INTO cohort_changes (cache, key, version) VALUES (TG_ARGV[0], old_key, new_version);
     END IF;
     IF new_key IS DISTINCT FROM old_key AND new_key IS NOT NULL THEN
         INSERT INTO cohort_changes (cache, key) VALUES (TG_ARGV[0], new_key);
@@ -157,7 +184,7 @@ impl Piece<'_> {
                     "SELECT EXISTS (SELECT FROM pg_trigger \
                      WHERE tgrelid = to_regclass($1) AND tgname = $2 AND NOT tgisinternal \
                        AND tgfoid = to_regprocedure('cohort_log_change()') \
-                       AND tgtype = $3 AND tgenabled = 'O' AND tgnargs = 2 AND tgargs = $4 \
+                       AND tgtype = $3 AND tgenabled = 'O' AND tgnargs = $5 AND tgargs = $4 \
                        AND cardinality(tgattr::int2[]) = 0 AND tgqual IS NULL \
                        AND tgconstraint = 0 AND tgoldtable IS NULL AND tgnewtable IS NULL)",
                 )
@@ -165,6 +192,11 @@ impl Piece<'_> {
                 .bind(format!("cohort_{}", trigger_name(&watch.cache)))
                 .bind(TRIGGER_TYPE)
                 .bind(trigger_args(watch))
+                .bind(if watch.version_column.is_some() {
+                    3_i16
+                } else {
+                    2
+                })
                 .fetch_one(&mut *conn)
                 .await
             }
@@ -213,6 +245,29 @@ impl PostgresLog {
     /// of `watch` if missing or different; a concurrent writer either is logged or committed
     /// before the trigger.
     pub(crate) async fn install(&self, watch: &WatchedTable) -> Result<(), ChangeLogError> {
+        if let Some(column) = &watch.version_column {
+            let kind: Option<String> = sqlx::query_scalar(
+                "SELECT format_type(atttypid, NULL) FROM pg_attribute \
+                 WHERE attrelid = to_regclass($1) AND attname = $2 AND attnum > 0 \
+                   AND NOT attisdropped",
+            )
+            .bind(format!("\"{}\"", watch.table))
+            .bind(column)
+            .fetch_optional(&self.pool)
+            .await?;
+            let problem = match kind.as_deref() {
+                None => Some("does not exist".to_owned()),
+                Some("smallint" | "integer" | "bigint" | "numeric") => None,
+                Some(kind) => Some(format!("is of type {kind}, not an integer type")),
+            };
+            if let Some(problem) = problem {
+                return Err(ChangeLogError::VersionColumn {
+                    table: watch.table.clone(),
+                    column: column.clone(),
+                    problem,
+                });
+            }
+        }
         for piece in [Piece::Tables, Piece::Function, Piece::Trigger(watch)] {
             self.ensure(piece).await?;
         }
@@ -263,10 +318,11 @@ impl PostgresLog {
         let rows = sqlx::query(
             "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint, \
                     m.pruned_xid::text::bigint, m.pruned_seq, \
-                    c.xid::text::bigint, c.seq, c.cache, c.key \
+                    c.xid::text::bigint, c.seq, c.cache, c.key, \
+                    CASE WHEN c.version >= 0 THEN c.version END \
              FROM cohort_log_meta m \
              LEFT JOIN LATERAL ( \
-                 SELECT xid, seq, cache, key FROM cohort_changes \
+                 SELECT xid, seq, cache, key, version FROM cohort_changes \
                  WHERE (xid, seq) > ($1::text::xid8, $2) \
                  ORDER BY xid, seq LIMIT $3 \
              ) c ON true \
@@ -296,6 +352,7 @@ impl PostgresLog {
                     },
                     cache: row.try_get(5)?,
                     key: row.try_get(6)?,
+                    version: row.try_get::<Option<i64>, _>(7)?.map(i64::unsigned_abs),
                 });
             }
         }
@@ -435,9 +492,14 @@ fn lock_timed_out(error: &sqlx::Error) -> bool {
 /// Creates or replaces the trigger that logs `watch`'s table into the change log.
 fn trigger_sql(watch: &WatchedTable) -> String {
     let (table, column) = (&watch.table, &watch.key_column);
+    let version = watch
+        .version_column
+        .as_ref()
+        .map(|version| format!(", '{version}'"))
+        .unwrap_or_default();
     format!(
         "CREATE OR REPLACE TRIGGER \"cohort_{name}\" AFTER INSERT OR UPDATE OR DELETE ON \"{table}\" \
-         FOR EACH ROW EXECUTE FUNCTION cohort_log_change({cache}, '{column}')",
+         FOR EACH ROW EXECUTE FUNCTION cohort_log_change({cache}, '{column}'{version})",
         name = trigger_name(&watch.cache),
         cache = quote_literal(&watch.cache),
     )
@@ -445,13 +507,12 @@ fn trigger_sql(watch: &WatchedTable) -> String {
 
 /// `pg_trigger.tgargs` of `watch`'s trigger: each argument followed by a NUL.
 fn trigger_args(watch: &WatchedTable) -> Vec<u8> {
-    [
-        watch.cache.as_bytes(),
-        b"\0",
-        watch.key_column.as_bytes(),
-        b"\0",
-    ]
-    .concat()
+    [watch.cache.as_bytes(), watch.key_column.as_bytes()]
+        .into_iter()
+        .chain(watch.version_column.as_deref().map(str::as_bytes))
+        .flat_map(|arg| [arg, b"\0"])
+        .collect::<Vec<_>>()
+        .concat()
 }
 
 /// A name for the trigger of `cache` that fits Postgres's 63-byte identifiers whatever the

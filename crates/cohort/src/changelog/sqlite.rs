@@ -7,6 +7,11 @@
 //! newest rows. A trigger on deletion records the highest number pruned in `cohort_log_meta`, read
 //! in the same snapshot as the rows, so a node can tell that rows it never read are gone.
 //!
+//! A watch with a version column logs the row's new version beside the key when an update
+//! raised it and kept the key; every other change logs NULL. Logs made by an older cohort lack
+//! the `version` column: installing adds it (before any trigger that writes it), and the
+//! triggers of watches without a version column stay what they were, so they are not rewritten.
+//!
 //! Installing is a no-op when the log's objects exist and each trigger's stored SQL is the one
 //! this version creates: nodes restart without taking the write lock or changing the schema
 //! (which would make every connection of every writer re-read it). Otherwise the missing or
@@ -39,6 +44,7 @@ const SCHEMA: &[&str] = &[
         seq INTEGER PRIMARY KEY AUTOINCREMENT, \
         cache TEXT NOT NULL, \
         key TEXT NOT NULL, \
+        version INTEGER, \
         at_ms INTEGER NOT NULL DEFAULT (CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)))",
     "CREATE INDEX IF NOT EXISTS cohort_changes_at_ms ON cohort_changes (at_ms)",
     "CREATE TABLE IF NOT EXISTS cohort_log_meta (\
@@ -68,6 +74,27 @@ impl SqliteLog {
     /// Creates the log's tables if missing and (re)creates the triggers of `watch` that are missing
     /// or differ from this version's.
     pub(crate) async fn install(&self, watch: &WatchedTable) -> Result<(), ChangeLogError> {
+        if let Some(column) = &watch.version_column {
+            // A trigger naming a column the table lacks would fail every write of the table.
+            let declared: Option<String> =
+                sqlx::query_scalar("SELECT type FROM pragma_table_info(?) WHERE name = ?")
+                    .bind(&watch.table)
+                    .bind(column)
+                    .fetch_optional(&self.pool)
+                    .await?;
+            let problem = match declared {
+                None => Some("does not exist".to_owned()),
+                Some(declared) => holds_no_integers(&declared)
+                    .then(|| format!("is declared {declared:?}, which stores no integers")),
+            };
+            if let Some(problem) = problem {
+                return Err(ChangeLogError::VersionColumn {
+                    table: watch.table.clone(),
+                    column: column.clone(),
+                    problem,
+                });
+            }
+        }
         self.ensure(&triggers(watch)).await
     }
 
@@ -97,6 +124,12 @@ impl SqliteLog {
         if !schema_exists(&mut tx).await? {
             for statement in SCHEMA {
                 sqlx::query(*statement).execute(&mut *tx).await?;
+            }
+            // A log an older version created, before rows carried versions.
+            if !has_version_column(&mut tx).await? {
+                sqlx::query("ALTER TABLE cohort_changes ADD COLUMN version INTEGER")
+                    .execute(&mut *tx)
+                    .await?;
             }
         }
         for trigger in outdated(&mut tx, triggers).await? {
@@ -174,8 +207,12 @@ async fn read_in(
     let pruned: i64 = sqlx::query_scalar("SELECT pruned_through FROM cohort_log_meta WHERE id = 1")
         .fetch_one(&mut *conn)
         .await?;
+    // Only the triggers write the log, but a version that is not a non-negative integer must
+    // not fail the read: it invalidates.
     let rows = sqlx::query(
-        "SELECT seq, cache, key FROM cohort_changes WHERE seq > ? ORDER BY seq LIMIT ?",
+        "SELECT seq, cache, key, \
+                CASE WHEN typeof(version) = 'integer' AND version >= 0 THEN version END \
+         FROM cohort_changes WHERE seq > ? ORDER BY seq LIMIT ?",
     )
     .bind(i64::try_from(cursor).unwrap_or(i64::MAX))
     .bind(limit)
@@ -188,6 +225,7 @@ async fn read_in(
                 at: LogPosition::in_commit_order(row.try_get::<i64, _>(0)?.unsigned_abs()),
                 cache: row.try_get(1)?,
                 key: row.try_get(2)?,
+                version: row.try_get::<Option<i64>, _>(3)?.map(i64::unsigned_abs),
             })
         })
         .collect::<Result<Vec<_>, sqlx::Error>>()?;
@@ -199,15 +237,40 @@ async fn read_in(
     })
 }
 
-/// Whether [`SCHEMA`]'s objects and the watermark's row exist.
+/// Whether [`SCHEMA`]'s objects, the log's `version` column and the watermark's row exist.
 async fn schema_exists(conn: &mut SqliteConnection) -> Result<bool, sqlx::Error> {
     let objects: i64 = sqlx::query_scalar(SCHEMA_OBJECTS)
         .fetch_one(&mut *conn)
         .await?;
     Ok(objects == 4
+        && has_version_column(conn).await?
         && sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM cohort_log_meta WHERE id = 1)")
             .fetch_one(&mut *conn)
             .await?)
+}
+
+/// Whether `cohort_changes` has the `version` column (logs of older versions lack it).
+async fn has_version_column(conn: &mut SqliteConnection) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pragma_table_info('cohort_changes') WHERE name = 'version')",
+    )
+    .fetch_one(&mut *conn)
+    .await
+}
+
+/// Whether a column declared `declared` has TEXT or REAL affinity, which turns integers into
+/// text or floating point (SQLite's rules, in their order: "Determination Of Column Affinity").
+/// INTEGER, NUMERIC and undeclared (BLOB) columns keep integers as integers.
+fn holds_no_integers(declared: &str) -> bool {
+    let declared = declared.to_ascii_uppercase();
+    let has = |part: &str| declared.contains(part);
+    if has("INT") {
+        return false;
+    }
+    if has("CHAR") || has("CLOB") || has("TEXT") {
+        return true;
+    }
+    !has("BLOB") && (has("REAL") || has("FLOA") || has("DOUB"))
 }
 
 /// The triggers of `triggers` that are missing or whose stored SQL differs.
@@ -236,7 +299,9 @@ struct Trigger {
     sql: String,
 }
 
-/// The three triggers that log `watch`'s table into the change log.
+/// The three triggers that log `watch`'s table into the change log. An update that kept the key
+/// and raised an integer version column logs the new version; CASE evaluates in order, so the
+/// comparison only ever sees two integers.
 fn triggers(watch: &WatchedTable) -> Vec<Trigger> {
     let cache = watch.cache.replace('\'', "''");
     let (table, column) = (&watch.table, &watch.key_column);
@@ -245,15 +310,26 @@ fn triggers(watch: &WatchedTable) -> Vec<Trigger> {
             "INSERT INTO cohort_changes (cache, key) VALUES ('{cache}', CAST({row}.\"{column}\" AS TEXT));"
         )
     };
+    let updated = match &watch.version_column {
+        None => log("OLD"),
+        Some(version) => format!(
+            "INSERT INTO cohort_changes (cache, key, version) VALUES ('{cache}', \
+             CAST(OLD.\"{column}\" AS TEXT), \
+             CASE WHEN NEW.\"{column}\" IS OLD.\"{column}\" \
+                   AND typeof(OLD.\"{version}\") = 'integer' \
+                   AND typeof(NEW.\"{version}\") = 'integer' \
+                   AND OLD.\"{version}\" >= 0 AND NEW.\"{version}\" > OLD.\"{version}\" \
+             THEN NEW.\"{version}\" END);"
+        ),
+    };
     [
         ("ins", "INSERT", log("NEW")),
         (
             "upd",
             "UPDATE",
             format!(
-                "{} INSERT INTO cohort_changes (cache, key) SELECT '{cache}', CAST(NEW.\"{column}\" AS TEXT) \
+                "{updated} INSERT INTO cohort_changes (cache, key) SELECT '{cache}', CAST(NEW.\"{column}\" AS TEXT) \
                  WHERE NEW.\"{column}\" IS NOT OLD.\"{column}\";",
-                log("OLD")
             ),
         ),
         ("del", "DELETE", log("OLD")),
@@ -293,6 +369,7 @@ mod tests {
             cache: "users".into(),
             table: "users".to_owned(),
             key_column: "id".to_owned(),
+            version_column: None,
         };
         (SqliteLog::new(pool), watch)
     }
@@ -385,5 +462,171 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(logged, 1);
+    }
+
+    /// A log over a users table with a version column, watched with it.
+    async fn versioned_log() -> (SqliteLog, WatchedTable) {
+        let (log, mut watch) = log().await;
+        sqlx::query("ALTER TABLE users ADD COLUMN version INTEGER")
+            .execute(&log.pool)
+            .await
+            .unwrap();
+        watch.version_column = Some("version".to_owned());
+        (log, watch)
+    }
+
+    /// Every row of the log after `after`, as (key, version).
+    async fn logged(log: &SqliteLog, after: u64) -> Vec<(String, Option<u64>)> {
+        let batch = log
+            .read(LogPosition::in_commit_order(after), 100)
+            .await
+            .unwrap();
+        batch.rows.into_iter().map(|r| (r.key, r.version)).collect()
+    }
+
+    async fn run(log: &SqliteLog, statement: &'static str) {
+        sqlx::query(statement).execute(&log.pool).await.unwrap();
+    }
+
+    /// Only an update that kept the key and raised an integer version logs it: an outside
+    /// writer that forgets to raise it, or lowers it, still invalidates.
+    #[tokio::test]
+    async fn only_an_update_that_raises_the_version_logs_it() {
+        let (log, watch) = versioned_log().await;
+        log.install(&watch).await.unwrap();
+        run(&log, "INSERT INTO users VALUES (1, 'a', 1)").await;
+        run(
+            &log,
+            "UPDATE users SET name = 'b', version = 2 WHERE id = 1",
+        )
+        .await;
+        run(&log, "UPDATE users SET name = 'c' WHERE id = 1").await;
+        run(&log, "UPDATE users SET version = 1 WHERE id = 1").await;
+        run(&log, "UPDATE users SET version = 'x' WHERE id = 1").await;
+        run(&log, "UPDATE users SET version = 3 WHERE id = 1").await;
+        run(&log, "UPDATE users SET version = -1 WHERE id = 1").await;
+        run(&log, "UPDATE users SET version = 5 WHERE id = 1").await;
+        run(&log, "UPDATE users SET id = 2, version = 6 WHERE id = 1").await;
+        run(&log, "DELETE FROM users WHERE id = 2").await;
+        let key = |key: &str, version| (key.to_owned(), version);
+        assert_eq!(
+            logged(&log, 0).await,
+            [
+                key("1", None),    // insert
+                key("1", Some(2)), // raised
+                key("1", None),    // not raised
+                key("1", None),    // lowered
+                key("1", None),    // not an integer
+                key("1", None),    // from text
+                key("1", None),    // negative
+                key("1", None),    // from a negative one
+                key("1", None),    // the key changed: the old one
+                key("2", None),    // and the new one
+                key("2", None),    // delete
+            ]
+        );
+    }
+
+    /// Two caches on one table, one naming the version column: each logs its own rows.
+    #[tokio::test]
+    async fn a_cache_without_the_version_column_logs_none() {
+        let (log, versioned) = versioned_log().await;
+        let plain = WatchedTable {
+            cache: "names".into(),
+            version_column: None,
+            ..versioned.clone()
+        };
+        log.install(&versioned).await.unwrap();
+        log.install(&plain).await.unwrap();
+        run(&log, "INSERT INTO users VALUES (1, 'a', 1)").await;
+        let head = log.head().await.unwrap().seq;
+        run(&log, "UPDATE users SET version = 2 WHERE id = 1").await;
+        let batch = log
+            .read(LogPosition::in_commit_order(head), 10)
+            .await
+            .unwrap();
+        let mut rows: Vec<_> = batch.rows.iter().map(|r| (&*r.cache, r.version)).collect();
+        rows.sort();
+        assert_eq!(rows, [("names", None), ("users", Some(2))]);
+    }
+
+    /// A log an older cohort created has no version column: installing adds it, its rows stay
+    /// readable (without versions) and new rows carry versions.
+    #[tokio::test]
+    async fn an_older_log_gains_the_version_column() {
+        let (log, watch) = versioned_log().await;
+        for statement in SCHEMA {
+            let older = statement.replace("version INTEGER, ", "");
+            sqlx::query(sqlx::AssertSqlSafe(older))
+                .execute(&log.pool)
+                .await
+                .unwrap();
+        }
+        run(
+            &log,
+            "INSERT INTO cohort_changes (cache, key) VALUES ('users', '9')",
+        )
+        .await;
+        let mut conn = log.pool.acquire().await.unwrap();
+        assert!(!has_version_column(&mut conn).await.unwrap());
+        drop(conn);
+
+        log.install(&watch).await.unwrap();
+        run(&log, "INSERT INTO users VALUES (1, 'a', 1)").await;
+        run(&log, "UPDATE users SET version = 2 WHERE id = 1").await;
+        assert_eq!(
+            logged(&log, 0).await,
+            [
+                ("9".to_owned(), None),
+                ("1".to_owned(), None),
+                ("1".to_owned(), Some(2))
+            ]
+        );
+        let installed = schema_version(&log).await;
+        log.install(&watch).await.unwrap();
+        assert_eq!(schema_version(&log).await, installed, "added once");
+    }
+
+    /// A missing column would fail every write of the table from the trigger; a text one would
+    /// never log a version. Both are refused, and nothing is installed.
+    #[tokio::test]
+    async fn a_version_column_that_is_missing_or_not_an_integer_is_refused() {
+        let (log, mut watch) = versioned_log().await;
+        run(&log, "ALTER TABLE users ADD COLUMN stamp TEXT").await;
+        for (column, problem) in [("nope", "does not exist"), ("stamp", "stores no integers")] {
+            watch.version_column = Some(column.to_owned());
+            let error = log.install(&watch).await.unwrap_err();
+            assert!(
+                matches!(&error, ChangeLogError::VersionColumn { column: c, .. } if c == column),
+                "{error}"
+            );
+            assert!(error.to_string().contains(problem), "{error}");
+        }
+        run(&log, "INSERT INTO users (id, name) VALUES (1, 'a')").await;
+        let triggers: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'users'",
+        )
+        .fetch_one(&log.pool)
+        .await
+        .unwrap();
+        assert_eq!(triggers, 0);
+    }
+
+    #[test]
+    fn declared_types_that_store_no_integers() {
+        for declared in ["TEXT", "varchar(10)", "CLOB", "REAL", "double", "float"] {
+            assert!(holds_no_integers(declared), "{declared}");
+        }
+        for declared in [
+            "INTEGER",
+            "bigint",
+            "",
+            "NUMERIC",
+            "BLOB",
+            "DECIMAL(10)",
+            "POINT INT",
+        ] {
+            assert!(!holds_no_integers(declared), "{declared}");
+        }
     }
 }

@@ -41,13 +41,14 @@ impl LogPosition {
     }
 }
 
-/// One change-log row: a key of a cache that changed.
+/// One change-log row: a key of a cache that changed, and how new the change made it.
 ///
 /// ```
 /// let row = cohort::LogRow {
 ///     at: cohort::LogPosition::in_commit_order(7),
 ///     cache: "users".into(),
 ///     key: "42".into(),
+///     version: Some(3),
 /// };
 /// assert_eq!(row.at.seq, 7);
 /// ```
@@ -59,6 +60,12 @@ pub struct LogRow {
     pub cache: String,
     /// The changed key, as text (see [`Key`](crate::Key)).
     pub key: String,
+    /// The row's version after the change, from the watch's
+    /// [version column](crate::WatchedTable::version_column): a node keeps a copy of the key
+    /// whose version is at least this one (the change is already in it) and drops any other.
+    /// `None` (no version column, a delete, an insert, a changed key, an update that did not
+    /// raise the version, a value that is not a non-negative integer) drops every copy.
+    pub version: Option<u64>,
 }
 
 /// What one read of the log returned.
@@ -194,6 +201,7 @@ mod tests {
             at: at(txn, seq),
             cache: "users".into(),
             key: seq.to_string(),
+            version: None,
         }
     }
 

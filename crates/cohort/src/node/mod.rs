@@ -90,8 +90,8 @@ pub(crate) trait Sink: Send + Sync {
     /// Whether the cache is strong: its reads must see every completed update, which only the
     /// mesh's intents give.
     fn is_strong(&self) -> bool;
-    /// Applies a change-log row: the key, as text, changed.
-    fn apply_logged(&self, key: &str);
+    /// Applies a change-log row: the key, as text, changed, to `version` if the log knows it.
+    fn apply_logged(&self, key: &str, version: Option<u64>);
     /// Empties the cache: the node missed changes and cannot tell which keys they touched.
     fn flush(&self);
     /// The value of the key encoded as `key`, for a peer that asked this node as the key's
@@ -737,10 +737,10 @@ impl LogTarget for Node {
         self.id.as_str()
     }
 
-    fn apply_logged(&self, cache: &str, key: &str) {
+    fn apply_logged(&self, cache: &str, key: &str, version: Option<u64>) {
         let sink = self.caches.read().get(cache).cloned();
         if let Some(sink) = sink {
-            sink.apply_logged(key);
+            sink.apply_logged(key, version);
         }
     }
 

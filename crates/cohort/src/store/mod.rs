@@ -187,6 +187,23 @@ pub(crate) enum ReplicaOutcome {
     Cancelled,
 }
 
+/// What [`Store::apply_logged`] did with a change-log row.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum LoggedOutcome {
+    /// The key held a copy at least as new as the change; kept.
+    Kept,
+    /// Whatever the key held, and any load or write of it in flight, is gone.
+    Dropped,
+}
+
+/// Whether a copy at version `held` survives a change-log row that says the change left the row
+/// at version `logged`: only when both are known and the copy already has the change (versions
+/// grow with every write of a key, so a copy at least that new was read or written after it).
+/// An unknown side (no version column, a delete, a cache without versions) drops the copy.
+pub(crate) fn survives_logged(held: Option<u64>, logged: Option<u64>) -> bool {
+    matches!((held, logged), (Some(held), Some(logged)) if held >= logged)
+}
+
 impl<K, V> Store<K, V>
 where
     K: Eq + Hash + Clone,
@@ -330,6 +347,42 @@ where
                 }
             }
         })
+    }
+
+    /// Applies a change-log row for `key` that left the row at version `logged` (if known): a
+    /// held copy that [survives](survives_logged) it, as `version_of` reads the copy's version,
+    /// is kept; anything else is dropped. A load or write of `key` in flight is cancelled either
+    /// way: it may have read the source before the change, and its value is not known yet.
+    pub(crate) fn apply_logged(
+        &self,
+        key: &K,
+        logged: Option<u64>,
+        version_of: impl Fn(&V) -> Option<u64>,
+    ) -> LoggedOutcome {
+        if logged.is_none() {
+            self.inner.remove(key);
+            return LoggedOutcome::Dropped;
+        }
+        match self.inner.entry(
+            key,
+            Some(std::time::Duration::ZERO),
+            |_: &K, held: &mut Entry<V>| {
+                if survives_logged(version_of(&held.value), logged) {
+                    EntryAction::Retain(())
+                } else {
+                    EntryAction::Remove
+                }
+            },
+        ) {
+            EntryResult::Retained(()) => LoggedOutcome::Kept,
+            // The guard of a vacant key is dropped unfilled: the key stays absent.
+            EntryResult::Removed(..) | EntryResult::Vacant(_) => LoggedOutcome::Dropped,
+            EntryResult::Timeout => {
+                self.inner.remove(key);
+                LoggedOutcome::Dropped
+            }
+            EntryResult::Replaced(..) => unreachable!("the callback retains or removes"),
+        }
     }
 
     /// Drops everything and cancels every load and write in flight.
@@ -501,6 +554,105 @@ mod tests {
         );
         assert!(!slot.fill(entry("v8")));
         assert_eq!(store.get(&1), None);
+    }
+
+    #[tokio::test]
+    async fn logged_changes_keep_only_copies_at_least_as_new() {
+        let store = store(10);
+        let version = |held: &String| Some(version_of(held));
+        assert!(miss(&store, 1).await.fill(entry("v5")));
+        for logged in [Some(4), Some(5)] {
+            assert_eq!(store.apply_logged(&1, logged, version), LoggedOutcome::Kept);
+            assert_eq!(store.get(&1).as_deref(), Some("v5"));
+        }
+        assert_eq!(
+            store.apply_logged(&1, Some(6), version),
+            LoggedOutcome::Dropped
+        );
+        assert_eq!(store.get(&1), None);
+
+        assert!(miss(&store, 1).await.fill(entry("v7")));
+        assert_eq!(
+            store.apply_logged(&1, None, version),
+            LoggedOutcome::Dropped
+        );
+        assert_eq!(store.get(&1), None, "an unknown version drops the copy");
+
+        assert!(miss(&store, 1).await.fill(entry("v7")));
+        assert_eq!(
+            store.apply_logged(&1, Some(1), |_: &String| None),
+            LoggedOutcome::Dropped,
+            "a copy of unknown version is dropped"
+        );
+        assert_eq!(
+            store.apply_logged(&2, Some(1), version),
+            LoggedOutcome::Dropped
+        );
+        assert_eq!(store.get(&2), None, "an absent key stays absent");
+        store.validate();
+    }
+
+    /// A load in flight may have read the row before the change: its fill is refused, whatever
+    /// the version, while a load that starts after the row was applied stores its value.
+    #[tokio::test]
+    async fn a_logged_change_cancels_a_load_in_flight() {
+        let store = store(10);
+        let version = |held: &String| Some(version_of(held));
+        let slot = miss(&store, 1).await;
+        assert_eq!(
+            store.apply_logged(&1, Some(3), version),
+            LoggedOutcome::Dropped
+        );
+        assert!(!slot.fill(entry("v2")));
+        assert_eq!(store.get(&1), None);
+        assert!(miss(&store, 1).await.fill(entry("v3")));
+        assert_eq!(store.get(&1).as_deref(), Some("v3"));
+    }
+
+    proptest::proptest! {
+        /// A copy survives exactly when its version is known and at least the logged one.
+        #[test]
+        fn a_copy_survives_only_a_change_it_already_has(
+            held in proptest::option::of(0..20_u64),
+            logged in proptest::option::of(0..20_u64),
+        ) {
+            let survives = survives_logged(held, logged);
+            proptest::prop_assert_eq!(
+                survives,
+                held.is_some() && logged.is_some() && held >= logged
+            );
+        }
+
+        /// Against a store, whatever the sequence of fills and logged changes: a logged change
+        /// leaves the held copy exactly when it survives it, and never leaves an older one.
+        #[test]
+        fn a_logged_change_keeps_exactly_the_copies_that_survive_it(
+            ops in proptest::collection::vec(
+                (proptest::bool::ANY, 0..10_u64, proptest::option::of(0..10_u64)),
+                1..60,
+            ),
+        ) {
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            rt.block_on(async {
+                let store = store(10);
+                let version = |held: &String| Some(version_of(held));
+                for (fill, v, logged) in ops {
+                    if fill {
+                        if let Lookup::Miss(slot) = store.load_slot(&1).await {
+                            slot.fill(entry(&format!("v{v}")));
+                        }
+                        continue;
+                    }
+                    let before = store.get(&1).map(|held| version_of(&held));
+                    let outcome = store.apply_logged(&1, logged, version);
+                    let after = store.get(&1).map(|held| version_of(&held));
+                    let survives = survives_logged(before, logged);
+                    proptest::prop_assert_eq!(outcome == LoggedOutcome::Kept, survives);
+                    proptest::prop_assert_eq!(after, if survives { before } else { None });
+                }
+                Ok(())
+            })?;
+        }
     }
 
     #[tokio::test]

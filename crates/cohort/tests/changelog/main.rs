@@ -6,6 +6,8 @@
 
 #[path = "../common/log_polls.rs"]
 mod log_polls;
+#[path = "../common/versioned.rs"]
+mod versioned;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -556,4 +558,90 @@ async fn deleted_rows_and_changed_keys_are_logged_and_dropped() {
     log_polls::poll_after(&mut events, changed).await;
     assert_eq!(server.users.get(&1), None, "the deleted row's copy");
     assert_eq!(server.users.get(&2), None, "the moved row's old key");
+}
+
+/// The users table of a database file, for the version column's scenarios.
+struct Sqlite {
+    path: std::path::PathBuf,
+    outsider: SqlitePool,
+}
+
+impl Sqlite {
+    async fn new(dir: &Path) -> Self {
+        let path = database(dir).await;
+        let outsider = pool(&path).await;
+        Self { path, outsider }
+    }
+}
+
+impl versioned::Database for Sqlite {
+    type Pool = SqlitePool;
+    type Stall = sqlx::pool::PoolConnection<sqlx::Sqlite>;
+
+    /// One connection: the node's polls wait while a test holds it.
+    async fn pool(&self) -> SqlitePool {
+        let options = SqliteConnectOptions::new()
+            .filename(&self.path)
+            .busy_timeout(Duration::from_secs(10));
+        sqlx::sqlite::SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options)
+            .await
+            .unwrap()
+    }
+
+    async fn stall_polls(&self, pool: &SqlitePool) -> Self::Stall {
+        pool.acquire().await.unwrap()
+    }
+
+    async fn resume_polls(stall: Self::Stall) {
+        drop(stall);
+    }
+
+    fn change_log(pool: &SqlitePool) -> ChangeLog {
+        ChangeLog::sqlite(pool.clone())
+    }
+
+    async fn load(pool: SqlitePool, id: u64) -> Result<User, sqlx::Error> {
+        sqlx::query_as("SELECT name, version FROM users WHERE id = ?")
+            .bind(id as i64)
+            .fetch_one(&pool)
+            .await
+    }
+
+    async fn rename(pool: SqlitePool, id: u64, name: String) -> Result<User, sqlx::Error> {
+        sqlx::query_as(
+            "UPDATE users SET name = ?, version = version + 1 WHERE id = ? RETURNING name, version",
+        )
+        .bind(name)
+        .bind(id as i64)
+        .fetch_one(&pool)
+        .await
+    }
+
+    async fn execute(&self, statement: &'static str) {
+        sqlx::query(statement)
+            .execute(&self.outsider)
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writers_own_versioned_change_keeps_its_copies() {
+    let dir = tempfile::tempdir().unwrap();
+    versioned::a_writers_own_change_keeps_its_copies(&Sqlite::new(dir.path()).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outside_changes_drop_every_versioned_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    versioned::outside_changes_drop_every_copy(&Sqlite::new(dir.path()).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_load_racing_a_versioned_change_stores_nothing_older() {
+    let dir = tempfile::tempdir().unwrap();
+    versioned::a_load_racing_a_logged_change_stores_nothing_older(&Sqlite::new(dir.path()).await)
+        .await;
 }

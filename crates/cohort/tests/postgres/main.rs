@@ -7,6 +7,8 @@
 
 #[path = "../common/log_polls.rs"]
 mod log_polls;
+#[path = "../common/versioned.rs"]
+mod versioned;
 
 use std::time::Duration;
 
@@ -440,4 +442,199 @@ async fn deleted_rows_and_changed_keys_are_logged_and_dropped() {
     log_polls::poll_after(&mut events, changed).await;
     assert_eq!(node.users.get(&1), None, "the deleted row's copy");
     assert_eq!(node.users.get(&2), None, "the moved row's old key");
+}
+
+/// A Postgres server with the users table, for the version column's scenarios.
+struct Pg {
+    server: Postgres,
+    outsider: PgPool,
+}
+
+impl Pg {
+    async fn new() -> Self {
+        let (server, outsider) = database().await;
+        Self { server, outsider }
+    }
+}
+
+impl versioned::Database for Pg {
+    type Pool = PgPool;
+    type Stall = sqlx::Transaction<'static, sqlx::Postgres>;
+
+    /// Every poll reads the watermark: a transaction that locks it stalls them all.
+    async fn stall_polls(&self, _: &PgPool) -> Self::Stall {
+        let mut tx = self.outsider.begin().await.unwrap();
+        sqlx::query("LOCK TABLE cohort_log_meta IN ACCESS EXCLUSIVE MODE")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        tx
+    }
+
+    async fn resume_polls(stall: Self::Stall) {
+        stall.rollback().await.unwrap();
+    }
+
+    async fn pool(&self) -> PgPool {
+        pool(&self.server).await
+    }
+
+    fn change_log(pool: &PgPool) -> ChangeLog {
+        ChangeLog::postgres(pool.clone())
+    }
+
+    async fn load(pool: PgPool, id: u64) -> Result<User, sqlx::Error> {
+        sqlx::query_as("SELECT name, version FROM users WHERE id = $1")
+            .bind(id as i64)
+            .fetch_one(&pool)
+            .await
+    }
+
+    async fn rename(pool: PgPool, id: u64, name: String) -> Result<User, sqlx::Error> {
+        sqlx::query_as(
+            "UPDATE users SET name = $1, version = version + 1 WHERE id = $2 RETURNING name, version",
+        )
+        .bind(name)
+        .bind(id as i64)
+        .fetch_one(&pool)
+        .await
+    }
+
+    async fn execute(&self, statement: &'static str) {
+        sqlx::query(statement)
+            .execute(&self.outsider)
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writers_own_versioned_change_keeps_its_copies() {
+    versioned::a_writers_own_change_keeps_its_copies(&Pg::new().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outside_changes_drop_every_versioned_copy() {
+    versioned::outside_changes_drop_every_copy(&Pg::new().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_load_racing_a_versioned_change_stores_nothing_older() {
+    versioned::a_load_racing_a_logged_change_stores_nothing_older(&Pg::new().await).await;
+}
+
+/// Only an update that keeps the key and raises an integer version logs it; a version column
+/// that is missing or not an integer type fails the install and installs nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_trigger_logs_versions_only_for_raising_updates() {
+    let (_server, db) = database().await;
+    sqlx::query("ALTER TABLE users ADD COLUMN stamp text")
+        .execute(&db)
+        .await
+        .unwrap();
+    let cluster = Cluster::builder()
+        .max_staleness(BOUND)
+        .change_log(ChangeLog::postgres(db.clone()))
+        .start()
+        .await
+        .unwrap();
+    for (cache, column) in [("missing", "nope"), ("text", "stamp")] {
+        cluster
+            .cache::<u64, User>(cache)
+            .version(|(_, version)| version.unsigned_abs())
+            .watch_table("users", "id")
+            .version_column(column)
+            .build()
+            .unwrap();
+    }
+    let _users = cluster
+        .cache::<u64, User>("users")
+        .version(|(_, version)| version.unsigned_abs())
+        .watch_table("users", "id")
+        .version_column("version")
+        .build()
+        .unwrap();
+    log_polls::poll_after(&mut cluster.subscribe(), Instant::now()).await;
+    let error = cluster.change_log_status().unwrap().last_error.unwrap();
+    assert!(error.contains("version column"), "{error}");
+    let triggers: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'users'::regclass AND NOT tgisinternal",
+    )
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    assert!(triggers <= 1, "only the users cache's trigger: {triggers}");
+
+    for statement in [
+        "UPDATE users SET name = 'b', version = 2 WHERE id = 1",
+        "UPDATE users SET name = 'c' WHERE id = 1",
+        "UPDATE users SET version = 1 WHERE id = 1",
+        "UPDATE users SET version = -5 WHERE id = 1",
+        "UPDATE users SET version = 3 WHERE id = 1",
+        "UPDATE users SET id = 20, version = 4 WHERE id = 1",
+        "INSERT INTO users VALUES (30, 'new', 1)",
+        "DELETE FROM users WHERE id = 20",
+    ] {
+        sqlx::query(statement).execute(&db).await.unwrap();
+    }
+    let logged: Vec<(String, Option<i64>)> = sqlx::query_as(
+        "SELECT key, version FROM cohort_changes WHERE cache = 'users' ORDER BY seq",
+    )
+    .fetch_all(&db)
+    .await
+    .unwrap();
+    let row = |key: &str, version| (key.to_owned(), version);
+    assert_eq!(
+        logged,
+        [
+            row("1", Some(2)), // raised
+            row("1", None),    // not raised
+            row("1", None),    // lowered
+            row("1", None),    // negative
+            row("1", None),    // from a negative one
+            row("1", None),    // the key changed: the old one
+            row("20", None),   // and the new one
+            row("30", None),   // insert
+            row("20", None),   // delete
+        ]
+    );
+    cluster.shutdown().await;
+}
+
+/// A log an older cohort created, without the version column, gains it and keeps working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_log_gains_the_version_column() {
+    let (server, db) = database().await;
+    // The log's tables as cohort created them before rows carried versions.
+    sqlx::raw_sql(
+        "CREATE TABLE cohort_changes ( \
+             seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, \
+             xid xid8 NOT NULL DEFAULT pg_current_xact_id(), \
+             cache text NOT NULL, key text NOT NULL, at timestamptz NOT NULL DEFAULT now()); \
+         CREATE INDEX cohort_changes_order ON cohort_changes (xid, seq); \
+         CREATE INDEX cohort_changes_at ON cohort_changes (at); \
+         CREATE TABLE cohort_log_meta (id int PRIMARY KEY CHECK (id = 1), \
+             pruned_xid xid8 NOT NULL, pruned_seq bigint NOT NULL); \
+         INSERT INTO cohort_log_meta VALUES (1, '0', 0); \
+         INSERT INTO cohort_changes (cache, key) VALUES ('users', '9');",
+    )
+    .execute(&db)
+    .await
+    .unwrap();
+    let has_column = async |db: &PgPool| {
+        sqlx::query_scalar::<_, bool>(
+            "SELECT EXISTS (SELECT FROM information_schema.columns \
+             WHERE table_name = 'cohort_changes' AND column_name = 'version')",
+        )
+        .fetch_one(db)
+        .await
+        .unwrap()
+    };
+    assert!(!has_column(&db).await);
+    let pg = Pg {
+        server,
+        outsider: db,
+    };
+    versioned::a_writers_own_change_keeps_its_copies(&pg).await;
+    assert!(has_column(&pg.outsider).await);
 }

@@ -168,6 +168,7 @@ impl LogBackend for DbLink {
                             at: *at,
                             cache: cache.clone(),
                             key: entry.key.to_string(),
+                            version: None,
                         })
                         .collect();
                     LogBatch {
