@@ -360,29 +360,27 @@ where
         version_of: impl Fn(&V) -> Option<u64>,
     ) -> LoggedOutcome {
         if logged.is_none() {
-            self.inner.remove(key);
+            self.remove(key);
             return LoggedOutcome::Dropped;
         }
-        match self.inner.entry(
-            key,
-            Some(std::time::Duration::ZERO),
-            |_: &K, held: &mut Entry<V>| {
-                if survives_logged(version_of(&held.value), logged) {
+        with_table!(self, |table| {
+            match table.entry(key, Some(Duration::ZERO), |_, held| {
+                if survives_logged(version_of(held.value()), logged) {
                     EntryAction::Retain(())
                 } else {
                     EntryAction::Remove
                 }
-            },
-        ) {
-            EntryResult::Retained(()) => LoggedOutcome::Kept,
-            // The guard of a vacant key is dropped unfilled: the key stays absent.
-            EntryResult::Removed(..) | EntryResult::Vacant(_) => LoggedOutcome::Dropped,
-            EntryResult::Timeout => {
-                self.inner.remove(key);
-                LoggedOutcome::Dropped
+            }) {
+                EntryResult::Retained(()) => LoggedOutcome::Kept,
+                // The guard of a vacant key is dropped unfilled: the key stays absent.
+                EntryResult::Removed(..) | EntryResult::Vacant(_) => LoggedOutcome::Dropped,
+                EntryResult::Timeout => {
+                    table.remove(key);
+                    LoggedOutcome::Dropped
+                }
+                EntryResult::Replaced(..) => unreachable!("the callback retains or removes"),
             }
-            EntryResult::Replaced(..) => unreachable!("the callback retains or removes"),
-        }
+        })
     }
 
     /// Drops everything and cancels every load and write in flight.
