@@ -60,11 +60,20 @@ pub(crate) struct Figure {
     /// Why the figure could not be measured.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) skipped: Option<String>,
-    /// For a ratio taken as the median of per-round ratios: their interquartile range.
+    /// For a ratio taken as the median of per-round ratios: how they spread.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) spread: Option<[f64; 2]>,
-    /// False when the spread is too wide for the ratio to judge anything by.
+    pub(crate) spread: Option<Spread>,
+    /// False when the ratio is too uncertain to judge anything by.
     pub(crate) judged: bool,
+}
+
+/// How the per-round ratios behind a median ratio spread.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub(crate) struct Spread {
+    /// Their first and third quartiles.
+    pub(crate) quartiles: [f64; 2],
+    /// The 95% confidence interval of their median.
+    pub(crate) interval: [f64; 2],
 }
 
 impl Figure {
@@ -202,13 +211,22 @@ fn print(figures: &[Figure], json: bool) -> anyhow::Result<()> {
 
 /// How a ratio's rounds spread, as printed after it: nothing for a plain ratio.
 fn spread(figure: &Figure) -> String {
-    match figure.spread {
-        Some([q1, q3]) if figure.judged => format!(" iqr={q1:.2}..{q3:.2}"),
-        Some([q1, q3]) => format!(
-            " iqr={q1:.2}..{q3:.2} (its rounds disagree too much to judge the ratio; rerun on a quieter machine)"
-        ),
-        None => String::new(),
-    }
+    let Some(Spread {
+        quartiles: [q1, q3],
+        interval: [low, high],
+    }) = figure.spread
+    else {
+        return String::new();
+    };
+    let judged = if figure.judged {
+        String::new()
+    } else {
+        format!(
+            " (median {:.2}: too uncertain to judge; rerun on a quieter machine)",
+            figure.ratio.unwrap_or_default()
+        )
+    };
+    format!(" ci95={low:.2}..{high:.2} iqr={q1:.2}..{q3:.2}{judged}")
 }
 
 /// The `p` quantile (0 to 1) of `sorted`, by nearest rank; zero for none.
