@@ -12,11 +12,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use cohort::{
-    BoxFuture, ChangeLog, ChangeLogError, LogBackend, LogBatch, LogPosition, WatchedTable,
+    BoxFuture, ChangeLog, ChangeLogError, LogBackend, LogBatch, LogPosition, TimeSource,
+    WatchedTable,
 };
 use rustix::process::{Pid, Signal, kill_process};
 
 const BOUND: Duration = Duration::from_secs(2);
+/// Set in the child, to the clock it runs on: `system` or `suspend-aware`.
 const CHILD: &str = "COHORT_PAUSE_CHILD";
 
 /// An empty change log that fails every read once `down` is set, as a database that stopped
@@ -54,7 +56,12 @@ impl LogBackend for Log {
 
 /// The child: one node with a cache watching a table, one cached key. Commands on stdin, one a
 /// line: `down` makes the log fail; `read` answers `hit` or `miss` for the key.
-fn child() {
+fn child(clock: &str) {
+    let time_source = match clock {
+        "system" => TimeSource::System,
+        "suspend-aware" => TimeSource::SuspendAware,
+        other => panic!("unknown clock {other:?}"),
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -64,6 +71,7 @@ fn child() {
         let down = Arc::new(AtomicBool::new(false));
         let cluster = cohort::Cluster::builder()
             .max_staleness(BOUND)
+            .time_source(time_source)
             .change_log(ChangeLog::custom(Log {
                 down: Arc::clone(&down),
             }))
@@ -115,15 +123,11 @@ struct Node {
 }
 
 impl Node {
-    fn start() -> Self {
+    /// Starts the child of `test` (this binary, running that test alone) on `clock`.
+    fn start(test: &str, clock: &str) -> Self {
         let mut process = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "a_process_stopped_past_its_lease_wakes_up_not_serving",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(CHILD, "1")
+            .args(["--exact", test, "--nocapture", "--test-threads=1"])
+            .env(CHILD, clock)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -183,12 +187,12 @@ impl Drop for Node {
     }
 }
 
-#[test]
-fn a_process_stopped_past_its_lease_wakes_up_not_serving() {
-    if std::env::var_os(CHILD).is_some() {
-        return child();
+/// Runs the scenario on `clock`: the child role when this process is the child.
+fn stopped_past_the_lease(test: &str, clock: &str) {
+    if let Some(clock) = std::env::var_os(CHILD) {
+        return child(clock.to_str().unwrap());
     }
-    let mut node = Node::start();
+    let mut node = Node::start(test, clock);
     // The database stops answering: the lease now runs at most Δ more, at least Δ·3/4 (a poll
     // starts every Δ/4).
     assert_eq!(node.ask("down"), "down");
@@ -208,4 +212,17 @@ fn a_process_stopped_past_its_lease_wakes_up_not_serving() {
         "miss",
         "served on a lease that ran out while stopped"
     );
+}
+
+#[test]
+fn a_process_stopped_past_its_lease_wakes_up_not_serving() {
+    stopped_past_the_lease(
+        "a_process_stopped_past_its_lease_wakes_up_not_serving",
+        "system",
+    );
+}
+
+#[test]
+fn on_the_suspend_aware_clock_too() {
+    stopped_past_the_lease("on_the_suspend_aware_clock_too", "suspend-aware");
 }

@@ -2,13 +2,13 @@
 //!
 //! A hit must cost about as much as a bare map lookup, so reading the time on it has to cost a few
 //! nanoseconds, not the ~35 ns of a precise clock in a VM (it reads the TSC). On Linux this reads
-//! `CLOCK_MONOTONIC_COARSE` through the vDSO (no syscall; see `coarse`); it advances in steps of
+//! `CLOCK_MONOTONIC_COARSE` through the vDSO (no syscall; see `os`); it advances in steps of
 //! one kernel tick (up to 4 ms), so it may read up to [`Clock::resolution`] behind the true time.
 //! A deadline that must never be passed (the poll lease) is shortened by that much. Unit tests
 //! drive a manual clock.
 
 #[cfg(target_os = "linux")]
-mod coarse;
+mod os;
 
 #[cfg(test)]
 use std::sync::Arc;
@@ -36,8 +36,15 @@ pub(crate) type Millis = u64;
 #[non_exhaustive]
 pub enum TimeSource {
     /// The operating system's monotonic clock, at coarse resolution (a few nanoseconds a read).
+    /// It keeps counting while the process is stopped (`SIGSTOP`, a frozen cgroup, a paused
+    /// container), but not while the whole machine is suspended: on a machine that may sleep
+    /// and wake with the process still running, use [`SuspendAware`](Self::SuspendAware).
     #[default]
     System,
+    /// The operating system's clock that also counts time the machine spent suspended
+    /// (`CLOCK_BOOTTIME` on Linux), read precisely: about 35 ns a read where the coarse clock
+    /// takes 5 (measured on a 2-vCPU VM), so every hit costs that much more.
+    SuspendAware,
     /// tokio's clock, which tests can pause. Slower to read.
     Tokio,
     /// The time since some fixed origin, as the function says; it must never go back. For a
@@ -53,6 +60,8 @@ pub(crate) enum Clock {
     /// The operating system's monotonic clock, at coarse resolution.
     #[default]
     System,
+    /// The operating system's clock that counts suspended time too.
+    SuspendAware,
     /// tokio's clock, counted from `origin`.
     Tokio(tokio::time::Instant),
     /// The application's clock.
@@ -66,6 +75,7 @@ impl From<TimeSource> for Clock {
     fn from(source: TimeSource) -> Self {
         match source {
             TimeSource::System => Self::System,
+            TimeSource::SuspendAware => Self::SuspendAware,
             TimeSource::Tokio => Self::Tokio(tokio::time::Instant::now()),
             TimeSource::Custom(now) => Self::Custom(now),
         }
@@ -103,6 +113,7 @@ impl Clock {
     fn other_now(&self) -> Millis {
         match self {
             Self::System => system_now(),
+            Self::SuspendAware => suspend_aware_now(),
             Self::Tokio(origin) => millis(origin.elapsed()),
             Self::Custom(now) => millis(now()),
             #[cfg(test)]
@@ -114,6 +125,8 @@ impl Clock {
     pub(crate) fn resolution(&self) -> Millis {
         match self {
             Self::System => system_resolution(),
+            // Read to the nanosecond, truncated to the millisecond.
+            Self::SuspendAware => 1,
             Self::Tokio(_) | Self::Custom(_) => 0,
             #[cfg(test)]
             Self::Manual(_) => 0,
@@ -133,11 +146,17 @@ pub(crate) fn millis(d: Duration) -> Millis {
 }
 
 #[cfg(target_os = "linux")]
-use coarse::{now as system_now, resolution as system_resolution};
+use os::{boottime_now as suspend_aware_now, now as system_now, resolution as system_resolution};
 
 #[cfg(not(target_os = "linux"))]
 fn system_resolution() -> Millis {
     1
+}
+
+/// Elsewhere, the monotonic clock std offers is the best there is.
+#[cfg(not(target_os = "linux"))]
+fn suspend_aware_now() -> Millis {
+    system_now()
 }
 
 #[cfg(not(target_os = "linux"))]

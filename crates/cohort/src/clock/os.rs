@@ -1,4 +1,5 @@
-//! The coarse monotonic clock (`CLOCK_MONOTONIC_COARSE`), read for every hit.
+//! The operating system's clocks: the coarse monotonic clock (`CLOCK_MONOTONIC_COARSE`), read
+//! for every hit, and `CLOCK_BOOTTIME` for nodes on machines that suspend.
 //!
 //! glibc's `clock_gettime` reaches the kernel's vDSO through a wrapper (a clock-id check, an
 //! indirect call, errno handling); calling the vDSO's own `__vdso_clock_gettime` skips it, which
@@ -70,6 +71,20 @@ pub(super) fn now() -> Millis {
     (ts.tv_sec as u64) * 1_000 + (ts.tv_nsec as u64) / 1_000_000
 }
 
+/// Milliseconds on `CLOCK_BOOTTIME`, which also counts time the machine was suspended;
+/// `Millis::MAX` if the read failed.
+pub(super) fn boottime_now() -> Millis {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid clock id and a pointer to a writable timespec, as `clock_gettime` requires.
+    if unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) } != 0 {
+        return Millis::MAX;
+    }
+    (ts.tv_sec as u64) * 1_000 + (ts.tv_nsec as u64) / 1_000_000
+}
+
 /// How far behind the true time a reading may be: the clock's tick, rounded up to milliseconds.
 pub(super) fn resolution() -> Millis {
     static RESOLUTION: OnceLock<Millis> = OnceLock::new();
@@ -114,6 +129,13 @@ mod tests {
     fn glibc_on_x86_64_reads_through_the_vdso_entry_point() {
         let vdso = vdso_reader().expect("the loader knows the vDSO");
         assert_eq!(reader() as usize, vdso as usize);
+    }
+
+    #[test]
+    fn boottime_is_never_behind_the_monotonic_clock() {
+        // Both count from boot; BOOTTIME adds the time spent suspended.
+        let monotonic = now();
+        assert!(boottime_now() >= monotonic);
     }
 
     #[test]
