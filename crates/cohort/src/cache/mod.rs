@@ -36,9 +36,13 @@ use crate::metrics::{CacheCounters, CacheStats};
 use crate::node::ownership::stable_hash;
 use crate::node::{Node, Running, Serving, Sink};
 use crate::store::{Bound, Lookup, Store, WeighFn};
+use hooks::Hooks;
+pub use hooks::{ChangeEvent, Changed, Changes, DEFAULT_CHANGES_BUFFER, Lagged, Origin};
 pub use partition::DEFAULT_OWNER_TIMEOUT;
 use partition::{LoadFn, Partition};
 
+mod batch;
+mod hooks;
 mod partition;
 
 /// What an answer frame adds to its value's encoding, at most.
@@ -515,6 +519,7 @@ impl<K: Key, V: Value> CacheBuilder<K, V> {
             }),
             node: Arc::clone(&self.node),
             counters: CacheCounters::default(),
+            hooks: Hooks::new(DEFAULT_CHANGES_BUFFER),
         });
         self.node
             .register(name, Arc::clone(&inner) as Arc<dyn Sink>)?;
@@ -600,6 +605,8 @@ struct Inner<K, V> {
     partition: Option<Partition<K, V>>,
     node: Arc<Node>,
     counters: CacheCounters,
+    /// The subscribers to the changes applied here.
+    hooks: Hooks<K>,
 }
 
 /// The result of a successful [`Cache::update`].
@@ -814,6 +821,9 @@ impl<K: Key, V: Value> Cache<K, V> {
                     .publish(&inner.name, Change::Invalidate { key: &key_bytes });
                 inner.release(key);
                 release_peers();
+                inner
+                    .hooks
+                    .emit(|| Origin::Local, || Changed::Key(key.clone()));
                 return Err(UpdateError::Write(e));
             }
         };
@@ -855,6 +865,9 @@ impl<K: Key, V: Value> Cache<K, V> {
         };
         let event = inner.node.publish(&inner.name, change);
         release_peers();
+        inner
+            .hooks
+            .emit(|| Origin::Local, || Changed::Key(key.clone()));
         inner.kick_log();
         Ok(Receipt { value, event })
     }
@@ -873,9 +886,13 @@ impl<K: Key, V: Value> Cache<K, V> {
             inner.changing(&key_bytes);
             inner.forget_hot(key);
             inner.store.remove(key);
-            inner
+            let event = inner
                 .node
-                .publish(&inner.name, Change::Invalidate { key: &key_bytes })
+                .publish(&inner.name, Change::Invalidate { key: &key_bytes });
+            inner
+                .hooks
+                .emit(|| Origin::Local, || Changed::Key(key.clone()));
+            event
         }))
     }
 
@@ -1168,7 +1185,7 @@ impl<K: Key, V: Value> Inner<K, V> {
         self.version.as_ref().map_or(0, |version| version(value))
     }
 
-    fn apply_change(&self, change: &Change<'_>) -> Result<(), postcard::Error> {
+    fn apply_change(&self, from: &NodeId, change: &Change<'_>) -> Result<(), postcard::Error> {
         match *change {
             Change::Invalidate { key } => {
                 let key_bytes = key;
@@ -1177,7 +1194,10 @@ impl<K: Key, V: Value> Inner<K, V> {
                 self.forget_hot(&key);
                 self.store.remove(&key);
                 self.counters.invalidations_applied.incr();
+                self.hooks
+                    .emit(|| Origin::Peer(from.clone()), || Changed::Key(key));
             }
+            // Not a change yet: the writer's invalidation or replica follows it.
             Change::Intent { key } => {
                 let key: K = wire::decode_item(key)?;
                 self.hold(&key);
@@ -1200,6 +1220,8 @@ impl<K: Key, V: Value> Inner<K, V> {
                 self.store
                     .apply_replica(&key, value, version, |held| self.version_of(held));
                 self.counters.replicas_applied.incr();
+                self.hooks
+                    .emit(|| Origin::Peer(from.clone()), || Changed::Key(key));
             }
         }
         Ok(())
@@ -1207,8 +1229,8 @@ impl<K: Key, V: Value> Inner<K, V> {
 }
 
 impl<K: Key, V: Value> Sink for Inner<K, V> {
-    fn apply(&self, change: &Change<'_>) {
-        if let Err(error) = self.apply_change(change) {
+    fn apply(&self, from: &NodeId, change: &Change<'_>) {
+        if let Err(error) = self.apply_change(from, change) {
             // A change this node cannot read may be about any key: forget them all.
             tracing::warn!(cache = %self.name, %error, "undecodable change from a peer; flushing");
             self.flush();
@@ -1250,6 +1272,7 @@ impl<K: Key, V: Value> Sink for Inner<K, V> {
                 }
                 self.store.apply_logged(&key, version, version_of);
                 self.counters.logged_applied.incr();
+                self.hooks.emit(|| Origin::ChangeLog, || Changed::Key(key));
             }
             None => {
                 tracing::warn!(cache = %self.name, key = text, "a change-log key does not parse; flushing");
@@ -1275,6 +1298,7 @@ impl<K: Key, V: Value> Sink for Inner<K, V> {
         }
         self.store.clear();
         self.counters.flushes.incr();
+        self.hooks.emit(|| Origin::Local, || Changed::Flush);
     }
 
     fn serve(self: Arc<Self>, key: &[u8]) -> Option<Serving> {

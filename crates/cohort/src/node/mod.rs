@@ -81,8 +81,8 @@ struct NodeConfig {
 
 /// A cache as the node sees it: somewhere to apply peers' changes.
 pub(crate) trait Sink: Send + Sync {
-    /// Applies one change from a peer.
-    fn apply(&self, change: &Change<'_>);
+    /// Applies one change from the peer `from`.
+    fn apply(&self, from: &NodeId, change: &Change<'_>);
     /// The cache's counters.
     fn stats(&self) -> CacheStats;
     /// Whether the mesh is the cache's only source of changes (it watches no tables).
@@ -628,7 +628,7 @@ impl Node {
     fn apply(&self, from: &Peer, event: &Event<'_>) {
         let sink = self.caches.read().get(event.cache).cloned();
         if let Some(sink) = sink {
-            sink.apply(&event.change);
+            sink.apply(&from.node, &event.change);
         }
         if let Change::Intent { .. } = event.change {
             self.with_state(|state| state.acknowledge(from, event.seq));

@@ -280,6 +280,29 @@ where
         })
     }
 
+    /// [`load_slot`](Self::load_slot) without the wait: `None` while another task holds the
+    /// key's slot (its load is in flight), so a batch can claim the keys nobody is loading, load
+    /// them, and only then wait for the others, never holding a slot while it waits.
+    pub(crate) fn try_load_slot(&self, key: &K) -> Option<Lookup<'_, K, V>> {
+        let clock = &self.clock;
+        with_table!(self, |table, wrap| {
+            match table.entry(key, Some(Duration::ZERO), |_, held| {
+                if held.is_live(clock) {
+                    EntryAction::Retain(held.value().clone())
+                } else {
+                    EntryAction::ReplaceWithGuard
+                }
+            }) {
+                EntryResult::Retained(value) => Some(Lookup::Hit(value)),
+                EntryResult::Vacant(guard) | EntryResult::Replaced(guard, _) => {
+                    Some(Lookup::Miss(self.slot(wrap(guard))))
+                }
+                EntryResult::Timeout => None,
+                EntryResult::Removed(..) => unreachable!("the callback retains or replaces"),
+            }
+        })
+    }
+
     /// A slot for a write of `key` that is about to run: drops the held value and cancels any
     /// load or write of `key` in flight, whose fill would predate this write.
     pub(crate) fn write_slot(&self, key: &K) -> Slot<'_, K, V> {

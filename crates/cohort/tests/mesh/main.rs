@@ -20,6 +20,7 @@ use cluster::{applied, wait_linked};
 #[path = "../common/cluster.rs"]
 mod cluster;
 
+mod batch;
 mod keys;
 mod limits;
 mod members;
