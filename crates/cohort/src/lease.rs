@@ -48,6 +48,18 @@ impl Lease {
         self.until.store(until, Ordering::Release);
     }
 
+    /// When the lease was last proven, at the latest: the start of the poll or confirmation that
+    /// granted it, read back from the deadline (`until - bound`, which is the grant's clock
+    /// reading less the resolution, so never later than the grant). `None` if never granted, or
+    /// ended by [`set`](Self::set). What a node held then was current then; see
+    /// [`Cache::fetch_or_stale`](crate::Cache::fetch_or_stale).
+    pub(crate) fn proven_at(&self, bound: Duration) -> Option<Millis> {
+        match self.until.load(Ordering::Acquire) {
+            0 => None,
+            until => Some(until.saturating_sub(millis(bound))),
+        }
+    }
+
     /// How long the lease still runs, if it does.
     pub(crate) fn remaining(&self, clock: &Clock) -> Option<Duration> {
         let until = self.until.load(Ordering::Acquire);
@@ -103,6 +115,18 @@ mod tests {
         lease.renew(&clock, 1_050, Duration::from_millis(100));
         lease.renew(&clock, 1_000, Duration::from_millis(100));
         assert_eq!(lease.remaining(&clock), Some(Duration::from_millis(150)));
+    }
+
+    #[test]
+    fn proven_at_is_never_later_than_the_grant() {
+        let clock = Clock::manual(1_000);
+        let lease = Lease::default();
+        assert_eq!(lease.proven_at(Duration::from_millis(100)), None);
+        lease.renew(&clock, 1_000, Duration::from_millis(100));
+        let proven = lease.proven_at(Duration::from_millis(100)).unwrap();
+        assert!(proven <= 1_000 && proven + clock.resolution() >= 1_000);
+        lease.set(&clock, None, Duration::from_millis(100));
+        assert_eq!(lease.proven_at(Duration::from_millis(100)), None);
     }
 
     #[test]

@@ -36,12 +36,14 @@ use crate::metrics::{CacheCounters, CacheStats};
 use crate::node::ownership::stable_hash;
 use crate::node::{Node, Running, Serving, Sink};
 use crate::store::{Bound, Lookup, Store, WeighFn};
+pub use fallback::ReadyError;
 use hooks::Hooks;
 pub use hooks::{ChangeEvent, Changed, Changes, DEFAULT_CHANGES_BUFFER, Lagged, Origin};
 pub use partition::DEFAULT_OWNER_TIMEOUT;
 use partition::{LoadFn, Partition};
 
 mod batch;
+mod fallback;
 mod hooks;
 mod partition;
 
@@ -112,6 +114,12 @@ pub enum Source {
     /// A partitioned cache's owner of the key did not answer in time (or could not serve): this
     /// call ran the loader itself.
     OwnerSkipped,
+    /// The loader failed and this is the value the node still held, last known current `age`
+    /// ago; only from [`Cache::fetch_or_stale`], and only younger than its `max_age`.
+    Stale {
+        /// How long ago the value was last known current, at most (never an understatement).
+        age: Duration,
+    },
 }
 
 /// A value and where it came from; from [`Cache::fetch`].

@@ -247,6 +247,14 @@ impl LogRuntime {
         self.kick();
     }
 
+    /// Whether the watches whose polls renew `lease` are installed.
+    pub(crate) fn is_installed(&self, lease: &Arc<Lease>) -> bool {
+        self.installed
+            .lock()
+            .iter()
+            .any(|held| Arc::ptr_eq(held, lease))
+    }
+
     /// Asks for a poll now rather than at the next tick.
     pub(crate) fn kick(&self) {
         self.kick.notify_one();
