@@ -73,8 +73,8 @@ mod transport;
 mod wire;
 
 pub use cache::{
-    Cache, CacheBuilder, DEFAULT_CAPACITY, DEFAULT_OWNER_TIMEOUT, EncodeError, Fetched, Key, Mode,
-    Receipt, Source, UpdateError, Value,
+    BulkError, Cache, CacheBuilder, DEFAULT_CAPACITY, DEFAULT_OWNER_TIMEOUT, EncodeError, Fetched,
+    Key, Mode, Receipt, Source, UpdateError, Value,
 };
 pub use changelog::{
     ChangeLog, ChangeLogError, DEFAULT_LOG_RETENTION, LogBackend, LogBatch, LogPosition, LogRow,

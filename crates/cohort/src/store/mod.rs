@@ -12,6 +12,12 @@
 //! any [`Store::clear`] detaches it, and [`Slot::fill`] then stores nothing. Every invalidation a
 //! node applies is therefore a `remove`, never a `retain`, which quick_cache does not let touch
 //! placeholders.
+//!
+//! A store built [with tags](Store::with_tags) also keeps a tag index (`tags`), so that
+//! [`Store::invalidate_tag`] finds the keys, and refuses fills whose value carries a tag
+//! invalidated while they loaded.
+
+mod tags;
 
 use std::hash::Hash;
 use std::num::NonZeroU64;
@@ -24,6 +30,8 @@ use quick_cache::sync::{
 use quick_cache::{DefaultHashBuilder, Weighter};
 
 use crate::clock::{Clock, Millis};
+pub(crate) use tags::TagFn;
+use tags::Tags;
 
 /// The application's measure of an entry, for caches bounded by weight.
 pub(crate) type WeighFn<K, V> = Arc<dyn Fn(&K, &V) -> u64 + Send + Sync>;
@@ -153,12 +161,16 @@ pub(crate) struct Store<K, V> {
     tables: Tables<K, V>,
     clock: Clock,
     ttl: Option<Duration>,
+    tags: Option<Tags<K, V>>,
 }
 
 /// A claim on a key that is being loaded or written; see [`Store::load_slot`].
 pub(crate) struct Slot<'a, K, V> {
     claim: Claim<'a, K, V>,
     store: &'a Store<K, V>,
+    /// In a store with tags: the key, to index its value, and the tag epoch when the slot was
+    /// taken, before the load or write touched the source.
+    tagged: Option<(K, u64)>,
 }
 
 enum Claim<'a, K, V> {
@@ -241,7 +253,18 @@ where
             None => Tables::Lasting(table(estimated, max_weight, weigh)),
             Some(_) => Tables::Expiring(table(estimated, max_weight, weigh)),
         };
-        Self { tables, clock, ttl }
+        Self {
+            tables,
+            clock,
+            ttl,
+            tags: None,
+        }
+    }
+
+    /// The same store, indexing each stored value under the tags `of` reads from it.
+    pub(crate) fn with_tags(mut self, of: TagFn<V>) -> Self {
+        self.tags = Some(Tags::new(of));
+        self
     }
 
     /// The live value of `key`, if held. Allocation-free unless cloning `V` allocates.
@@ -270,7 +293,7 @@ where
             {
                 EntryResult::Retained(value) => Lookup::Hit(value),
                 EntryResult::Vacant(guard) | EntryResult::Replaced(guard, _) => {
-                    Lookup::Miss(self.slot(wrap(guard)))
+                    Lookup::Miss(self.slot(key, wrap(guard)))
                 }
                 // Only the blocking `entry` with a timeout returns these.
                 EntryResult::Removed(..) | EntryResult::Timeout => {
@@ -288,7 +311,7 @@ where
                 EntryAction::<()>::ReplaceWithGuard
             }) {
                 EntryResult::Vacant(guard) | EntryResult::Replaced(guard, _) => {
-                    return self.slot(wrap(guard));
+                    return self.slot(key, wrap(guard));
                 }
                 // Someone else holds a slot: detach it so its fill fails, then claim the key.
                 EntryResult::Timeout => {
@@ -301,8 +324,12 @@ where
         })
     }
 
-    fn slot<'a>(&'a self, claim: Claim<'a, K, V>) -> Slot<'a, K, V> {
-        Slot { claim, store: self }
+    fn slot<'a>(&'a self, key: &K, claim: Claim<'a, K, V>) -> Slot<'a, K, V> {
+        Slot {
+            claim,
+            store: self,
+            tagged: self.tags.as_ref().map(|tags| (key.clone(), tags.ticket())),
+        }
     }
 
     /// Drops `key` and cancels any load or write of it in flight.
@@ -322,9 +349,14 @@ where
         version: u64,
         version_of: impl Fn(&V) -> u64,
     ) -> ReplicaOutcome {
+        // A replaced value is indexed under its tags in the same critical section as a fill.
+        let tagged = self
+            .tags
+            .as_ref()
+            .map(|tags| (tags.tags_of(&value), tags.lock()));
         let mut offered = Some(value);
         let expires_at = self.expiry();
-        with_table!(self, |table| {
+        let outcome = with_table!(self, |table| {
             match table.entry(key, Some(Duration::ZERO), |_, held| {
                 if version_of(held.value()) < version {
                     if let Some(value) = offered.take() {
@@ -346,7 +378,11 @@ where
                     unreachable!("the callback always retains")
                 }
             }
-        })
+        });
+        if let (Some((tags, mut index)), ReplicaOutcome::Replaced) = (tagged, &outcome) {
+            index.insert(key, tags);
+        }
+        outcome
     }
 
     /// Applies a change-log row for `key` that left the row at version `logged` (if known): a
@@ -385,7 +421,26 @@ where
 
     /// Drops everything and cancels every load and write in flight.
     pub(crate) fn clear(&self) {
+        let index = self.tags.as_ref().map(Tags::lock);
         with_table!(self, |table| table.clear());
+        if let Some(mut index) = index {
+            index.clear();
+        }
+    }
+
+    /// Drops every key whose value carries `tag`, and cancels every load or write in flight
+    /// whose value will carry it. Returns how many keys were indexed under it; a store without
+    /// tags holds none.
+    pub(crate) fn invalidate_tag(&self, tag: &str) -> usize {
+        let Some(tags) = &self.tags else {
+            return 0;
+        };
+        let mut index = tags.lock();
+        let keys = tags.invalidate(&mut index, tag);
+        for key in &keys {
+            self.remove(key);
+        }
+        keys.len()
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -417,14 +472,36 @@ where
     K: Eq + Hash + Clone,
     V: Clone,
 {
-    /// Stores `value` unless the key was removed, inserted or cleared since the slot was taken.
-    /// Returns whether it was stored.
+    /// Stores `value` unless the key was removed, inserted or cleared since the slot was taken,
+    /// or (in a store with tags) the value carries a tag invalidated since. Returns whether it
+    /// was stored.
     pub(crate) fn fill(self, value: V) -> bool {
-        let expires_at = self.store.expiry();
-        match self.claim {
+        let store = self.store;
+        let expires_at = store.expiry();
+        let insert = |claim, value| match claim {
             Claim::Lasting(guard) => guard.insert(Held::new(value, expires_at)).is_ok(),
             Claim::Expiring(guard) => guard.insert(Held::new(value, expires_at)).is_ok(),
+        };
+        let (Some(tags), Some((key, ticket))) = (&store.tags, self.tagged) else {
+            return insert(self.claim, value);
+        };
+        let value_tags = tags.tags_of(&value);
+        let mut index = tags.lock();
+        if !index.admits(ticket, tags.epoch(), &value_tags) {
+            return false;
         }
+        if !insert(self.claim, value) {
+            return false;
+        }
+        index.insert(&key, value_tags);
+        if index.wants_sweep() {
+            index.sweep(|key| {
+                with_table!(store, |table| table
+                    .peek(key)
+                    .map(|held| tags.tags_of(held.value())))
+            });
+        }
+        true
     }
 }
 
