@@ -121,6 +121,11 @@ pub fn seed_frames() -> Vec<Vec<u8>> {
         }),
         event(Change::Intent { key: b"\x01" }),
         event(Change::Release { key: b"\x01" }),
+        event(Change::InvalidateMany {
+            keys: b"\x02\x01\x01\x01\x02",
+        }),
+        event(Change::Clear),
+        event(Change::InvalidateTag { tag: "team" }),
         Frame::Ping { nonce: 1 },
         Frame::Pong {
             nonce: 1,

@@ -73,9 +73,9 @@ mod transport;
 mod wire;
 
 pub use cache::{
-    Cache, CacheBuilder, ChangeEvent, Changed, Changes, DEFAULT_CAPACITY, DEFAULT_CHANGES_BUFFER,
-    DEFAULT_OWNER_TIMEOUT, EncodeError, Fetched, Key, Lagged, Mode, Origin, ReadyError, Receipt,
-    Source, UpdateError, Value,
+    BulkError, Cache, CacheBuilder, ChangeEvent, Changed, Changes, DEFAULT_CAPACITY,
+    DEFAULT_CHANGES_BUFFER, DEFAULT_OWNER_TIMEOUT, EncodeError, Fetched, Key, Lagged, Mode, Origin,
+    ReadyError, Receipt, Source, UpdateError, Value,
 };
 pub use changelog::{
     ChangeLog, ChangeLogError, DEFAULT_LOG_RETENTION, LogBackend, LogBatch, LogPosition, LogRow,

@@ -42,7 +42,8 @@ pub enum Changed<K> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Origin {
-    /// A call on this node: [`Cache::update`] or [`Cache::invalidate`]; also a
+    /// A call on this node ([`Cache::update`], [`Cache::invalidate`],
+    /// [`Cache::invalidate_many`], [`Cache::clear`], [`Cache::invalidate_tag`]); also a
     /// [`Changed::Flush`] this node decided on.
     Local,
     /// An event from the named peer, over the mesh.

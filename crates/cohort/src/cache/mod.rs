@@ -27,6 +27,7 @@ use serde::de::DeserializeOwned;
 use tracing::Instrument;
 
 use crate::changelog::WatchedTable;
+use crate::changelog::ops::CacheOp;
 use crate::clock::Millis;
 use crate::config::ConfigError;
 use crate::id::EventId;
@@ -35,7 +36,8 @@ use crate::lease::Lease;
 use crate::metrics::{CacheCounters, CacheStats};
 use crate::node::ownership::stable_hash;
 use crate::node::{Node, Running, Serving, Sink};
-use crate::store::{Bound, Lookup, Store, WeighFn};
+use crate::store::{Bound, Lookup, Store, TagFn, WeighFn};
+pub use bulk::BulkError;
 pub use fallback::ReadyError;
 use hooks::Hooks;
 pub use hooks::{ChangeEvent, Changed, Changes, DEFAULT_CHANGES_BUFFER, Lagged, Origin};
@@ -43,9 +45,11 @@ pub use partition::DEFAULT_OWNER_TIMEOUT;
 use partition::{LoadFn, Partition};
 
 mod batch;
+mod bulk;
 mod fallback;
 mod hooks;
 mod partition;
+mod tags;
 
 /// What an answer frame adds to its value's encoding, at most.
 const ANSWER_OVERHEAD: usize = 32;
@@ -150,6 +154,7 @@ pub struct CacheBuilder<K, V> {
     loader: Option<LoadFn<K, V>>,
     hot_bytes: u64,
     owner_timeout: Option<Duration>,
+    tags: Option<TagFn<V>>,
 }
 
 impl<K: Key + FromStr, V: Value> CacheBuilder<K, V> {
@@ -211,6 +216,7 @@ impl<K: Key, V: Value> CacheBuilder<K, V> {
             loader: None,
             hot_bytes: 0,
             owner_timeout: None,
+            tags: None,
         }
     }
 
@@ -406,6 +412,15 @@ impl<K: Key, V: Value> CacheBuilder<K, V> {
         if self.name.is_empty() || self.name.len() > 255 {
             return Err(invalid("cache name", "must be 1 to 255 bytes"));
         }
+        if self.name.starts_with(crate::changelog::ops::MARK) {
+            return Err(invalid("cache name", "must not start with U+0001"));
+        }
+        if self.mode == Mode::Partitioned && self.tags.is_some() {
+            return Err(invalid(
+                "tags",
+                "tags are not available with Mode::Partitioned",
+            ));
+        }
         if self.mode == Mode::Replicate && self.version.is_none() {
             return Err(invalid("mode", "Mode::Replicate needs a version extractor"));
         }
@@ -483,7 +498,11 @@ impl<K: Key, V: Value> CacheBuilder<K, V> {
         };
         let inner = Arc::new(Inner {
             name: Arc::clone(&name),
-            store: Store::new(bound, self.node.clock().clone(), self.ttl),
+            store: match &self.tags {
+                None => Store::new(bound, self.node.clock().clone(), self.ttl),
+                Some(tags) => Store::new(bound, self.node.clock().clone(), self.ttl)
+                    .with_tags(Arc::clone(tags)),
+            },
             mode: self.mode,
             version: self.version.clone(),
             parse: self.parse.clone(),
@@ -1213,6 +1232,11 @@ impl<K: Key, V: Value> Inner<K, V> {
                 self.counters.invalidations_applied.incr();
             }
             Change::Release { key } => self.release(&wire::decode_item(key)?),
+            Change::InvalidateMany { keys } => self.invalidate_encoded(from, keys)?,
+            Change::Clear => self.clear_local(Origin::Peer(from.clone())),
+            Change::InvalidateTag { tag } => {
+                self.invalidate_tag_local(tag, Origin::Peer(from.clone()));
+            }
             Change::Replicate {
                 key,
                 version,
@@ -1288,6 +1312,10 @@ impl<K: Key, V: Value> Sink for Inner<K, V> {
                 self.flush();
             }
         }
+    }
+
+    fn apply_logged_op(&self, op: CacheOp<'_>) {
+        self.apply_op(op);
     }
 
     fn flush(&self) {

@@ -115,6 +115,21 @@ pub trait LogBackend: Send + Sync + 'static {
     /// Deletes rows older than `retention`; returns how many.
     fn prune(&self, retention: Duration) -> BoxFuture<'_, Result<u64, ChangeLogError>>;
 
+    /// Appends a row with these `cache` and `key` columns (and no version), committed when the
+    /// future resolves: how cohort records a [clear](crate::Cache::clear) or a
+    /// [tag invalidation](crate::Cache::invalidate_tag), which no trigger sees, for nodes that
+    /// miss it on the mesh. The row must be read back like a trigger's. By default it fails with
+    /// [`ChangeLogError::Unsupported`]: those calls then report that their change reached only
+    /// the nodes the mesh reached.
+    fn append<'a>(
+        &'a self,
+        cache: &'a str,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<(), ChangeLogError>> {
+        let _ = (cache, key);
+        Box::pin(async { Err(ChangeLogError::Unsupported) })
+    }
+
     /// Calls `wake` whenever the log may have new rows, for logs that can tell (Postgres
     /// `NOTIFY`); runs until dropped. By default it returns at once and the node polls every Δ/4.
     fn listen<'a>(

@@ -21,6 +21,7 @@
 
 mod backend;
 pub(crate) mod driver;
+pub(crate) mod ops;
 #[cfg(feature = "postgres")]
 mod postgres;
 #[cfg(feature = "sqlite")]
@@ -135,6 +136,10 @@ pub enum ChangeLogError {
         /// What is wrong with it.
         problem: String,
     },
+    /// The log cannot record a clear or a tag invalidation: a [custom](ChangeLog::custom) log
+    /// that does not implement [`LogBackend::append`]. Nothing was written.
+    #[error("this change log cannot record clears or tag invalidations")]
+    Unsupported,
     /// A [custom](ChangeLog::custom) log failed.
     #[error("change log: {0}")]
     Backend(Box<dyn std::error::Error + Send + Sync>),
@@ -253,6 +258,16 @@ impl LogRuntime {
             .lock()
             .iter()
             .any(|held| Arc::ptr_eq(held, lease))
+    }
+
+    /// Records `op` on `cache` in the log; committed when this returns `Ok`.
+    pub(crate) async fn append(
+        &self,
+        cache: &str,
+        op: ops::CacheOp<'_>,
+    ) -> Result<(), ChangeLogError> {
+        let (cache, key) = op.columns(cache);
+        self.backend.append(&cache, &key).await
     }
 
     /// Asks for a poll now rather than at the next tick.

@@ -454,6 +454,25 @@ impl LogBackend for PostgresLog {
         Box::pin(PostgresLog::prune(self, retention_ms(retention)))
     }
 
+    fn append<'a>(
+        &'a self,
+        cache: &'a str,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<(), ChangeLogError>> {
+        Box::pin(async move {
+            // One statement, so one transaction: the row and the wake-up commit together.
+            sqlx::query(
+                "WITH logged AS (INSERT INTO cohort_changes (cache, key) VALUES ($1, $2)) \
+                 SELECT pg_notify('cohort_changes', '')",
+            )
+            .bind(cache)
+            .bind(key)
+            .execute(&self.pool)
+            .await?;
+            Ok(())
+        })
+    }
+
     fn listen<'a>(
         &'a self,
         node: &'a str,

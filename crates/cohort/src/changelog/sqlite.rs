@@ -197,6 +197,21 @@ impl LogBackend for SqliteLog {
     fn prune(&self, retention: Duration) -> BoxFuture<'_, Result<u64, ChangeLogError>> {
         Box::pin(SqliteLog::prune(self, retention_ms(retention)))
     }
+
+    fn append<'a>(
+        &'a self,
+        cache: &'a str,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<(), ChangeLogError>> {
+        Box::pin(async move {
+            sqlx::query("INSERT INTO cohort_changes (cache, key) VALUES (?, ?)")
+                .bind(cache)
+                .bind(key)
+                .execute(&self.pool)
+                .await?;
+            Ok(())
+        })
+    }
 }
 
 async fn read_in(

@@ -47,6 +47,7 @@ use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
 use crate::changelog::driver::LogTarget;
+use crate::changelog::ops::CacheOp;
 use crate::changelog::{self, LogRuntime};
 use crate::clock::{Clock, Millis};
 use crate::config::{Config, ConfigError};
@@ -92,6 +93,8 @@ pub(crate) trait Sink: Send + Sync {
     fn is_strong(&self) -> bool;
     /// Applies a change-log row: the key, as text, changed, to `version` if the log knows it.
     fn apply_logged(&self, key: &str, version: Option<u64>);
+    /// Applies a change-log row cohort wrote itself: a clear or a tag invalidation.
+    fn apply_logged_op(&self, op: CacheOp<'_>);
     /// Empties the cache: the node missed changes and cannot tell which keys they touched.
     fn flush(&self);
     /// The value of the key encoded as `key`, for a peer that asked this node as the key's
@@ -738,9 +741,15 @@ impl LogTarget for Node {
     }
 
     fn apply_logged(&self, cache: &str, key: &str, version: Option<u64>) {
+        let (cache, op) = match changelog::ops::parse(cache, key) {
+            Some((cache, op)) => (cache, Some(op)),
+            None => (cache, None),
+        };
         let sink = self.caches.read().get(cache).cloned();
-        if let Some(sink) = sink {
-            sink.apply_logged(key, version);
+        match (sink, op) {
+            (Some(sink), Some(op)) => sink.apply_logged_op(op),
+            (Some(sink), None) => sink.apply_logged(key, version),
+            (None, _) => {}
         }
     }
 

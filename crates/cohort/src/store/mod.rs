@@ -12,6 +12,12 @@
 //! any [`Store::clear`] detaches it, and [`Slot::fill`] then stores nothing. Every invalidation a
 //! node applies is therefore a `remove`, never a `retain`, which quick_cache does not let touch
 //! placeholders.
+//!
+//! A store built [with tags](Store::with_tags) also keeps a tag index (`tags`), so that
+//! [`Store::invalidate_tag`] finds the keys, and refuses fills whose value carries a tag
+//! invalidated while they loaded.
+
+mod tags;
 
 use std::hash::Hash;
 use std::num::NonZeroU64;
@@ -24,6 +30,8 @@ use quick_cache::sync::{
 use quick_cache::{DefaultHashBuilder, Weighter};
 
 use crate::clock::{Clock, Millis};
+pub(crate) use tags::TagFn;
+use tags::Tags;
 
 /// The application's measure of an entry, for caches bounded by weight.
 pub(crate) type WeighFn<K, V> = Arc<dyn Fn(&K, &V) -> u64 + Send + Sync>;
@@ -153,12 +161,16 @@ pub(crate) struct Store<K, V> {
     tables: Tables<K, V>,
     clock: Clock,
     ttl: Option<Duration>,
+    tags: Option<Tags<K, V>>,
 }
 
 /// A claim on a key that is being loaded or written; see [`Store::load_slot`].
 pub(crate) struct Slot<'a, K, V> {
     claim: Claim<'a, K, V>,
     store: &'a Store<K, V>,
+    /// In a store with tags: the key, to index its value, and the tag epoch when the slot was
+    /// taken, before the load or write touched the source.
+    tagged: Option<(K, u64)>,
 }
 
 enum Claim<'a, K, V> {
@@ -241,7 +253,18 @@ where
             None => Tables::Lasting(table(estimated, max_weight, weigh)),
             Some(_) => Tables::Expiring(table(estimated, max_weight, weigh)),
         };
-        Self { tables, clock, ttl }
+        Self {
+            tables,
+            clock,
+            ttl,
+            tags: None,
+        }
+    }
+
+    /// The same store, indexing each stored value under the tags `of` reads from it.
+    pub(crate) fn with_tags(mut self, of: TagFn<V>) -> Self {
+        self.tags = Some(Tags::new(of));
+        self
     }
 
     /// The live value of `key`, if held. Allocation-free unless cloning `V` allocates.
@@ -270,7 +293,7 @@ where
             {
                 EntryResult::Retained(value) => Lookup::Hit(value),
                 EntryResult::Vacant(guard) | EntryResult::Replaced(guard, _) => {
-                    Lookup::Miss(self.slot(wrap(guard)))
+                    Lookup::Miss(self.slot(key, wrap(guard)))
                 }
                 // Only the blocking `entry` with a timeout returns these.
                 EntryResult::Removed(..) | EntryResult::Timeout => {
@@ -295,7 +318,7 @@ where
             }) {
                 EntryResult::Retained(value) => Some(Lookup::Hit(value)),
                 EntryResult::Vacant(guard) | EntryResult::Replaced(guard, _) => {
-                    Some(Lookup::Miss(self.slot(wrap(guard))))
+                    Some(Lookup::Miss(self.slot(key, wrap(guard))))
                 }
                 EntryResult::Timeout => None,
                 EntryResult::Removed(..) => unreachable!("the callback retains or replaces"),
@@ -311,7 +334,7 @@ where
                 EntryAction::<()>::ReplaceWithGuard
             }) {
                 EntryResult::Vacant(guard) | EntryResult::Replaced(guard, _) => {
-                    return self.slot(wrap(guard));
+                    return self.slot(key, wrap(guard));
                 }
                 // Someone else holds a slot: detach it so its fill fails, then claim the key.
                 EntryResult::Timeout => {
@@ -324,8 +347,12 @@ where
         })
     }
 
-    fn slot<'a>(&'a self, claim: Claim<'a, K, V>) -> Slot<'a, K, V> {
-        Slot { claim, store: self }
+    fn slot<'a>(&'a self, key: &K, claim: Claim<'a, K, V>) -> Slot<'a, K, V> {
+        Slot {
+            claim,
+            store: self,
+            tagged: self.tags.as_ref().map(|tags| (key.clone(), tags.ticket())),
+        }
     }
 
     /// Drops `key` and cancels any load or write of it in flight.
@@ -345,9 +372,14 @@ where
         version: u64,
         version_of: impl Fn(&V) -> u64,
     ) -> ReplicaOutcome {
+        // A replaced value is indexed under its tags in the same critical section as a fill.
+        let tagged = self
+            .tags
+            .as_ref()
+            .map(|tags| (tags.tags_of(&value), tags.lock()));
         let mut offered = Some(value);
         let expires_at = self.expiry();
-        with_table!(self, |table| {
+        let outcome = with_table!(self, |table| {
             match table.entry(key, Some(Duration::ZERO), |_, held| {
                 if version_of(held.value()) < version {
                     if let Some(value) = offered.take() {
@@ -369,7 +401,11 @@ where
                     unreachable!("the callback always retains")
                 }
             }
-        })
+        });
+        if let (Some((tags, mut index)), ReplicaOutcome::Replaced) = (tagged, &outcome) {
+            index.insert(key, tags);
+        }
+        outcome
     }
 
     /// Applies a change-log row for `key` that left the row at version `logged` (if known): a
@@ -408,7 +444,26 @@ where
 
     /// Drops everything and cancels every load and write in flight.
     pub(crate) fn clear(&self) {
+        let index = self.tags.as_ref().map(Tags::lock);
         with_table!(self, |table| table.clear());
+        if let Some(mut index) = index {
+            index.clear();
+        }
+    }
+
+    /// Drops every key whose value carries `tag`, and cancels every load or write in flight
+    /// whose value will carry it. Returns how many keys were indexed under it; a store without
+    /// tags holds none.
+    pub(crate) fn invalidate_tag(&self, tag: &str) -> usize {
+        let Some(tags) = &self.tags else {
+            return 0;
+        };
+        let mut index = tags.lock();
+        let keys = tags.invalidate(&mut index, tag);
+        for key in &keys {
+            self.remove(key);
+        }
+        keys.len()
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -440,19 +495,42 @@ where
     K: Eq + Hash + Clone,
     V: Clone,
 {
-    /// Stores `value` unless the key was removed, inserted or cleared since the slot was taken.
-    /// Returns whether it was stored.
+    /// Stores `value` unless the key was removed, inserted or cleared since the slot was taken,
+    /// or (in a store with tags) the value carries a tag invalidated since. Returns whether it
+    /// was stored.
     pub(crate) fn fill(self, value: V) -> bool {
-        let expires_at = self.store.expiry();
-        match self.claim {
+        let store = self.store;
+        let expires_at = store.expiry();
+        let insert = |claim, value| match claim {
             Claim::Lasting(guard) => guard.insert(Held::new(value, expires_at)).is_ok(),
             Claim::Expiring(guard) => guard.insert(Held::new(value, expires_at)).is_ok(),
+        };
+        let (Some(tags), Some((key, ticket))) = (&store.tags, self.tagged) else {
+            return insert(self.claim, value);
+        };
+        let value_tags = tags.tags_of(&value);
+        let mut index = tags.lock();
+        if !index.admits(ticket, tags.epoch(), &value_tags) {
+            return false;
         }
+        if !insert(self.claim, value) {
+            return false;
+        }
+        index.insert(&key, value_tags);
+        if index.wants_sweep() {
+            index.sweep(|key| {
+                with_table!(store, |table| table
+                    .peek(key)
+                    .map(|held| tags.tags_of(held.value())))
+            });
+        }
+        true
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
     use std::time::Duration;
 
     use super::*;
@@ -670,6 +748,151 @@ mod tests {
                     let survives = survives_logged(before, logged);
                     proptest::prop_assert_eq!(outcome == LoggedOutcome::Kept, survives);
                     proptest::prop_assert_eq!(after, if survives { before } else { None });
+                }
+                Ok(())
+            })?;
+        }
+    }
+
+    /// A store whose values name their tags after a colon: "value:red,blue".
+    fn tagged_store(capacity: u64) -> Store<u64, String> {
+        store(capacity).with_tags(Arc::new(|value: &String| {
+            value
+                .split_once(':')
+                .map(|(_, tags)| tags.split(',').map(str::to_owned).collect())
+                .unwrap_or_default()
+        }))
+    }
+
+    fn carries(value: &str, tag: &str) -> bool {
+        value
+            .split_once(':')
+            .is_some_and(|(_, tags)| tags.split(',').any(|t| t == tag))
+    }
+
+    #[tokio::test]
+    async fn a_tag_invalidation_drops_exactly_the_entries_carrying_it() {
+        let store = tagged_store(10);
+        assert!(miss(&store, 1).await.fill(entry("one:red,blue")));
+        assert!(miss(&store, 2).await.fill(entry("two:blue")));
+        assert!(miss(&store, 3).await.fill(entry("three:green")));
+        assert!(miss(&store, 4).await.fill(entry("four")));
+        assert_eq!(store.invalidate_tag("blue"), 2);
+        assert_eq!((store.get(&1), store.get(&2)), (None, None));
+        assert_eq!(store.get(&3).as_deref(), Some("three:green"));
+        assert_eq!(store.get(&4).as_deref(), Some("four"));
+        assert_eq!(store.invalidate_tag("blue"), 0);
+    }
+
+    #[tokio::test]
+    async fn a_tag_invalidation_during_a_load_refuses_only_a_value_carrying_the_tag() {
+        let store = tagged_store(10);
+        let red = miss(&store, 1).await;
+        let green = miss(&store, 2).await;
+        store.invalidate_tag("red");
+        assert!(!red.fill(entry("one:blue,red")));
+        assert!(green.fill(entry("two:green")));
+        assert_eq!(store.get(&1), None);
+        assert_eq!(store.get(&2).as_deref(), Some("two:green"));
+        // A load that starts after the invalidation stores the tagged value.
+        assert!(miss(&store, 1).await.fill(entry("one:red")));
+    }
+
+    #[tokio::test]
+    async fn a_load_older_than_every_remembered_tag_invalidation_is_refused() {
+        let store = tagged_store(10);
+        let old = miss(&store, 1).await;
+        for n in 0..=tags::REMEMBERED {
+            store.invalidate_tag(&format!("other {n}"));
+        }
+        // Which tags the forgotten invalidations named is unknown: the fill cannot be trusted.
+        assert!(!old.fill(entry("one:red")));
+        assert!(miss(&store, 1).await.fill(entry("one:red")));
+    }
+
+    #[tokio::test]
+    async fn a_replaced_value_is_indexed_under_its_new_tags() {
+        let store = tagged_store(10);
+        assert!(miss(&store, 1).await.fill(entry("v1:red")));
+        assert_eq!(
+            store.apply_replica(&1, entry("v2:blue"), 2, |held| version_of(held)),
+            ReplicaOutcome::Replaced
+        );
+        store.invalidate_tag("blue");
+        assert_eq!(store.get(&1), None);
+    }
+
+    #[tokio::test]
+    async fn the_tag_index_sheds_pairs_whose_values_are_gone() {
+        let store = tagged_store(64);
+        for round in 0..100_u64 {
+            for key in 0..64 {
+                let value = format!("{round}:tag {round},every");
+                if let Lookup::Miss(slot) = store.load_slot(&key).await {
+                    assert!(slot.fill(value));
+                }
+            }
+            store.clear();
+            let pairs = store.tags.as_ref().unwrap().lock().pairs();
+            assert_eq!(pairs, 0, "a clear empties the index");
+        }
+        for key in 0..10_000_u64 {
+            store.remove(&key.saturating_sub(1));
+            assert!(miss(&store, key).await.fill(format!("{key}:tag {key}")));
+        }
+        // Every removed key's pair is gone once a sweep ran: the index stays near the store's
+        // size, not the number of fills.
+        let pairs = store.tags.as_ref().unwrap().lock().pairs();
+        assert!(pairs <= 2 * 1024 + 64, "{pairs} pairs for 1 held entry");
+    }
+
+    proptest::proptest! {
+        /// Whatever the interleaving of loads, fills and tag invalidations: a fill whose load
+        /// overlapped an invalidation of one of its tags is refused, one that overlapped none
+        /// lands, and after an invalidation no held value carries the tag. (A fill that
+        /// overlapped only other tags' invalidations may be refused: the index is a superset.)
+        #[test]
+        fn no_value_carrying_an_invalidated_tag_outlives_the_invalidation(
+            ops in proptest::collection::vec((0..3_u8, 0..4_u64, proptest::collection::vec(0..3_u8, 0..3)), 1..80),
+        ) {
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            rt.block_on(async {
+                let store = tagged_store(16);
+                let tag = |t: u8| format!("t{t}");
+                let mut pending = HashMap::new();
+                for (op, key, tags) in ops {
+                    match op {
+                        0 => {
+                            if let Some(Lookup::Miss(slot)) = store.try_load_slot(&key) {
+                                pending.insert(key, (slot, Vec::<String>::new()));
+                            }
+                        }
+                        1 => {
+                            let Some((slot, invalidated)) = pending.remove(&key) else {
+                                continue;
+                            };
+                            let tags: Vec<String> = tags.iter().map(|t| tag(*t)).collect();
+                            let value = format!("{key}:{}", tags.join(","));
+                            let stored = slot.fill(value);
+                            if tags.iter().any(|t| invalidated.contains(t)) {
+                                proptest::prop_assert!(!stored);
+                            } else if invalidated.is_empty() {
+                                proptest::prop_assert!(stored);
+                            }
+                        }
+                        _ => {
+                            let t = tag(tags.first().copied().unwrap_or(0));
+                            store.invalidate_tag(&t);
+                            for (_, invalidated) in pending.values_mut() {
+                                invalidated.push(t.clone());
+                            }
+                            for held in 0..4 {
+                                if let Some(value) = store.get(&held) {
+                                    proptest::prop_assert!(!carries(&value, &t), "{value} outlived {t}");
+                                }
+                            }
+                        }
+                    }
                 }
                 Ok(())
             })?;

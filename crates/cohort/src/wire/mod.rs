@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::codec::LengthDelimitedCodec;
 
 /// The protocol version this build speaks. A peer with another version is refused.
-pub(crate) const PROTOCOL_VERSION: u16 = 4;
+pub(crate) const PROTOCOL_VERSION: u16 = 5;
 
 /// Magic bytes that open every link.
 const MAGIC: [u8; 4] = *b"COHO";
@@ -196,6 +196,20 @@ pub(crate) enum Change<'a> {
         #[serde(borrow)]
         key: &'a [u8],
     },
+    /// Drop every key in `keys`: the postcard encoding of a sequence of key encodings (see
+    /// [`encode_keys`]), kept as one slice so that a change stays `Copy` and borrows from the
+    /// receive buffer.
+    InvalidateMany {
+        #[serde(borrow)]
+        keys: &'a [u8],
+    },
+    /// Drop every key of the cache, and every load of it in flight.
+    Clear,
+    /// Drop every key whose value carries `tag`, and every load in flight whose value does.
+    InvalidateTag {
+        #[serde(borrow)]
+        tag: &'a str,
+    },
 }
 
 impl Frame<'_> {
@@ -223,6 +237,16 @@ pub(crate) fn encode_item<T: Serialize>(item: &T) -> Result<Vec<u8>, postcard::E
 pub(crate) fn decode_item<T: serde::de::DeserializeOwned>(
     bytes: &[u8],
 ) -> Result<T, postcard::Error> {
+    postcard::from_bytes(bytes)
+}
+
+/// Encodes the encodings of many keys as one [`Change::InvalidateMany`] payload.
+pub(crate) fn encode_keys(keys: &[Vec<u8>]) -> Result<Vec<u8>, postcard::Error> {
+    postcard::to_stdvec(keys)
+}
+
+/// Decodes a [`Change::InvalidateMany`] payload into the keys' encodings, borrowed from `bytes`.
+pub(crate) fn decode_keys(bytes: &[u8]) -> Result<Vec<&[u8]>, postcard::Error> {
     postcard::from_bytes(bytes)
 }
 
@@ -316,6 +340,29 @@ mod tests {
                 id: 10,
                 value: None,
             },
+            Frame::Event(Event {
+                node: "a",
+                incarnation: 1,
+                seq: 1,
+                cache: "users",
+                change: Change::InvalidateMany {
+                    keys: b"\x02\x01\x07\x01\x08",
+                },
+            }),
+            Frame::Event(Event {
+                node: "a",
+                incarnation: 1,
+                seq: 2,
+                cache: "users",
+                change: Change::Clear,
+            }),
+            Frame::Event(Event {
+                node: "a",
+                incarnation: 1,
+                seq: 3,
+                cache: "users",
+                change: Change::InvalidateTag { tag: "team:7" },
+            }),
         ] {
             let bytes = frame.encode();
             assert_eq!(decode(&bytes).unwrap(), frame);
@@ -371,10 +418,8 @@ mod tests {
         future[5] += 1;
         assert!(matches!(
             check_preamble(future, false),
-            Err(WireError::UnsupportedVersion {
-                version: 5,
-                supported: 4
-            })
+            Err(WireError::UnsupportedVersion { version, supported: PROTOCOL_VERSION })
+                if version == PROTOCOL_VERSION + 1
         ));
     }
 
@@ -384,6 +429,22 @@ mod tests {
         let mut buf = BytesMut::from(&u32::MAX.to_be_bytes()[..]);
         assert!(codec.decode(&mut buf).is_err());
         assert!(buf.capacity() < 1024);
+    }
+
+    #[test]
+    fn key_lists_round_trip_and_refuse_garbage() {
+        let keys = vec![encode_item(&7_u64).unwrap(), encode_item(&300_u64).unwrap()];
+        let bytes = encode_keys(&keys).unwrap();
+        let decoded = decode_keys(&bytes).unwrap();
+        assert_eq!(decoded, vec![&keys[0][..], &keys[1][..]]);
+        for len in 0..bytes.len() {
+            assert!(
+                decode_keys(&bytes[..len]).is_err(),
+                "prefix of {len} bytes decoded"
+            );
+        }
+        // A count far beyond the bytes that follow fails without allocating for it.
+        assert!(decode_keys(&[0xff, 0xff, 0xff, 0xff, 0x0f]).is_err());
     }
 
     #[test]

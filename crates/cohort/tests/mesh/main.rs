@@ -362,7 +362,7 @@ async fn raw_exchange(node: &Cluster, bytes: &[u8]) -> Vec<u8> {
 }
 
 /// The protocol version this build speaks.
-const PROTOCOL: u16 = 4;
+const PROTOCOL: u16 = 5;
 
 /// A plain (keyless) link's preamble.
 fn preamble(version: u16) -> Vec<u8> {
