@@ -10,6 +10,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use cohort::{Cache, ChangeLog, Cluster, Mode, Source};
+use cohort_testkit::wait;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
@@ -87,8 +88,9 @@ impl<D: Database> Node<D> {
             plain,
             pool,
         };
-        node.polled_after(Instant::now()).await;
-        assert!(node.users.is_serving() && node.plain.is_serving());
+        for cache in [&node.users, &node.plain] {
+            cache.ready(wait::PATIENCE).await.unwrap();
+        }
         node
     }
 
