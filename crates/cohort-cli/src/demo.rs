@@ -363,6 +363,7 @@ async fn client(
                 started,
                 ended: Instant::now(),
                 by: (),
+                age: None,
             });
         }
         progress.inc(1);

@@ -11,6 +11,9 @@
 //! caller never learned the outcome (a request that timed out) is not an update, but every
 //! version a read returned had committed by the time that read ended, so the caller hands it over
 //! as one ([`Read::seen`]): later reads owe it too, as Jepsen judges indeterminate operations.
+//! A fail-safe read, which served a value it declared to be `age` old because the source was
+//! down ([`Read::age`]), is held to that age instead of the bound: it may miss what returned
+//! within it, nothing older.
 //!
 //! Pure: the caller hands operations over as they complete, with their times; the [`Judge`]
 //! says which reads broke the promise. A read's verdict depends only on the updates that returned
@@ -56,6 +59,10 @@ pub struct Read<T> {
     pub ended: Instant,
     /// Who read, for the report.
     pub by: T,
+    /// For a fail-safe read (`Source::Stale`): how long before it was read its value was last
+    /// known current, as the read declared. Such a read is held to that age (or to the missed
+    /// update's promise, if longer) instead of the promise: it may miss what returned within it.
+    pub age: Option<Duration>,
 }
 
 impl<T: Copy> Read<T> {
@@ -89,6 +96,8 @@ pub struct Verdict {
     pub max_staleness_at_least: bool,
     /// Reads that reached the judge more than the horizon after they started: not judged.
     pub too_old: u64,
+    /// Judged reads that declared their value's age (fail-safe reads), judged against it.
+    pub declared_stale: u64,
     /// Updates that reached the judge after a read of their key that started after they had
     /// returned was judged (more than the window after they returned): those reads may have been
     /// judged without them.
@@ -104,7 +113,8 @@ pub struct Late<T> {
     pub missed: Update<T>,
     /// How long before the read started that update had returned.
     pub lag: Duration,
-    /// Whether that is longer than the update's promise allows.
+    /// Whether that is longer than the update's promise (or the read's declared age, if
+    /// longer) allows.
     pub beyond: bool,
     /// Whether older missed updates may have been folded away, so that the read lagged at least
     /// `lag`, maybe longer (it is beyond its promise either way).
@@ -140,6 +150,8 @@ pub struct Judge<T> {
     verdict: Verdict,
     /// The longest promise of any update so far.
     longest_promise: Duration,
+    /// The longest age a read may declare and be held to.
+    max_age: Duration,
     /// Steps that returned before this were folded into the newest such step of their stairs.
     folded_before: Option<Instant>,
 }
@@ -182,8 +194,22 @@ impl<T: Copy> Judge<T> {
             late: VecDeque::new(),
             verdict: Verdict::default(),
             longest_promise: Duration::ZERO,
+            max_age: Duration::ZERO,
             folded_before: None,
         }
+    }
+
+    /// The same judge, holding reads that declare an age ([`Read::age`]) to ages up to
+    /// `max_age`; a read declaring more is held to `max_age`. Updates are kept at least that
+    /// long, so that such a read is judged exactly.
+    pub fn max_age(mut self, max_age: Duration) -> Self {
+        self.max_age = max_age;
+        self
+    }
+
+    /// How long before a read started an update must have returned for every read to owe it.
+    fn longest_allowance(&self) -> Duration {
+        self.longest_promise.max(self.max_age)
     }
 
     /// An update that committed (returned, or was seen by a read).
@@ -223,7 +249,7 @@ impl<T: Copy> Judge<T> {
         let cut = now
             .checked_sub(self.window.saturating_add(self.horizon))
             .map(|cut| oldest.map_or(cut, |oldest| oldest.min(cut)))
-            .and_then(|cut| cut.checked_sub(self.longest_promise));
+            .and_then(|cut| cut.checked_sub(self.longest_allowance()));
         if let Some(cut) = cut
             && self.folded_before.is_none_or(|before| before < cut)
         {
@@ -269,15 +295,19 @@ impl<T: Copy> Judge<T> {
     /// did. If newer versions were folded away, it missed them: they returned more than the
     /// longest promise before it started; the earliest return kept stands for them.
     fn judge(&mut self, read: Read<T>) {
-        // Every folded step returned more than the longest promise before this.
+        // Every folded step returned more than the longest allowance before this.
         let judgeable = self
             .folded_before
-            .is_none_or(|before| before + self.longest_promise <= read.started);
+            .is_none_or(|before| before + self.longest_allowance() <= read.started);
         if !judgeable {
             self.verdict.too_old += 1;
             return;
         }
         self.verdict.judged += 1;
+        let age = read.age.map(|age| age.min(self.max_age));
+        if age.is_some() {
+            self.verdict.declared_stale += 1;
+        }
         let Some(key) = self.keys.get_mut(&read.key) else {
             return;
         };
@@ -293,7 +323,7 @@ impl<T: Copy> Judge<T> {
                 continue;
             };
             folded |= candidate.at_least;
-            if overdue.is_none_or(|o| candidate.due() < o.due()) {
+            if overdue.is_none_or(|o| candidate.due(age) < o.due(age)) {
                 overdue = Some(candidate);
             }
             if first.is_none_or(|f| candidate.step.returned < f.step.returned) {
@@ -305,7 +335,7 @@ impl<T: Copy> Judge<T> {
                 at_least: true,
                 ..first
             },
-            (Some(overdue), _) if overdue.due() < read.started => overdue,
+            (Some(overdue), _) if overdue.due(age) < read.started => overdue,
             (_, Some(first)) if first.step.returned < read.started => first,
             _ => return,
         };
@@ -320,7 +350,7 @@ impl<T: Copy> Judge<T> {
                 by: missed.step.by,
             },
             lag,
-            beyond: lag > missed.promise,
+            beyond: lag > missed.allowance(age),
             at_least: missed.at_least,
         };
         if late.beyond {
@@ -345,9 +375,14 @@ struct Candidate<T> {
 }
 
 impl<T> Candidate<T> {
-    /// When a read may no longer miss it.
-    fn due(&self) -> Instant {
-        self.step.returned + self.promise
+    /// How long after it returned a read that declared `age` may still miss it.
+    fn allowance(&self, age: Option<Duration>) -> Duration {
+        age.map_or(self.promise, |age| age.max(self.promise))
+    }
+
+    /// When a read that declared `age` may no longer miss it.
+    fn due(&self, age: Option<Duration>) -> Instant {
+        self.step.returned + self.allowance(age)
     }
 }
 
@@ -416,7 +451,7 @@ pub fn judge<T: Copy>(
     updates: impl IntoIterator<Item = Update<T>>,
     reads: impl IntoIterator<Item = Read<T>>,
 ) -> (Vec<Late<T>>, Verdict) {
-    let mut judge = Judge::new(Duration::ZERO, Duration::MAX);
+    let mut judge = Judge::new(Duration::ZERO, Duration::MAX).max_age(Duration::MAX);
     for update in updates {
         judge.handle_update(update);
     }
@@ -465,6 +500,7 @@ mod tests {
             started,
             ended: started,
             by,
+            age: None,
         }
     }
 
@@ -498,8 +534,11 @@ mod tests {
             let reads: Vec<Read<usize>> = (0..rng.below(80))
                 .map(|i| {
                     let started = at(t, rng.below(5_200));
+                    // One read in four is a fail-safe read declaring its value's age.
+                    let age = (rng.below(4) == 0).then(|| Duration::from_millis(rng.below(1_000)));
                     Read {
                         ended: started + Duration::from_millis(rng.below(100)),
+                        age,
                         ..read(rng.below(3), rng.below(41), started, i as usize)
                     }
                 })
@@ -527,7 +566,7 @@ mod tests {
                 arrivals.push((r.ended + delay, Op::Read(*r)));
             }
             arrivals.sort_by_key(|(arrival, _)| *arrival);
-            let mut judge = Judge::new(window, horizon);
+            let mut judge = Judge::new(window, horizon).max_age(Duration::from_millis(1_000));
             let mut late = Vec::new();
             for (arrival, op) in arrivals {
                 judge.handle_timeout(arrival);
@@ -542,13 +581,16 @@ mod tests {
             let verdict = judge.verdict();
             assert_eq!(verdict.judged, reads.len() as u64, "round {round}");
             assert_eq!((verdict.too_old, verdict.recorded_late), (0, 0));
+            let declared = reads.iter().filter(|r| r.age.is_some()).count();
+            assert_eq!(verdict.declared_stale, declared as u64);
 
             for r in &reads {
                 let newer: Vec<&Update<usize>> = known
                     .iter()
                     .filter(|u| u.key == r.key && u.version > r.version && u.returned < r.started)
                     .collect();
-                let beyond = newer.iter().any(|u| r.started - u.returned > u.promise);
+                let allowance = |u: &Update<usize>| r.age.map_or(u.promise, |a| a.max(u.promise));
+                let beyond = newer.iter().any(|u| r.started - u.returned > allowance(u));
                 let found: Vec<_> = late.iter().filter(|l| l.read.by == r.by).collect();
                 assert!(found.len() <= 1, "round {round}: read {} judged once", r.by);
                 let found = found.first();
@@ -579,7 +621,7 @@ mod tests {
                     "round {round}: {l:?} names a missed update"
                 );
                 if l.beyond {
-                    let due = |u: &Update<usize>| u.returned + u.promise;
+                    let due = |u: &Update<usize>| u.returned + allowance(u);
                     let earliest = newer.iter().map(|u| due(u)).min().unwrap();
                     assert_eq!(due(&l.missed), earliest, "the most overdue one is named");
                 } else {
@@ -706,6 +748,33 @@ mod tests {
                 ..Verdict::default()
             }
         );
+    }
+
+    /// A fail-safe read is held to the age it declared, not to the bound: with a 500 ms bound,
+    /// one declaring 2 s may miss an update 1.5 s old, not one 2.5 s old; the same reads without
+    /// a declared age are beyond the bound.
+    #[test]
+    fn a_declared_age_replaces_the_bound() {
+        let t = Instant::now();
+        let updates = [update(7, 2, at(t, 1_000), 500, 0)];
+        let declared = |started, by| Read {
+            age: Some(Duration::from_secs(2)),
+            ..read(7, 1, at(t, started), by)
+        };
+        let reads = [
+            declared(2_500, 0),
+            declared(3_001, 1),
+            read(7, 1, at(t, 2_500), 2),
+        ];
+        let (late, verdict) = judge(updates, reads);
+        assert_eq!(
+            late.iter()
+                .map(|l| (l.read.by, l.beyond))
+                .collect::<Vec<_>>(),
+            [(0, false), (1, true), (2, true)]
+        );
+        assert_eq!(verdict.declared_stale, 2);
+        assert_eq!(verdict.stale_beyond_bound, 2);
     }
 
     /// A write whose outcome its caller never learned is not in the history: reads that missed

@@ -555,6 +555,7 @@ mod tests {
                     node: 1,
                     source: Source::Cache,
                 },
+                age: None,
             },
             missed: Update {
                 key,

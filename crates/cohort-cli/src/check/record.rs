@@ -151,6 +151,7 @@ impl Recorded {
             started: op.started,
             ended: op.ended,
             by,
+            age: None,
         });
     }
 

@@ -65,6 +65,7 @@ pub(crate) fn check(history: &[Op]) -> Result<(), String> {
                     started: origin + started,
                     ended: origin + ended,
                     by: index,
+                    age: None,
                 };
                 // Whoever wrote it, the version had committed by the time the read returned.
                 updates.push(read.seen(BOUND));
