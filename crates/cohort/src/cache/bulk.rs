@@ -165,6 +165,12 @@ impl<K: Key, V: Value> Inner<K, V> {
 
     /// Drops every entry carrying `tag` and refuses the fills in flight whose value carries it.
     pub(super) fn invalidate_tag_local(&self, tag: &str, origin: Origin) {
+        // Which keys carry the tag on their owners is unknown here: an owner's answer may be
+        // older than this invalidation for any key, so none becomes a hot copy for a while.
+        self.changing_all();
+        if let Some(hot) = self.hot() {
+            hot.invalidate_tag(tag);
+        }
         self.store.invalidate_tag(tag);
         self.counters.invalidations_applied.incr();
         self.hooks.emit(|| origin, || Changed::Tag(tag.to_owned()));

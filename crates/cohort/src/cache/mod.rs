@@ -415,12 +415,6 @@ impl<K: Key, V: Value> CacheBuilder<K, V> {
         if self.name.starts_with(crate::changelog::ops::MARK) {
             return Err(invalid("cache name", "must not start with U+0001"));
         }
-        if self.mode == Mode::Partitioned && self.tags.is_some() {
-            return Err(invalid(
-                "tags",
-                "tags are not available with Mode::Partitioned",
-            ));
-        }
         if self.mode == Mode::Replicate && self.version.is_none() {
             return Err(invalid("mode", "Mode::Replicate needs a version extractor"));
         }
@@ -498,11 +492,7 @@ impl<K: Key, V: Value> CacheBuilder<K, V> {
         };
         let inner = Arc::new(Inner {
             name: Arc::clone(&name),
-            store: match &self.tags {
-                None => Store::new(bound, self.node.clock().clone(), self.ttl),
-                Some(tags) => Store::new(bound, self.node.clock().clone(), self.ttl)
-                    .with_tags(Arc::clone(tags)),
-            },
+            store: self.tagged(Store::new(bound, self.node.clock().clone(), self.ttl)),
             mode: self.mode,
             version: self.version.clone(),
             parse: self.parse.clone(),
@@ -529,7 +519,7 @@ impl<K: Key, V: Value> CacheBuilder<K, V> {
                         size(postcard::experimental::serialized_size(key))
                             + size(postcard::experimental::serialized_size(value))
                     });
-                    Store::new(
+                    self.tagged(Store::new(
                         Bound::Weight {
                             max,
                             // A guess at 1 KiB an entry, to size the table.
@@ -540,7 +530,7 @@ impl<K: Key, V: Value> CacheBuilder<K, V> {
                         },
                         self.node.clock().clone(),
                         self.ttl,
-                    )
+                    ))
                 });
                 Partition::new(load, hot, self.node.max_staleness(), owner_timeout)
             }),

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use crate::changelog::ops::CacheOp;
 use crate::id::EventId;
+use crate::store::Store;
 use crate::wire::Change;
 
 use super::{BulkError, Cache, CacheBuilder, Key, Origin, Value};
@@ -15,7 +16,10 @@ use super::{BulkError, Cache, CacheBuilder, Key, Origin, Value};
 impl<K: Key, V: Value> CacheBuilder<K, V> {
     /// Reads the tags each value carries, so that [`Cache::invalidate_tag`] drops every entry
     /// carrying one. Called on every store of a value (not on hits); each node keeps an index
-    /// from tags to keys. Not available with [`Mode::Partitioned`](super::Mode::Partitioned).
+    /// from tags to keys. In [`Mode::Partitioned`](super::Mode::Partitioned) each owner drops
+    /// its own entries and every node its hot copies; for twice the bound after a tag
+    /// invalidation no owner's answer becomes a hot copy, since which keys it touched is only
+    /// known to their owners.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
@@ -42,6 +46,13 @@ impl<K: Key, V: Value> CacheBuilder<K, V> {
             tags(value).into_iter().map(Into::into).collect()
         }));
         self
+    }
+    /// `store`, indexed under the tags if the cache has any.
+    pub(super) fn tagged(&self, store: Store<K, V>) -> Store<K, V> {
+        match &self.tags {
+            Some(tags) => store.with_tags(Arc::clone(tags)),
+            None => store,
+        }
     }
 }
 
