@@ -125,9 +125,12 @@ impl<K: Key, V: Value> Cache<K, V> {
             let mut busy = Vec::new();
             for key in pending.drain(..) {
                 match inner.store.try_load_slot(&key) {
-                    Some(Lookup::Hit(value)) => {
+                    // Asking the owners and earlier rounds waited: as after any wait, a held
+                    // value is served only under a lease that holds now.
+                    Some(Lookup::Hit(value)) if inner.serving() => {
                         found.insert(key, value);
                     }
+                    Some(Lookup::Hit(_)) => unstored.push(key),
                     Some(Lookup::Miss(slot)) => claimed.push((key, slot)),
                     None if round == MAX_ROUNDS => unstored.push(key),
                     None => busy.push(key),

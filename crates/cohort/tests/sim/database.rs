@@ -3,6 +3,9 @@
 //! its transaction starts, it becomes visible when the transaction commits). Each node reaches
 //! it through a [`DbLink`] the simulation can pause, as a stalled connection or a paused server
 //! would.
+//!
+//! A version names its key's group (`version % STRIDE % GROUPS`), so a cache can tag a value
+//! with its group from the value alone, as an application tags a user with its team.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -15,13 +18,30 @@ use tokio::sync::watch;
 /// How long a query or a transaction takes.
 const LATENCY: Duration = Duration::from_millis(1);
 
+/// Versions of a key step by this much, from the key itself: more than any key.
+const STRIDE: u64 = 64;
+
+/// Groups of keys, for tag invalidations.
+pub(crate) const GROUPS: u64 = 4;
+
+/// The group of the key whose version is `version`.
+pub(crate) fn group(version: u64) -> u64 {
+    version % STRIDE % GROUPS
+}
+
+/// The tag of the values of group `group`'s keys.
+pub(crate) fn group_tag(group: u64) -> String {
+    format!("group {group}")
+}
+
 /// The database every node and client shares.
 #[derive(Clone, Default)]
 pub(crate) struct Database(Arc<Mutex<Tables>>);
 
 #[derive(Default)]
 struct Tables {
-    versions: HashMap<u64, u64>,
+    /// Writes so far, by key.
+    writes: HashMap<u64, u64>,
     /// The cache whose table has a trigger, once a node installed it.
     watched_by: Option<String>,
     /// Change-log rows by position: committed, and when (simulated time).
@@ -33,7 +53,10 @@ struct Tables {
 }
 
 struct Entry {
-    key: u64,
+    /// `None` for a trigger's row (of the watched table's cache); a row the cache appended
+    /// itself names it.
+    cache: Option<String>,
+    key: String,
     committed_at: Option<Duration>,
 }
 
@@ -42,12 +65,63 @@ impl Tables {
     fn horizon(&self) -> u64 {
         self.open.first().copied().unwrap_or(self.next_txn)
     }
+
+    fn version(&self, key: u64) -> u64 {
+        self.writes.get(&key).copied().unwrap_or(0) * STRIDE + key
+    }
+
+    /// Opens a transaction.
+    fn begin(&mut self) -> u64 {
+        let txn = self.next_txn;
+        self.next_txn += 1;
+        self.open.insert(txn);
+        txn
+    }
+
+    /// Adds a row at the next position in `txn`, visible once it commits.
+    fn log(&mut self, txn: u64, cache: Option<String>, key: String) {
+        self.next_seq += 1;
+        let at = LogPosition {
+            txn,
+            seq: self.next_seq,
+        };
+        self.log.insert(
+            at,
+            Entry {
+                cache,
+                key,
+                committed_at: None,
+            },
+        );
+    }
+
+    /// Writes `keys` in `txn` and commits it: its log rows become visible. Returns the versions.
+    fn commit(&mut self, txn: u64, keys: &[u64]) -> Vec<u64> {
+        for key in keys {
+            *self.writes.entry(*key).or_insert(0) += 1;
+        }
+        self.open.remove(&txn);
+        let now = turmoil::sim_elapsed().unwrap_or_default();
+        for (_, entry) in self
+            .log
+            .range_mut(LogPosition { txn, seq: 0 }..=LogPosition { txn, seq: u64::MAX })
+        {
+            entry.committed_at = Some(now);
+        }
+        keys.iter().map(|key| self.version(*key)).collect()
+    }
 }
 
 impl Database {
-    /// The committed version of `key` (0 before its first write).
+    /// The committed version of `key`.
     pub(crate) fn read(&self, key: u64) -> u64 {
-        self.0.lock().versions.get(&key).copied().unwrap_or(0)
+        self.0.lock().version(key)
+    }
+
+    /// The committed versions of `keys`, read at once.
+    pub(crate) fn read_many(&self, keys: &[u64]) -> Vec<u64> {
+        let tables = self.0.lock();
+        keys.iter().map(|key| tables.version(*key)).collect()
     }
 
     /// Writes `key` in a transaction (logged once a trigger is installed) and returns the version
@@ -55,39 +129,23 @@ impl Database {
     pub(crate) async fn write(&self, key: u64) -> u64 {
         let txn = {
             let mut tables = self.0.lock();
-            let txn = tables.next_txn;
-            tables.next_txn += 1;
-            tables.open.insert(txn);
+            let txn = tables.begin();
             if tables.watched_by.is_some() {
-                tables.next_seq += 1;
-                let at = LogPosition {
-                    txn,
-                    seq: tables.next_seq,
-                };
-                tables.log.insert(
-                    at,
-                    Entry {
-                        key,
-                        committed_at: None,
-                    },
-                );
+                tables.log(txn, None, key.to_string());
             }
             txn
         };
         tokio::time::sleep(LATENCY).await;
-        let mut tables = self.0.lock();
-        let version = tables.versions.entry(key).or_insert(0);
-        *version += 1;
-        let version = *version;
-        tables.open.remove(&txn);
-        let now = turmoil::sim_elapsed().unwrap_or_default();
-        for (_, entry) in tables
-            .log
-            .range_mut(LogPosition { txn, seq: 0 }..=LogPosition { txn, seq: u64::MAX })
-        {
-            entry.committed_at = Some(now);
-        }
-        version
+        self.0.lock().commit(txn, &[key])[0]
+    }
+
+    /// Writes `keys` in one transaction that no trigger sees (as a change to a table joined
+    /// into the cached values would be): the writer must tell the caches itself. Returns the
+    /// versions it committed.
+    pub(crate) async fn write_unlogged(&self, keys: &[u64]) -> Vec<u64> {
+        let txn = self.0.lock().begin();
+        tokio::time::sleep(LATENCY).await;
+        self.0.lock().commit(txn, keys)
     }
 
     /// A node's connection, open.
@@ -114,8 +172,7 @@ impl DbLink {
 
     /// The committed version of `key`, read over this connection.
     pub(crate) async fn read(&self, key: u64) -> u64 {
-        self.query(|tables| tables.versions.get(&key).copied().unwrap_or(0))
-            .await
+        self.query(|tables| tables.version(key)).await
     }
 
     /// Runs `query` as the server would: after the connection lets it through, taking a while,
@@ -139,6 +196,22 @@ impl LogBackend for DbLink {
         })
     }
 
+    fn append<'a>(
+        &'a self,
+        cache: &'a str,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<(), ChangeLogError>> {
+        Box::pin(async move {
+            self.query(|tables| {
+                let txn = tables.begin();
+                tables.log(txn, Some(cache.to_owned()), key.to_owned());
+                tables.commit(txn, &[]);
+            })
+            .await;
+            Ok(())
+        })
+    }
+
     fn head(&self) -> BoxFuture<'_, Result<LogPosition, ChangeLogError>> {
         Box::pin(async move {
             Ok(self
@@ -158,7 +231,7 @@ impl LogBackend for DbLink {
         Box::pin(async move {
             Ok(self
                 .query(|tables| {
-                    let cache = tables.watched_by.clone().unwrap_or_default();
+                    let watched = tables.watched_by.clone().unwrap_or_default();
                     let rows: Vec<LogRow> = tables
                         .log
                         .range(after..)
@@ -166,8 +239,8 @@ impl LogBackend for DbLink {
                         .take(limit as usize)
                         .map(|(at, entry)| LogRow {
                             at: *at,
-                            cache: cache.clone(),
-                            key: entry.key.to_string(),
+                            cache: entry.cache.clone().unwrap_or_else(|| watched.clone()),
+                            key: entry.key.clone(),
                             version: None,
                         })
                         .collect();

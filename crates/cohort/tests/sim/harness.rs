@@ -17,7 +17,7 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use tokio::sync::{Notify, watch};
 
-use crate::database::{Database, DbLink};
+use crate::database::{self, Database, DbLink};
 use crate::history::{self, Op};
 use crate::net::{SimNet, Wire};
 
@@ -44,6 +44,9 @@ pub(crate) struct Setup {
     /// A node started with its leases ignored: it serves whatever it holds, to show that the
     /// checker catches the staleness that follows.
     pub(crate) broken: Option<&'static str>,
+    /// Clients also read in batches and change many keys at once, telling the caches with
+    /// `invalidate_many`, `invalidate_tag` and `clear`.
+    pub(crate) bulk: bool,
 }
 
 impl Setup {
@@ -67,6 +70,7 @@ pub(crate) const THREE: Setup = Setup {
     log: false,
     keyed: false,
     broken: None,
+    bulk: false,
 };
 
 /// A fault; nodes are indexes into the setup's names.
@@ -323,6 +327,9 @@ fn host(plan: HostPlan) -> impl Fn() -> BoxFuture<'static, turmoil::Result> {
             let cluster = builder.start().await?;
             let mut cache = cluster.cache::<u64, u64>("kv");
             cache.mode(setup.mode).version(|version| *version);
+            if setup.bulk {
+                cache.tags(|version| [database::group_tag(database::group(*version))]);
+            }
             if setup.mode == Mode::Partitioned {
                 // The owner loads through its own database connection: a stalled one makes it
                 // miss the owner timeout, and the askers load for themselves.
@@ -601,9 +608,28 @@ async fn work(shared: &Shared, client: u64) {
         };
         let key = rng.random_range(0..KEYS).min(rng.random_range(0..KEYS));
         let load_takes = Duration::from_millis(rng.random_range(0..4));
-        match rng.random_range(0..10) {
+        // With bulk changes, most operations are batch reads and few writes are single updates,
+        // so that a copy a bulk change failed to drop outlives the bound before another write
+        // of its key drops it.
+        match rng.random_range(0..if shared.setup.bulk { 40 } else { 10 }) {
             0..6 => {
                 read(shared, index, &cache, key, load_takes).await;
+            }
+            10..30 => {
+                let keys: Vec<u64> = (0..rng.random_range(2..6))
+                    .map(|_| rng.random_range(0..KEYS))
+                    .collect();
+                read_many(shared, index, &cache, &keys, load_takes).await;
+            }
+            30..34 => {
+                change_group(shared, index, &cache, rng.random_range(0..database::GROUPS)).await;
+            }
+            34..40 => {
+                let keys: Vec<u64> = (0..rng.random_range(1..5))
+                    .map(|_| rng.random_range(0..KEYS))
+                    .collect();
+                let clear = rng.random_range(0..3) == 0;
+                change_many(shared, index, &cache, &keys, clear).await;
             }
             // Writers that bypass cohort are seen through the change log alone.
             6 if shared.setup.log => {
@@ -667,6 +693,99 @@ async fn read(
         ended: history::now(),
     });
     fetched.source
+}
+
+/// Reads `keys` through `cache` in one batch (a load taking `load_takes`), recording a read of
+/// each.
+async fn read_many(
+    shared: &Shared,
+    index: usize,
+    cache: &Cache<u64, u64>,
+    keys: &[u64],
+    load_takes: Duration,
+) {
+    let started = history::now();
+    let db = shared.db.clone();
+    let found = cache
+        .get_or_load_many(keys, |missing| {
+            let db = db.clone();
+            async move {
+                let versions = db.read_many(&missing);
+                tokio::time::sleep(load_takes).await;
+                Ok::<_, Infallible>(missing.into_iter().zip(versions))
+            }
+        })
+        .await
+        .unwrap_or_else(|e: Infallible| match e {});
+    let ended = history::now();
+    for key in keys {
+        shared.record(Op::Read {
+            node: shared.name(index),
+            key: *key,
+            version: found[key],
+            started,
+            ended,
+        });
+    }
+}
+
+/// Changes every key of `group` in a way no trigger sees, then invalidates the group's tag
+/// through `cache`; records the writes as updates once the invalidation returned. Their promise
+/// is the bound in every mode: a tag invalidation is not a strong write.
+async fn change_group(shared: &Shared, index: usize, cache: &Cache<u64, u64>, group: u64) {
+    let keys: Vec<u64> = (0..KEYS)
+        .filter(|key| database::group(*key) == group)
+        .collect();
+    let versions = shared.db.write_unlogged(&keys).await;
+    if cache
+        .invalidate_tag(&database::group_tag(group))
+        .await
+        .is_ok()
+    {
+        record_writes(shared, index, &keys, &versions);
+    }
+}
+
+/// Changes `keys` and tells the caches with one `invalidate_many`, or with a `clear`. The
+/// writes of a peer-only cluster go unseen by any trigger; with a change log they are logged
+/// (an `invalidate_many` is not: a node cut off from the mesh learns of logged writes only).
+async fn change_many(
+    shared: &Shared,
+    index: usize,
+    cache: &Cache<u64, u64>,
+    keys: &[u64],
+    clear: bool,
+) {
+    let versions = if shared.setup.log && !clear {
+        let mut versions = Vec::new();
+        for key in keys {
+            versions.push(shared.db.write(*key).await);
+        }
+        versions
+    } else {
+        shared.db.write_unlogged(keys).await
+    };
+    let told = if clear {
+        cache.clear().await.is_ok()
+    } else {
+        cache.invalidate_many(keys).await.is_ok()
+    };
+    if told {
+        record_writes(shared, index, keys, &versions);
+    }
+}
+
+fn record_writes(shared: &Shared, index: usize, keys: &[u64], versions: &[u64]) {
+    let completed = history::now();
+    for (key, version) in keys.iter().zip(versions) {
+        shared.record(Op::Update {
+            node: shared.name(index),
+            key: *key,
+            version: *version,
+            completed,
+            promise: BOUND,
+        });
+    }
 }
 
 /// Starts the workload once every node serves, injects and heals the faults on schedule,

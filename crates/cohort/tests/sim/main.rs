@@ -234,6 +234,43 @@ fn replicate_and_strong_under_faults() {
     }
 }
 
+/// Batch reads, and changes told to the caches with `invalidate_many`, `invalidate_tag` and
+/// `clear`, racing loads, in every mode, peer-only and with the change log: a node cut off from
+/// the mesh learns of tag invalidations and clears through the log, within the bound.
+#[test]
+fn bulk_changes_under_faults() {
+    for mode in [
+        Mode::Invalidate,
+        Mode::Replicate,
+        Mode::Strong,
+        Mode::Partitioned,
+    ] {
+        for log in [false, true] {
+            let setup = Setup {
+                mode,
+                log,
+                bulk: true,
+                ..THREE
+            };
+            let mut faults = vec![
+                at(1_000, 1_500, Fault::Isolate(0)),
+                at(3_000, 1_000, Fault::Hold(1, 2)),
+                at(4_500, 1_000, Fault::Crash(2)),
+            ];
+            if log {
+                faults.push(at(6_000, 1_000, Fault::DbPause(1)));
+            }
+            let run = simulate(setup, 21, faults, secs(8))
+                .unwrap_or_else(|complaint| panic!("{setup:?}: {complaint}"));
+            let (reads, updates) = history::reads_and_updates(&run.history);
+            assert!(
+                reads > 500 && updates > 200,
+                "{setup:?}: {reads} reads, {updates} updates"
+            );
+        }
+    }
+}
+
 const PARTITIONED: Setup = Setup {
     mode: Mode::Partitioned,
     ..THREE
@@ -470,7 +507,8 @@ fn the_checker_catches_a_node_that_ignores_its_leases() {
     }
 }
 
-/// Any setup: three to five nodes, any mode, with or without a change log, keyed or not.
+/// Any setup: three to five nodes, any mode, with or without a change log, keyed or not, with
+/// or without bulk changes.
 fn setup() -> impl Strategy<Value = Setup> {
     let mode = prop_oneof![
         Just(Mode::Invalidate),
@@ -478,13 +516,21 @@ fn setup() -> impl Strategy<Value = Setup> {
         Just(Mode::Strong),
         Just(Mode::Partitioned)
     ];
-    (3..=5_usize, mode, any::<bool>(), any::<bool>()).prop_map(|(nodes, mode, log, keyed)| Setup {
-        nodes,
+    (
+        3..=5_usize,
         mode,
-        log,
-        keyed,
-        broken: None,
-    })
+        any::<bool>(),
+        any::<bool>(),
+        any::<bool>(),
+    )
+        .prop_map(|(nodes, mode, log, keyed, bulk)| Setup {
+            nodes,
+            mode,
+            log,
+            keyed,
+            broken: None,
+            bulk,
+        })
 }
 
 /// Every fault the README promises to survive, long enough to show; node indexes are taken
