@@ -21,6 +21,7 @@ use cluster::{applied, wait_linked};
 mod cluster;
 
 mod batch;
+mod bulk;
 mod keys;
 mod limits;
 mod members;
