@@ -45,19 +45,37 @@ impl Postgres {
             port,
             _dir: dir,
         };
-        let options = format!(
-            "-p {port} -h 127.0.0.1 -k {} -c fsync=off -c max_connections=300",
-            server.data.display()
-        );
-        let start = as_postgres(&server.bin.join("pg_ctl"))
+        server.start_again()?;
+        Ok(server)
+    }
+
+    /// Stops the server at once (`pg_ctl stop -m immediate`, as a crash would): every connection
+    /// drops and new ones are refused until [`start_again`](Self::start_again).
+    pub fn stop(&self) -> io::Result<()> {
+        let stop = as_postgres(&self.bin.join("pg_ctl"))
             .arg("-D")
-            .arg(&server.data)
+            .arg(&self.data)
+            .args(["-m", "immediate", "-w", "stop"])
+            .output()?;
+        check("pg_ctl stop", &stop)
+    }
+
+    /// Starts the stopped server again on its port, with its data; returns once it accepts
+    /// connections.
+    pub fn start_again(&self) -> io::Result<()> {
+        let options = format!(
+            "-p {} -h 127.0.0.1 -k {} -c fsync=off -c max_connections=300",
+            self.port,
+            self.data.display()
+        );
+        let start = as_postgres(&self.bin.join("pg_ctl"))
+            .arg("-D")
+            .arg(&self.data)
             .args(["-o", &options, "-w", "-l"])
-            .arg(server.data.join("log"))
+            .arg(self.data.join("log"))
             .arg("start")
             .output()?;
-        check("pg_ctl start", &start)?;
-        Ok(server)
+        check("pg_ctl start", &start)
     }
 
     /// The connection URL of the `postgres` database.

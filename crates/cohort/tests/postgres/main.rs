@@ -5,10 +5,14 @@
 //!
 //! The nodes have no mesh between them: changes reach them through the log alone.
 
+#[path = "../common/cluster.rs"]
+mod cluster;
 #[path = "../common/log_polls.rs"]
 mod log_polls;
 #[path = "../common/versioned.rs"]
 mod versioned;
+
+mod fail_safe;
 
 use std::time::Duration;
 
