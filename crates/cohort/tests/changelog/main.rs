@@ -9,6 +9,8 @@ mod log_polls;
 #[path = "../common/versioned.rs"]
 mod versioned;
 
+mod cache_ops;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -78,13 +80,8 @@ impl Server {
             .watch_table("users", "id")
             .build()
             .unwrap();
-        let server = Self { cluster, users, db };
-        server.next_poll(&mut server.cluster.subscribe()).await;
-        assert!(
-            server.users.is_serving(),
-            "serving once its triggers are in and a poll ran"
-        );
-        server
+        users.ready(wait::PATIENCE).await.unwrap();
+        Self { cluster, users, db }
     }
 
     async fn read(&self, id: u64) -> (User, Source) {
