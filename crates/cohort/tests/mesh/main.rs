@@ -22,6 +22,7 @@ mod cluster;
 
 mod batch;
 mod bulk;
+mod fresh;
 mod keys;
 mod limits;
 mod members;
