@@ -170,6 +170,10 @@ impl DbLink {
         self.open.send_replace(!paused);
     }
 
+    pub(crate) fn is_paused(&self) -> bool {
+        !*self.open.borrow()
+    }
+
     /// The committed version of `key`, read over this connection.
     pub(crate) async fn read(&self, key: u64) -> u64 {
         self.query(|tables| tables.version(key)).await

@@ -628,7 +628,7 @@ async fn work(shared: &Shared, client: u64) {
                 let keys: Vec<u64> = (0..rng.random_range(1..5))
                     .map(|_| rng.random_range(0..KEYS))
                     .collect();
-                let clear = rng.random_range(0..3) == 0;
+                let clear = rng.random_range(0..8) == 0;
                 change_many(shared, index, &cache, &keys, clear).await;
             }
             // Writers that bypass cohort are seen through the change log alone.
@@ -667,7 +667,8 @@ async fn work(shared: &Shared, client: u64) {
 }
 
 /// Reads `key` through `cache` (a load taking `load_takes`), recording the read; says where the
-/// value came from.
+/// value came from. With bulk changes, reads fall back on the held value when the load fails
+/// (the node's database connection is paused), as the application's fail-safe reads would.
 async fn read(
     shared: &Shared,
     index: usize,
@@ -677,23 +678,43 @@ async fn read(
 ) -> cohort::Source {
     let started = history::now();
     let db = shared.db.clone();
-    let fetched = cache
-        .fetch(&key, |key| async move {
-            let version = db.read(key);
-            tokio::time::sleep(load_takes).await;
-            Ok::<_, Infallible>(version)
-        })
-        .await
-        .unwrap_or_else(|e: Infallible| match e {});
+    let link = shared.links[index].clone();
+    let load = |key| async move {
+        if link.is_paused() {
+            return Err(DatabaseDown);
+        }
+        let version = db.read(key);
+        tokio::time::sleep(load_takes).await;
+        Ok(version)
+    };
+    let fetched = if shared.setup.bulk {
+        cache.fetch_or_stale(&key, load, STALE_FOR).await
+    } else {
+        cache.fetch(&key, load).await
+    };
+    let Ok(fetched) = fetched else {
+        return cohort::Source::Bypassed;
+    };
     shared.record(Op::Read {
         node: shared.name(index),
         key,
         version: fetched.value,
         started,
         ended: history::now(),
+        age: match fetched.source {
+            cohort::Source::Stale { age } => Some(age),
+            _ => None,
+        },
     });
     fetched.source
 }
+
+/// The longest a fail-safe read may fall back on a held value.
+const STALE_FOR: Duration = BOUND.saturating_mul(4);
+
+/// A load through a paused database connection.
+#[derive(Debug)]
+struct DatabaseDown;
 
 /// Reads `keys` through `cache` in one batch (a load taking `load_takes`), recording a read of
 /// each.
@@ -725,9 +746,15 @@ async fn read_many(
             version: found[key],
             started,
             ended,
+            age: None,
         });
     }
 }
+
+/// How long a client waits for a clear or a tag invalidation to be logged (it waits on the
+/// node's database connection) before it gives up on learning the outcome, as an application
+/// with a request timeout would: a write given up on is not an update, until a read sees it.
+const GIVE_UP_AFTER: Duration = Duration::from_millis(200);
 
 /// Changes every key of `group` in a way no trigger sees, then invalidates the group's tag
 /// through `cache`; records the writes as updates once the invalidation returned. Their promise
@@ -737,11 +764,12 @@ async fn change_group(shared: &Shared, index: usize, cache: &Cache<u64, u64>, gr
         .filter(|key| database::group(*key) == group)
         .collect();
     let versions = shared.db.write_unlogged(&keys).await;
-    if cache
-        .invalidate_tag(&database::group_tag(group))
-        .await
-        .is_ok()
-    {
+    let told = tokio::time::timeout(
+        GIVE_UP_AFTER,
+        cache.invalidate_tag(&database::group_tag(group)),
+    )
+    .await;
+    if let Ok(Ok(_)) = told {
         record_writes(shared, index, &keys, &versions);
     }
 }
@@ -766,7 +794,8 @@ async fn change_many(
         shared.db.write_unlogged(keys).await
     };
     let told = if clear {
-        cache.clear().await.is_ok()
+        let cleared = tokio::time::timeout(GIVE_UP_AFTER, cache.clear()).await;
+        matches!(cleared, Ok(Ok(_)))
     } else {
         cache.invalidate_many(keys).await.is_ok()
     };

@@ -18,6 +18,8 @@ pub(crate) enum Op {
         version: u64,
         started: Duration,
         ended: Duration,
+        /// A fail-safe read's declared age: its value was last known current that long before.
+        age: Option<Duration>,
     },
     Update {
         node: &'static str,
@@ -57,6 +59,7 @@ pub(crate) fn check(history: &[Op]) -> Result<(), String> {
                 version,
                 started,
                 ended,
+                age,
                 ..
             } => {
                 let read = Read {
@@ -65,7 +68,7 @@ pub(crate) fn check(history: &[Op]) -> Result<(), String> {
                     started: origin + started,
                     ended: origin + ended,
                     by: index,
-                    age: None,
+                    age,
                 };
                 // Whoever wrote it, the version had committed by the time the read returned.
                 updates.push(read.seen(BOUND));
@@ -123,7 +126,12 @@ fn print_key(history: &[Op], key: u64) {
                 version,
                 started,
                 ended,
-            } if k == key => eprintln!("{started:>12?} read   {node} v{version} (until {ended:?})"),
+                age,
+            } if k == key => eprintln!(
+                "{started:>12?} read   {node} v{version} (until {ended:?}{})",
+                age.map(|age| format!(", declared {age:?} old"))
+                    .unwrap_or_default()
+            ),
             Op::Update {
                 node,
                 key: k,
@@ -136,6 +144,14 @@ fn print_key(history: &[Op], key: u64) {
             _ => {}
         }
     }
+}
+
+/// Reads that served a value declared stale.
+pub(crate) fn stale_reads(history: &[Op]) -> usize {
+    history
+        .iter()
+        .filter(|op| matches!(op, Op::Read { age: Some(_), .. }))
+        .count()
 }
 
 pub(crate) fn reads_and_updates(history: &[Op]) -> (usize, usize) {
