@@ -306,6 +306,11 @@ async fn start_nodes(
         })
         .await
         .with_context(|| format!("{} did not reach its peers", node.cluster.node_id()))?;
+        // Until then reads load and store nothing: the workload would start on cold caches.
+        node.users
+            .ready(Duration::from_secs(10))
+            .await
+            .with_context(|| format!("{}'s cache never served", node.cluster.node_id()))?;
     }
     Ok(nodes)
 }
