@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use cohort::{BulkError, Cache, ChangeLog, Cluster, ReadyError, Source};
+use cohort::{BulkError, Cache, ChangeLog, Changed, Cluster, Origin, ReadyError, Source};
 use cohort_testkit::wait;
 use tokio::time::Instant;
 
@@ -57,6 +57,7 @@ async fn with_no_mesh_a_tag_invalidation_and_a_clear_travel_through_the_log() {
         assert_eq!(load(&on_b, &b, id).await, Source::Cache);
     }
     let mut b_events = b.cluster.subscribe();
+    let mut b_changes = on_b.changes();
 
     on_a.invalidate_tag("odd").await.unwrap();
     let returned = Instant::now();
@@ -75,6 +76,10 @@ async fn with_no_mesh_a_tag_invalidation_and_a_clear_travel_through_the_log() {
     assert!(returned.elapsed() < BOUND, "{:?}", returned.elapsed());
     assert_eq!(on_b.get_many(&[1, 2, 3, 4]).len(), 0);
     assert_eq!(on_b.stats().logged_applied, 2);
+    for expected in [Changed::Tag("odd".to_owned()), Changed::Clear] {
+        let event = b_changes.recv().await.unwrap().unwrap();
+        assert_eq!((event.change, event.origin), (expected, Origin::ChangeLog));
+    }
 }
 
 /// With its database gone, a clear still empties the cache here (and goes to every peer) but
