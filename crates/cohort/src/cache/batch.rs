@@ -146,12 +146,7 @@ impl<K: Key, V: Value> Cache<K, V> {
                     let Some(value) = loaded.remove(&key) else {
                         continue;
                     };
-                    if inner.is_held(&key) {
-                        drop(slot);
-                        inner.counters.fills_rejected.incr();
-                    } else if !slot.fill(value.clone()) {
-                        inner.counters.fills_rejected.incr();
-                    }
+                    inner.offer(&key, slot, value.clone());
                     found.insert(key, value);
                 }
                 found.extend(loaded);

@@ -141,13 +141,7 @@ impl<K: Key, V: Value> Inner<K, V> {
         keys: &[u8],
     ) -> Result<(), postcard::Error> {
         for key_bytes in wire::decode_keys(keys)? {
-            let key: K = wire::decode_item(key_bytes)?;
-            self.changing(key_bytes);
-            self.forget_hot(&key);
-            self.store.remove(&key);
-            self.counters.invalidations_applied.incr();
-            self.hooks
-                .emit(|| Origin::Peer(from.clone()), || Changed::Key(key));
+            self.invalidate_from(from, key_bytes)?;
         }
         Ok(())
     }

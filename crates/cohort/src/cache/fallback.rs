@@ -190,12 +190,7 @@ impl<K: Key, V: Value> Cache<K, V> {
         // Taken before the source is read: a change that lands while it is read voids it.
         let slot = inner.store.write_slot(key);
         let value = inner.load(key.clone(), "fresh", load).await?;
-        if inner.is_held(key) {
-            drop(slot);
-            inner.counters.fills_rejected.incr();
-        } else if !slot.fill(value.clone()) {
-            inner.counters.fills_rejected.incr();
-        }
+        inner.offer(key, slot, value.clone());
         Ok(Fetched {
             value,
             source: Source::Loaded,

@@ -36,7 +36,7 @@ use crate::lease::Lease;
 use crate::metrics::{CacheCounters, CacheStats};
 use crate::node::ownership::stable_hash;
 use crate::node::{Node, Running, Serving, Sink};
-use crate::store::{Bound, Lookup, Store, TagFn, WeighFn};
+use crate::store::{Bound, Lookup, Slot, Store, TagFn, WeighFn};
 pub use bulk::BulkError;
 pub use fallback::ReadyError;
 use hooks::Hooks;
@@ -747,12 +747,7 @@ impl<K: Key, V: Value> Cache<K, V> {
             Lookup::Hit(_) => fetched(inner.bypass(key, load).await?, Source::Bypassed),
             Lookup::Miss(slot) => {
                 let value = inner.load(key.clone(), "miss", load).await?;
-                if inner.is_held(key) {
-                    drop(slot);
-                    inner.counters.fills_rejected.incr();
-                } else if !slot.fill(value.clone()) {
-                    inner.counters.fills_rejected.incr();
-                }
+                inner.offer(key, slot, value.clone());
                 fetched(value, Source::Loaded)
             }
         }
@@ -1025,6 +1020,18 @@ impl<K: Key, V: Value> Inner<K, V> {
         self.store.clock().deadline(self.node.max_staleness() * 4)
     }
 
+    /// Stores a value just read from the source in the key's `slot`, unless a strong update of
+    /// the key is in flight (which write lands last is unknown) or a change voided the slot
+    /// while the source was read; a refusal is counted.
+    fn offer(&self, key: &K, slot: Slot<'_, K, V>, value: V) {
+        if self.is_held(key) {
+            drop(slot);
+            self.counters.fills_rejected.incr();
+        } else if !slot.fill(value) {
+            self.counters.fills_rejected.incr();
+        }
+    }
+
     fn is_held(&self, key: &K) -> bool {
         self.strong.as_ref().is_some_and(|strong| {
             let now = self.store.clock().now();
@@ -1202,18 +1209,21 @@ impl<K: Key, V: Value> Inner<K, V> {
         self.version.as_ref().map_or(0, |version| version(value))
     }
 
+    /// Applies the peer `from`'s invalidation of the key encoded as `key_bytes`.
+    fn invalidate_from(&self, from: &NodeId, key_bytes: &[u8]) -> Result<(), postcard::Error> {
+        let key: K = wire::decode_item(key_bytes)?;
+        self.changing(key_bytes);
+        self.forget_hot(&key);
+        self.store.remove(&key);
+        self.counters.invalidations_applied.incr();
+        self.hooks
+            .emit(|| Origin::Peer(from.clone()), || Changed::Key(key));
+        Ok(())
+    }
+
     fn apply_change(&self, from: &NodeId, change: &Change<'_>) -> Result<(), postcard::Error> {
         match *change {
-            Change::Invalidate { key } => {
-                let key_bytes = key;
-                let key: K = wire::decode_item(key_bytes)?;
-                self.changing(key_bytes);
-                self.forget_hot(&key);
-                self.store.remove(&key);
-                self.counters.invalidations_applied.incr();
-                self.hooks
-                    .emit(|| Origin::Peer(from.clone()), || Changed::Key(key));
-            }
+            Change::Invalidate { key } => self.invalidate_from(from, key)?,
             // Not a change yet: the writer's invalidation or replica follows it.
             Change::Intent { key } => {
                 let key: K = wire::decode_item(key)?;

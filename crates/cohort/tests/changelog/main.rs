@@ -15,7 +15,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cohort::{Cache, ChangeLog, Cluster, ClusterEvent, Source, UpdateError};
+use cohort::{Cache, ChangeLog, Cluster, ClusterEvent, ReadyError, Source, UpdateError};
 use cohort_testkit::wait;
 use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
@@ -355,6 +355,9 @@ async fn a_database_that_is_down_keeps_the_cache_bypassed_without_failing_reads(
         .unwrap();
     assert_eq!(fetched.source, Source::Bypassed);
     assert_eq!(users.get(&1), None, "nothing stored while bypassing");
+    let error = users.ready(BOUND).await.unwrap_err();
+    assert!(matches!(error, ReadyError::NotInstalled { .. }), "{error}");
+    assert!(error.to_string().contains("not installed"), "{error}");
 }
 
 #[tokio::test]
