@@ -612,6 +612,9 @@ async fn work(shared: &Shared, client: u64) {
         // so that a copy a bulk change failed to drop outlives the bound before another write
         // of its key drops it.
         match rng.random_range(0..if shared.setup.bulk { 40 } else { 10 }) {
+            0 if shared.setup.bulk => {
+                read_fresh(shared, index, &cache, key, load_takes).await;
+            }
             0..6 => {
                 read(shared, index, &cache, key, load_takes).await;
             }
@@ -707,6 +710,35 @@ async fn read(
         },
     });
     fetched.source
+}
+
+/// Reads `key` from the database through `cache.fetch_fresh` (a load taking `load_takes`),
+/// which stores what it read under the race rules, recording the read.
+async fn read_fresh(
+    shared: &Shared,
+    index: usize,
+    cache: &Cache<u64, u64>,
+    key: u64,
+    load_takes: Duration,
+) {
+    let started = history::now();
+    let db = shared.db.clone();
+    let fetched = cache
+        .fetch_fresh(&key, |key| async move {
+            let version = db.read(key);
+            tokio::time::sleep(load_takes).await;
+            Ok::<_, Infallible>(version)
+        })
+        .await
+        .unwrap_or_else(|e: Infallible| match e {});
+    shared.record(Op::Read {
+        node: shared.name(index),
+        key,
+        version: fetched.value,
+        started,
+        ended: history::now(),
+        age: None,
+    });
 }
 
 /// The longest a fail-safe read may fall back on a held value.
