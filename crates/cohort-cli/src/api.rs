@@ -15,7 +15,10 @@ pub(crate) struct UserRead {
     pub(crate) name: String,
     /// What answered the read.
     pub(crate) source: Source,
-    /// The user's row version.
+    /// The name of the user's team.
+    pub(crate) team: String,
+    /// The version of what the read shows: the user's row version plus its team's, so that it
+    /// grows with a change of either.
     pub(crate) version: u64,
 }
 
@@ -59,6 +62,21 @@ pub(crate) struct Written {
     pub(crate) id: u64,
     /// The version the update wrote.
     pub(crate) version: u64,
+}
+
+/// What `PUT /teams/{id}` answers once every node has been told.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct TeamWritten {
+    pub(crate) team: u64,
+    /// The new versions of the team's users (those asked for, if the request listed some).
+    pub(crate) users: Vec<Written>,
+}
+
+/// What `POST /users/clear` answers once every node has been told.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct Cleared {
+    /// The new versions of the users (those asked for, if the request listed some).
+    pub(crate) users: Vec<Written>,
 }
 
 /// `GET /healthz`.
