@@ -242,11 +242,7 @@ impl Gathered {
         if at >= WORST {
             return;
         }
-        let (node, source) = match read.by {
-            By::Read { node, source } => (node, source),
-            By::Put { node } => (node, Source::Db),
-            By::Sql => (usize::MAX, Source::Db),
-        };
+        let (node, source) = read.by.read_on();
         let since = self.secs(missed.returned) - 1.0;
         let context = self
             .recent
@@ -273,11 +269,7 @@ impl Gathered {
                 version: missed.version,
                 returned_s: self.secs(missed.returned),
                 promise_ms: missed.promise.as_secs_f64() * 1e3,
-                by: match missed.by {
-                    By::Put { node } => format!("a PUT on n{node}"),
-                    By::Sql => "plain SQL".to_owned(),
-                    By::Read { node, .. } => format!("a read on n{node} that returned it"),
-                },
+                by: missed.by.describe(),
             },
             context,
         };
