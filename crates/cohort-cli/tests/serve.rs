@@ -41,9 +41,14 @@ impl Server {
 
     /// Starts `cohort serve` with `extra` flags; it listens on fresh ports.
     fn start_with(name: &str, db: &Path, seeds: &[&Server], extra: &[&str]) -> Self {
+        Self::start_on(name, &format!("sqlite://{}", db.display()), seeds, extra)
+    }
+
+    /// Starts `cohort serve` on the database at `url` with `extra` flags, on fresh ports.
+    fn start_on(name: &str, url: &str, seeds: &[&Server], extra: &[&str]) -> Self {
         let seeds: Vec<String> = seeds.iter().map(|s| s.listen.to_string()).collect();
         let child = Command::new(env!("CARGO_BIN_EXE_cohort"))
-            .args(serve_args(name, &format!("sqlite://{}", db.display())))
+            .args(serve_args(name, url))
             .args(["--seeds", &seeds.join(",")])
             .args(extra)
             .stdout(Stdio::piped())
@@ -952,5 +957,81 @@ fn a_team_renamed_through_one_node_is_seen_on_every_node() {
     for server in servers {
         seen_within_bound(server, 2, "version", &Value::from(3), written);
         seen_within_bound(server, 1, "version", &Value::from(4), written);
+    }
+}
+
+/// On Postgres, from a users table made before users had teams: the old users join team 0, new
+/// ones are seeded into teams; a batch loads its misses in one query; a team rename and a clear
+/// through one node reach the other within the bound.
+#[test]
+fn on_postgres_batches_team_renames_and_clears_from_an_old_schema() {
+    let postgres = cohort_testkit::Postgres::start()
+        .expect("a throwaway Postgres server (initdb and pg_ctl from the postgresql package)");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut conn = sqlx::PgConnection::connect(&postgres.url()).await.unwrap();
+        conn.execute(
+            "CREATE TABLE users (id bigint PRIMARY KEY, name text NOT NULL, version bigint NOT NULL); \
+             INSERT INTO users SELECT x, 'old-' || x, 1 FROM generate_series(1, 5) x",
+        )
+        .await
+        .unwrap();
+    });
+    let url = postgres.url();
+    let a = Server::start_on("a", &url, &[], &["--users", "20"]);
+    let b = Server::start_on("b", &url, &[&a], &["--users", "20"]);
+    a.wait_linked(1);
+    b.wait_linked(1);
+    let (_, old) = a.get("/users/1");
+    assert_eq!(
+        (&old["name"], &old["team"], &old["version"]),
+        (&"old-1".into(), &"team-0".into(), &2.into())
+    );
+
+    let before = b.loads();
+    let users = b.batch("10,1,11,99");
+    assert_eq!(ids_and_sources(&users), [(10, "db"), (1, "db"), (11, "db")]);
+    assert_eq!(users[0]["team"], "team-2");
+    assert_eq!(b.loads(), before + 1);
+    assert!(b.batch("1,10,11").iter().all(|u| u["source"] == "cache"));
+
+    let body = serde_json::json!({ "name": "green" }).to_string();
+    let (status, renamed) = request(a.http, "PUT", "/teams/2?ids=10,11", Some(&body));
+    let written = Instant::now();
+    assert_eq!(status, 200, "{renamed}");
+    assert_eq!(
+        renamed,
+        serde_json::json!({ "team": 2, "users": [{ "id": 10, "version": 3 }] })
+    );
+    loop {
+        let started = written.elapsed();
+        let users = b.batch("10,11");
+        if users[0]["team"] == "green" {
+            assert_eq!(users[0]["version"], 3);
+            break;
+        }
+        assert!(
+            started <= BOUND,
+            "stale {users:?} {started:?} after the rename"
+        );
+    }
+
+    let (status, cleared) = request(b.http, "POST", "/users/clear?ids=1,11", None);
+    let written = Instant::now();
+    assert_eq!(status, 200, "{cleared}");
+    assert_eq!(
+        cleared,
+        serde_json::json!({ "users": [{ "id": 1, "version": 3 }, { "id": 11, "version": 3 }] })
+    );
+    loop {
+        let started = written.elapsed();
+        let (_, user) = a.get("/users/1");
+        if user["version"] == 3 {
+            break;
+        }
+        assert!(started <= BOUND, "stale {user} {started:?} after the clear");
     }
 }
