@@ -11,6 +11,10 @@ use serde::{Deserialize, Serialize};
 /// `GET /users/{id}`: the user, and whether the node's cache answered.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) struct UserRead {
+    /// For a fail-safe read (`"source": "stale"`): how long before the read the value was last
+    /// known current, in milliseconds, at most.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) age_ms: Option<u64>,
     pub(crate) id: u64,
     pub(crate) name: String,
     /// What answered the read.
@@ -35,6 +39,9 @@ pub(crate) enum Source {
     /// Partitioned mode: the key's owner did not answer in time, or could not serve (its lease
     /// had lapsed, its load failed); the node read the database itself.
     OwnerSkipped,
+    /// `?max_stale=`: the database failed, and the node served the value it held, younger than
+    /// asked (`age_ms` says how old).
+    Stale,
 }
 
 impl Source {
@@ -45,6 +52,7 @@ impl Source {
             Self::Db => "db",
             Self::Owner => "owner",
             Self::OwnerSkipped => "owner_skipped",
+            Self::Stale => "stale",
         }
     }
 }
@@ -207,6 +215,7 @@ mod tests {
             (Source::Db, "db"),
             (Source::Owner, "owner"),
             (Source::OwnerSkipped, "owner_skipped"),
+            (Source::Stale, "stale"),
         ];
         for (source, name) in named {
             assert_eq!(source.name(), name);

@@ -170,6 +170,7 @@ impl User {
     /// How `GET /users/{id}` shows it.
     fn read(&self, source: Source) -> UserRead {
         UserRead {
+            age_ms: None,
             id: self.id,
             name: self.name.clone(),
             source,
@@ -424,20 +425,46 @@ fn row_id(text: &str, table: &str) -> Result<u64, Failure> {
         })
 }
 
-async fn read_user(State(app): State<App>, Path(id): Path<String>) -> Result<Response, Failure> {
+/// `GET /users/{id}`, and with `?max_stale=10s` the fail-safe: if the database fails, the value
+/// the node still holds, if younger than that (`"source": "stale"`, with `age_ms`).
+async fn read_user(
+    State(app): State<App>,
+    Path(id): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, Failure> {
     let id = user_id(&id)?;
-    let fetched = app
-        .users
-        .fetch(&id, |id| load_user(app.db.clone(), id))
-        .await?;
-    let source = match fetched.source {
-        cohort::Source::Cache => Source::Cache,
-        cohort::Source::Owner => Source::Owner,
-        cohort::Source::OwnerSkipped => Source::OwnerSkipped,
-        // Loaded, Bypassed, and whatever a later cohort adds: read from the database here.
-        _ => Source::Db,
+    let max_stale = max_stale(query.as_deref())?;
+    let load = |id| load_user(app.db.clone(), id);
+    let fetched = match max_stale {
+        Some(max_age) => app.users.fetch_or_stale(&id, load, max_age).await?,
+        None => app.users.fetch(&id, load).await?,
     };
-    Ok(Json(fetched.value.read(source)).into_response())
+    let (source, age) = match fetched.source {
+        cohort::Source::Cache => (Source::Cache, None),
+        cohort::Source::Owner => (Source::Owner, None),
+        cohort::Source::OwnerSkipped => (Source::OwnerSkipped, None),
+        // Rounded up: an age is never understated.
+        cohort::Source::Stale { age } => (Source::Stale, Some(age.as_micros().div_ceil(1_000))),
+        // Loaded, Bypassed, and whatever a later cohort adds: read from the database here.
+        _ => (Source::Db, None),
+    };
+    let mut read = fetched.value.read(source);
+    read.age_ms = age.map(|ms| ms as u64);
+    Ok(Json(read).into_response())
+}
+
+/// The `?max_stale=10s` of a read: how old a value the client takes when the database fails.
+fn max_stale(query: Option<&str>) -> Result<Option<Duration>, Failure> {
+    let Some(text) = query
+        .unwrap_or_default()
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("max_stale="))
+    else {
+        return Ok(None);
+    };
+    parse_duration(text)
+        .map(Some)
+        .map_err(|e| Failure(StatusCode::BAD_REQUEST, format!("max_stale: {e}")))
 }
 
 async fn write_user(

@@ -1035,3 +1035,59 @@ fn on_postgres_batches_team_renames_and_clears_from_an_old_schema() {
         assert!(started <= BOUND, "stale {user} {started:?} after the clear");
     }
 }
+
+/// `?max_stale=`: while the database answers, a plain read; once it fails (its tables renamed
+/// away: the change log's polls fail, the node stops serving from memory, loads fail), the value
+/// held, younger than asked, labelled `"stale"` with its age; older than asked, or without
+/// `max_stale`, the failure.
+#[test]
+fn a_failsafe_read_serves_the_held_value_while_the_database_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("users.db");
+    let server = Server::start("a", &path, &[]);
+    warm(&server, 1);
+    let (status, body) = server.get("/users/1?max_stale=10s");
+    assert_eq!((status, &body["source"]), (200, &Value::from("cache")));
+    let (status, body) = server.get("/users/1?max_stale=soon");
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("max_stale"),
+        "{body}"
+    );
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let rename = |from: &str, to: &str| {
+        runtime.block_on(async {
+            let url = format!("sqlite://{}", path.display());
+            let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+            for table in ["users", "cohort_changes"] {
+                conn.execute(sqlx::AssertSqlSafe(format!(
+                    "ALTER TABLE {table}{from} RENAME TO {table}{to}"
+                )))
+                .await
+                .unwrap();
+            }
+        });
+    };
+    rename("", "_away");
+    server.wait_until("serving user 1 stale", |s| {
+        s.get("/users/1?max_stale=10s").1["source"] == "stale"
+    });
+    let (_, stale) = server.get("/users/1?max_stale=10s");
+    assert_eq!(stale["name"], "user-1");
+    let age = stale["age_ms"].as_u64().unwrap();
+    assert!(age < 10_000, "{stale}");
+    let (status, _) = server.get("/users/1");
+    assert_eq!(status, 503, "no fail-safe asked for");
+    let (status, _) = server.get("/users/1?max_stale=1ms");
+    assert_eq!(status, 503, "older than asked");
+
+    rename("_away", "");
+    server.wait_until("reading the database again", |s| {
+        let (status, user) = s.get("/users/1?max_stale=10s");
+        status == 200 && user["source"] != "stale" && user.get("age_ms").is_none()
+    });
+}

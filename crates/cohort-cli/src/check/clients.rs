@@ -10,7 +10,7 @@ use rand::{RngExt, SeedableRng};
 
 use super::http;
 use super::nodes::Cluster;
-use super::record::{Actor, Bulk, Op, Recorded};
+use super::record::{Actor, Bulk, FAILSAFE_MAX_STALE, Op, Recorded};
 use crate::api::{Cleared, Rename, TeamWritten, UserRead, Written};
 use crate::users_db::TEAMS;
 
@@ -25,6 +25,8 @@ pub(crate) enum OpKind {
     Reads,
     /// `PUT /users/{id}`.
     Updates,
+    /// `GET /users/{id}?max_stale=…`.
+    Failsafe,
     /// `GET /users?ids=…`.
     Batches,
     /// `PUT /teams/{id}`.
@@ -39,6 +41,7 @@ impl OpKind {
         match self {
             Self::Reads => 60,
             Self::Updates => 15,
+            Self::Failsafe => 10,
             Self::Batches => 15,
             Self::Tags => 5,
             Self::Clears => 1,
@@ -95,6 +98,13 @@ pub(crate) async fn run_client(
             OpKind::Reads => http::get(http, &format!("/users/{key}"), REQUEST_TIMEOUT)
                 .await
                 .map(Answer::Read),
+            OpKind::Failsafe => {
+                let max_stale = humantime::format_duration(FAILSAFE_MAX_STALE);
+                let path = format!("/users/{key}?max_stale={max_stale}");
+                http::get(http, &path, REQUEST_TIMEOUT)
+                    .await
+                    .map(Answer::Read)
+            }
             OpKind::Updates => {
                 renames += 1;
                 let rename = Rename {
@@ -147,9 +157,13 @@ pub(crate) async fn run_client(
             source,
             started,
             ended,
+            age: None,
         };
         match answer {
-            Answer::Read(user) => recorded.read(op(key, user.version, Some(user.source))),
+            Answer::Read(user) => recorded.read(Op {
+                age: user.age_ms.map(Duration::from_millis),
+                ..op(key, user.version, Some(user.source))
+            }),
             Answer::Written(written) => recorded.update(op(key, written.version, None)),
             Answer::Batch(users) => {
                 recorded.counts.batches += 1;

@@ -132,7 +132,8 @@ fn source(op: &Op) -> Source {
 /// the database (read by the node itself, its owner skipped or not).
 fn column(source: Source) -> usize {
     match source {
-        Source::Cache => 0,
+        // A fail-safe read served from memory.
+        Source::Cache | Source::Stale => 0,
         Source::Owner => 1,
         Source::OwnerSkipped | Source::Db => 2,
     }
@@ -531,6 +532,7 @@ mod tests {
             source: Some(source),
             started: origin + Duration::from_millis(ms),
             ended: origin + Duration::from_millis(ms + 2),
+            age: None,
         }
     }
 

@@ -163,6 +163,7 @@ async fn rename_by_sql(db: &UsersDb, key: u64, recorded: &Mutex<Recorded>) -> an
         source: None,
         started,
         ended: Instant::now(),
+        age: None,
     });
     Ok(())
 }

@@ -67,7 +67,9 @@ pub(crate) struct Args {
     #[arg(long, value_enum, default_value_t = Consistency::Bounded)]
     mode: Consistency,
     /// What the clients do, comma-separated, each picked in proportion to its weight: `reads`
-    /// (`GET /users/{id}`, 60), `updates` (`PUT /users/{id}`, 15), `batches` (`GET
+    /// (`GET /users/{id}`, 60), `updates` (`PUT /users/{id}`, 15), `failsafe` (`GET /users/{id}?max_stale=5s`,
+    /// served stale only if the database fails, judged against the age it declares, 10),
+    /// `batches` (`GET
     /// /users?ids=` of 2 to 8 users, each user judged as a read, 15), `tags` (`PUT
     /// /teams/{id}`: every user of the team changed, invalidated by tag, 5) and `clears` (`POST
     /// /users/clear`: every user changed, every cache cleared, 1). Team renames and clears are

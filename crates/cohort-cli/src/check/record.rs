@@ -26,6 +26,10 @@ pub(crate) const JUDGE_WINDOW: Duration = Duration::from_secs(1);
 /// [`REQUEST_TIMEOUT`](super::clients::REQUEST_TIMEOUT). Lags longer than this are reported as lower bounds.
 pub(crate) const JUDGE_HORIZON: Duration = Duration::from_secs(30);
 
+/// The `?max_stale=` of the clients' fail-safe reads: the oldest value they take when the
+/// database fails, and the age the judge holds such reads to.
+pub(crate) const FAILSAFE_MAX_STALE: Duration = Duration::from_secs(5);
+
 /// The late reads the report shows, the longest lags beyond the bound.
 const WORST: usize = 5;
 
@@ -49,6 +53,8 @@ pub(crate) struct Op {
     pub(crate) source: Option<Source>,
     pub(crate) started: Instant,
     pub(crate) ended: Instant,
+    /// For a fail-safe read: the age its value declared.
+    pub(crate) age: Option<Duration>,
 }
 
 /// Who made an update, or performed a read, as the judge hands them back to the report.
@@ -133,6 +139,8 @@ pub(crate) struct Counts {
     pub(crate) from_owner: u64,
     /// Reads whose owner did not answer in time or could not serve, read from the database.
     pub(crate) owner_skipped: u64,
+    /// Fail-safe reads served stale, the database having failed.
+    pub(crate) stale: u64,
     pub(crate) updates: u64,
     /// Updates by plain SQL, through no node.
     pub(crate) by_sql: u64,
@@ -153,7 +161,7 @@ impl Recorded {
         history: Option<HistoryFile>,
     ) -> Self {
         Self {
-            judge: Judge::new(JUDGE_WINDOW, JUDGE_HORIZON),
+            judge: Judge::new(JUDGE_WINDOW, JUDGE_HORIZON).max_age(FAILSAFE_MAX_STALE),
             bound,
             max_staleness,
             counts: Counts::default(),
@@ -176,6 +184,7 @@ impl Recorded {
         self.counts.from_cache += u64::from(source == Source::Cache);
         self.counts.from_owner += u64::from(source == Source::Owner);
         self.counts.owner_skipped += u64::from(source == Source::OwnerSkipped);
+        self.counts.stale += u64::from(source == Source::Stale);
         if let Some(history) = &mut self.history {
             history.write("read", &op);
         }
@@ -196,7 +205,7 @@ impl Recorded {
             started: op.started,
             ended: op.ended,
             by,
-            age: None,
+            age: op.age,
         });
     }
 

@@ -52,10 +52,10 @@ pub(crate) fn report(
         } else {
             String::new()
         },
-        if counts.batches > 0 {
-            format!("; {} batch requests", counts.batches)
-        } else {
-            String::new()
+        match (counts.batches, counts.stale) {
+            (0, 0) => String::new(),
+            (batches, stale) =>
+                format!("; {batches} batch requests, {stale} served stale by the fail-safe"),
         },
         counts.updates,
         counts.by_sql,
