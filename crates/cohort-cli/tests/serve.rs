@@ -1091,3 +1091,40 @@ fn a_failsafe_read_serves_the_held_value_while_the_database_fails() {
         status == 200 && user["source"] != "stale" && user.get("age_ms").is_none()
     });
 }
+
+/// A SQLite file made before users had teams: the node adds the column (its users join team 0,
+/// their versions unchanged) and the teams, and seeds new users into teams.
+#[test]
+fn an_old_sqlite_file_without_teams_gets_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("users.db");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let url = format!("sqlite://{}?mode=rwc", path.display());
+        let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        conn.execute(
+            "CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT NOT NULL, version INTEGER NOT NULL); \
+             INSERT INTO users VALUES (1, 'old-1', 7), (2, 'old-2', 1)",
+        )
+        .await
+        .unwrap();
+    });
+    let server = Server::start_with("a", &path, &[], &["--users", "10"]);
+    let (_, old) = server.get("/users/1");
+    assert_eq!(
+        (&old["name"], &old["team"], &old["version"]),
+        (&"old-1".into(), &"team-0".into(), &8.into())
+    );
+    let (_, new) = server.get("/users/7");
+    assert_eq!(
+        (&new["team"], &new["version"]),
+        (&"team-3".into(), &2.into())
+    );
+    server.stop();
+    // Started again on the migrated file, it changes nothing.
+    let server = Server::start_with("a", &path, &[], &["--users", "10"]);
+    assert_eq!(server.get("/users/1").1["version"], 8);
+}
