@@ -556,7 +556,6 @@ async fn read_users(
             "list the users to read: /users?ids=1,2,3".into(),
         ));
     };
-    let held = app.users.get_many(&ids);
     let mut loaded = HashSet::new();
     let db = &app.db;
     let found = app
@@ -567,16 +566,16 @@ async fn read_users(
         })
         .await?;
     let me = app.cluster.node_id();
+    // The batch says which keys it loaded, not where the others came from: a key not loaded
+    // here was held (or filled by a concurrent load on this node, which the batch waited for),
+    // or in partitioned mode answered by its owner (a hot copy of it is labelled so too). A key
+    // whose owner did not answer in time was loaded here.
     let source = |id: &u64| {
         if loaded.contains(id) {
-            // Loaded here: in partitioned mode also a key whose owner did not answer in time.
             Source::Db
-        } else if held.contains_key(id) {
-            Source::Cache
         } else if app.mode == Consistency::Partitioned && app.users.owner(id) != Some(me.clone()) {
             Source::Owner
         } else {
-            // Filled meanwhile by a concurrent load on this node, which the batch waited for.
             Source::Cache
         }
     };

@@ -778,15 +778,21 @@ impl Server {
 
     /// The users cache's loader calls so far, from `/metrics`.
     fn loads(&self) -> u64 {
+        self.counter("cohort_cache_loads_total")
+    }
+
+    /// The users cache's counter `name` in `/metrics`.
+    fn counter(&self, name: &str) -> u64 {
         let (status, metrics) = request_text(self.http, "GET", "/metrics", None);
         assert_eq!(status, 200);
         metrics
             .lines()
             .find(|line| {
-                line.starts_with("cohort_cache_loads_total{") && line.contains("cache=\"users\"")
+                line.strip_prefix(name).is_some_and(|l| l.starts_with('{'))
+                    && line.contains("cache=\"users\"")
             })
             .and_then(|line| line.split_whitespace().last()?.parse().ok())
-            .unwrap_or_else(|| panic!("no loads counter in {metrics}"))
+            .unwrap_or_else(|| panic!("no {name} in {metrics}"))
     }
 }
 
@@ -806,6 +812,7 @@ fn a_batch_answers_hits_from_the_cache_and_loads_the_misses_at_once() {
     warm(&server, 1);
     warm(&server, 2);
     let before = server.loads();
+    let hits = server.counter("cohort_cache_hits_total");
     let users = server.batch("2,1,3,4,2,99999");
     assert_eq!(
         ids_and_sources(&users),
@@ -818,6 +825,11 @@ fn a_batch_answers_hits_from_the_cache_and_loads_the_misses_at_once() {
         ]
     );
     assert_eq!(server.loads(), before + 1, "one query for users 3 and 4");
+    assert_eq!(
+        server.counter("cohort_cache_hits_total"),
+        hits + 2,
+        "a hit per user held, listed twice or not"
+    );
     // The fields of `GET /users/{id}`: the version counts the row's and its team's.
     assert_eq!(users[2]["name"], "user-3");
     assert_eq!(users[2]["team"], "team-3");
