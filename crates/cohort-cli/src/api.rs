@@ -11,11 +11,18 @@ use serde::{Deserialize, Serialize};
 /// `GET /users/{id}`: the user, and whether the node's cache answered.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) struct UserRead {
+    /// For a fail-safe read (`"source": "stale"`): how long before the read the value was last
+    /// known current, in milliseconds, at most.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) age_ms: Option<u64>,
     pub(crate) id: u64,
     pub(crate) name: String,
     /// What answered the read.
     pub(crate) source: Source,
-    /// The user's row version.
+    /// The name of the user's team.
+    pub(crate) team: String,
+    /// The version of what the read shows: the user's row version plus its team's, so that it
+    /// grows with a change of either.
     pub(crate) version: u64,
 }
 
@@ -32,6 +39,9 @@ pub(crate) enum Source {
     /// Partitioned mode: the key's owner did not answer in time, or could not serve (its lease
     /// had lapsed, its load failed); the node read the database itself.
     OwnerSkipped,
+    /// `?max_stale=`: the database failed, and the node served the value it held, younger than
+    /// asked (`age_ms` says how old).
+    Stale,
 }
 
 impl Source {
@@ -42,6 +52,7 @@ impl Source {
             Self::Db => "db",
             Self::Owner => "owner",
             Self::OwnerSkipped => "owner_skipped",
+            Self::Stale => "stale",
         }
     }
 }
@@ -59,6 +70,21 @@ pub(crate) struct Written {
     pub(crate) id: u64,
     /// The version the update wrote.
     pub(crate) version: u64,
+}
+
+/// What `PUT /teams/{id}` answers once every node has been told.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct TeamWritten {
+    pub(crate) team: u64,
+    /// The new versions of the team's users (those asked for, if the request listed some).
+    pub(crate) users: Vec<Written>,
+}
+
+/// What `POST /users/clear` answers once every node has been told.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct Cleared {
+    /// The new versions of the users (those asked for, if the request listed some).
+    pub(crate) users: Vec<Written>,
 }
 
 /// `GET /healthz`.
@@ -189,6 +215,7 @@ mod tests {
             (Source::Db, "db"),
             (Source::Owner, "owner"),
             (Source::OwnerSkipped, "owner_skipped"),
+            (Source::Stale, "stale"),
         ];
         for (source, name) in named {
             assert_eq!(source.name(), name);

@@ -1,12 +1,18 @@
 //! `cohort serve`: the example users service as one cohort node.
 //!
 //! `GET /users/{id}` reads through the node's cache (`"source"` says whether the cache, the
-//! key's owner on another node in partitioned mode, or the database answered),
-//! `PUT /users/{id}` writes the database through `update`, `/healthz`, `/metrics` (Prometheus) and
-//! `/cluster` (members, lease, lag) report on the node; the JSON bodies' shapes are in
-//! [`crate::api`]. `/` is the live cluster page (`cohort_page`), refreshing from `/page.json`. The database holds a `users` table, created and seeded on first run, watched
-//! through the change log so that writers bypassing the service are seen within the bound too.
+//! key's owner on another node in partitioned mode, or the database answered), `GET
+//! /users?ids=1,2,3` reads many at once (every miss in one query), `PUT /users/{id}` writes the
+//! database through `update`, `PUT /teams/{id}` renames a team and invalidates its users' tag,
+//! `POST /users/clear` bumps every team and clears the cache on every node; `/healthz`,
+//! `/metrics` (Prometheus) and `/cluster` (members, lease, lag) report on the node; the JSON
+//! bodies' shapes are in [`crate::api`]. `/` is the live cluster page (`cohort_page`),
+//! refreshing from `/page.json`. The database holds a `users` table, created and seeded on first
+//! run, watched through the change log so that writers bypassing the service are seen within
+//! the bound too, and a `teams` table that is not watched: changes to it reach the caches only
+//! through tag invalidations and clears.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -15,17 +21,17 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::Json;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post, put};
 use cohort::{Cache, Cluster};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::api::{
-    ClusterState, Events, Health, Link, LogState, MemberState, Ready, Rename, Source, UserRead,
-    Written,
+    Cleared, ClusterState, Events, Health, Link, LogState, MemberState, Ready, Rename, Source,
+    TeamWritten, UserRead, Written,
 };
 use crate::http_limits::{self, GuardedListener};
 use crate::keys;
@@ -141,20 +147,54 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
         .map_err(|e| format!("{text:?} is not a duration like 500ms, 2s or 10m ({e})"))
 }
 
-/// A user as the service returns it and caches it.
+/// A user as the service caches it, with its team's name: a team's rename changes every one of
+/// its users, and reaches their cached copies as a tag invalidation (`team:<id>`).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct User {
     id: u64,
     name: String,
+    /// The users row's version column, which the change log compares with cached copies.
     version: u64,
+    team: u64,
+    team_name: String,
+    team_version: u64,
 }
 
-fn user((id, name, version): UserRow) -> Arc<User> {
+impl User {
+    /// The version reads report: the user's row and its team's both only grow, so their sum
+    /// grows with every change of what a read shows.
+    fn shown_version(&self) -> u64 {
+        self.version + self.team_version
+    }
+
+    /// How `GET /users/{id}` shows it.
+    fn read(&self, source: Source) -> UserRead {
+        UserRead {
+            age_ms: None,
+            id: self.id,
+            name: self.name.clone(),
+            source,
+            team: self.team_name.clone(),
+            version: self.shown_version(),
+        }
+    }
+}
+
+fn user(row: UserRow) -> Arc<User> {
     Arc::new(User {
-        id: id.unsigned_abs(),
-        name,
-        version: version.unsigned_abs(),
+        id: row.id.unsigned_abs(),
+        name: row.name,
+        version: row.version.unsigned_abs(),
+        team: row.team.unsigned_abs(),
+        // A row naming a team that does not exist (an outside writer's) shows no team.
+        team_name: row.team_name.unwrap_or_default(),
+        team_version: row.team_version.unwrap_or(0).unsigned_abs(),
     })
+}
+
+/// The tag of a team's users.
+fn team_tag(team: u64) -> String {
+    format!("team:{team}")
 }
 
 /// Reads user `id` from the database: what a read that misses the cache runs, and what an owner
@@ -165,11 +205,28 @@ async fn load_user(db: UsersDb, id: u64) -> Result<Arc<User>, sqlx::Error> {
     db.user(id).await.map(user)
 }
 
+/// Reads the users of `ids` that exist, in one query: what a batch read runs for its misses.
+async fn load_users(db: UsersDb, ids: Vec<u64>) -> Result<Vec<(u64, Arc<User>)>, sqlx::Error> {
+    let ids: Vec<i64> = ids
+        .into_iter()
+        .filter_map(|id| i64::try_from(id).ok())
+        .collect();
+    let rows = db.users(&ids).await?;
+    Ok(rows
+        .into_iter()
+        .map(|row| {
+            let user = user(row);
+            (user.id, user)
+        })
+        .collect())
+}
+
 #[derive(Clone)]
 struct App {
     cluster: Cluster,
     users: Cache<u64, Arc<User>>,
     db: UsersDb,
+    mode: Consistency,
     /// The seeds this node was given: a node with none has joined from the start.
     seeded: Arc<[String]>,
 }
@@ -225,6 +282,9 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<bool> {
             // What this node loads for the others, as the owner: the read `GET /users/{id}` makes.
             .loader(move |id| load_user(db.clone(), id))
             .hot_copies(args.hot_copies_bytes.unwrap_or(DEFAULT_HOT_COPIES_BYTES));
+    } else {
+        // Partitioned caches have no tags: a team's rename clears them instead.
+        users.tags(|user: &Arc<User>| [team_tag(user.team)]);
     }
     let users = users.build()?;
     let http = tokio::net::TcpListener::bind(args.http)
@@ -236,6 +296,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<bool> {
         cluster: cluster.clone(),
         users,
         db,
+        mode: args.mode,
         seeded: args
             .seeds
             .iter()
@@ -244,7 +305,10 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<bool> {
             .collect(),
     };
     let router = axum::Router::new()
+        .route("/users", get(read_users))
+        .route("/users/clear", post(clear_users))
         .route("/users/{id}", get(read_user).put(write_user))
+        .route("/teams/{id}", put(write_team))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -344,6 +408,11 @@ const MAX_NAME_BYTES: usize = 256;
 
 /// A user id: a non-negative integer that fits the database's `i64`.
 fn user_id(text: &str) -> Result<u64, Failure> {
+    row_id(text, "user")
+}
+
+/// The id of a row of `table`: a non-negative integer that fits the database's `i64`.
+fn row_id(text: &str, table: &str) -> Result<u64, Failure> {
     text.parse::<i64>()
         .ok()
         .and_then(|id| u64::try_from(id).ok())
@@ -351,32 +420,51 @@ fn user_id(text: &str) -> Result<u64, Failure> {
             let shown: String = text.chars().take(32).collect();
             Failure(
                 StatusCode::BAD_REQUEST,
-                format!("{shown:?} is not a user id (0 to 2^63 - 1)"),
+                format!("{shown:?} is not a {table} id (0 to 2^63 - 1)"),
             )
         })
 }
 
-async fn read_user(State(app): State<App>, Path(id): Path<String>) -> Result<Response, Failure> {
+/// `GET /users/{id}`, and with `?max_stale=10s` the fail-safe: if the database fails, the value
+/// the node still holds, if younger than that (`"source": "stale"`, with `age_ms`).
+async fn read_user(
+    State(app): State<App>,
+    Path(id): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, Failure> {
     let id = user_id(&id)?;
-    let fetched = app
-        .users
-        .fetch(&id, |id| load_user(app.db.clone(), id))
-        .await?;
-    let source = match fetched.source {
-        cohort::Source::Cache => Source::Cache,
-        cohort::Source::Owner => Source::Owner,
-        cohort::Source::OwnerSkipped => Source::OwnerSkipped,
-        // Loaded, Bypassed, and whatever a later cohort adds: read from the database here.
-        _ => Source::Db,
+    let max_stale = max_stale(query.as_deref())?;
+    let load = |id| load_user(app.db.clone(), id);
+    let fetched = match max_stale {
+        Some(max_age) => app.users.fetch_or_stale(&id, load, max_age).await?,
+        None => app.users.fetch(&id, load).await?,
     };
-    let user = &fetched.value;
-    Ok(Json(UserRead {
-        id: user.id,
-        name: user.name.clone(),
-        source,
-        version: user.version,
-    })
-    .into_response())
+    let (source, age) = match fetched.source {
+        cohort::Source::Cache => (Source::Cache, None),
+        cohort::Source::Owner => (Source::Owner, None),
+        cohort::Source::OwnerSkipped => (Source::OwnerSkipped, None),
+        // Rounded up: an age is never understated.
+        cohort::Source::Stale { age } => (Source::Stale, Some(age.as_micros().div_ceil(1_000))),
+        // Loaded, Bypassed, and whatever a later cohort adds: read from the database here.
+        _ => (Source::Db, None),
+    };
+    let mut read = fetched.value.read(source);
+    read.age_ms = age.map(|ms| ms as u64);
+    Ok(Json(read).into_response())
+}
+
+/// The `?max_stale=10s` of a read: how old a value the client takes when the database fails.
+fn max_stale(query: Option<&str>) -> Result<Option<Duration>, Failure> {
+    let Some(text) = query
+        .unwrap_or_default()
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("max_stale="))
+    else {
+        return Ok(None);
+    };
+    parse_duration(text)
+        .map(Some)
+        .map_err(|e| Failure(StatusCode::BAD_REQUEST, format!("max_stale: {e}")))
 }
 
 async fn write_user(
@@ -385,13 +473,7 @@ async fn write_user(
     body: Result<Json<Rename>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, Failure> {
     let id = user_id(&id)?;
-    let Json(Rename { name }) = body.map_err(|e| Failure(e.status(), e.body_text()))?;
-    if name.is_empty() || name.len() > MAX_NAME_BYTES {
-        return Err(Failure(
-            StatusCode::BAD_REQUEST,
-            format!("a name is 1 to {MAX_NAME_BYTES} bytes"),
-        ));
-    }
+    let name = new_name(body)?;
     let db = app.db.clone();
     let receipt = app
         .users
@@ -408,9 +490,175 @@ async fn write_user(
         })?;
     Ok(Json(Written {
         id,
-        version: receipt.value.version,
+        version: receipt.value.shown_version(),
     })
     .into_response())
+}
+
+/// The name a `PUT` body gives.
+fn new_name(
+    body: Result<Json<Rename>, axum::extract::rejection::JsonRejection>,
+) -> Result<String, Failure> {
+    let Json(Rename { name }) = body.map_err(|e| Failure(e.status(), e.body_text()))?;
+    if name.is_empty() || name.len() > MAX_NAME_BYTES {
+        return Err(Failure(
+            StatusCode::BAD_REQUEST,
+            format!("a name is 1 to {MAX_NAME_BYTES} bytes"),
+        ));
+    }
+    Ok(name)
+}
+
+/// The most ids one request may list.
+const MAX_IDS: usize = 1_000;
+
+/// The ids a request lists in its query, `?ids=1,2,3`, in order (repeats kept); `None` if it
+/// lists none.
+fn listed_ids(query: Option<&str>) -> Result<Option<Vec<u64>>, Failure> {
+    let mut lists = query
+        .unwrap_or_default()
+        .split('&')
+        .filter_map(|pair| pair.strip_prefix("ids="));
+    let Some(text) = lists.next() else {
+        return Ok(None);
+    };
+    if lists.next().is_some() {
+        return Err(Failure(
+            StatusCode::BAD_REQUEST,
+            "list the ids once: ?ids=1,2,3".into(),
+        ));
+    }
+    // Commas as some clients encode them.
+    let text = text.replace("%2C", ",").replace("%2c", ",");
+    let listed = text.split(',').count();
+    if listed > MAX_IDS {
+        return Err(Failure(
+            StatusCode::BAD_REQUEST,
+            format!("{listed} ids listed, over the {MAX_IDS} one request may ask for"),
+        ));
+    }
+    text.split(',')
+        .map(user_id)
+        .collect::<Result<_, _>>()
+        .map(Some)
+}
+
+/// `GET /users?ids=1,2,3`: the users listed, in the order listed (an id listed twice answered
+/// twice), those with no row left out; hits answered from the cache, every miss loaded by one
+/// query.
+async fn read_users(
+    State(app): State<App>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, Failure> {
+    let Some(ids) = listed_ids(query.as_deref())? else {
+        return Err(Failure(
+            StatusCode::BAD_REQUEST,
+            "list the users to read: /users?ids=1,2,3".into(),
+        ));
+    };
+    let mut loaded = HashSet::new();
+    let db = &app.db;
+    let found = app
+        .users
+        .get_or_load_many(&ids, |missing| {
+            loaded.extend(missing.iter().copied());
+            load_users(db.clone(), missing)
+        })
+        .await?;
+    let me = app.cluster.node_id();
+    // The batch says which keys it loaded, not where the others came from: a key not loaded
+    // here was held (or filled by a concurrent load on this node, which the batch waited for),
+    // or in partitioned mode answered by its owner (a hot copy of it is labelled so too). A key
+    // whose owner did not answer in time was loaded here.
+    let source = |id: &u64| {
+        if loaded.contains(id) {
+            Source::Db
+        } else if app.mode == Consistency::Partitioned && app.users.owner(id) != Some(me.clone()) {
+            Source::Owner
+        } else {
+            Source::Cache
+        }
+    };
+    let users: Vec<UserRead> = ids
+        .iter()
+        .filter_map(|id| Some(found.get(id)?.read(source(id))))
+        .collect();
+    Ok(Json(users).into_response())
+}
+
+/// What a failed tag invalidation or clear answers: the database changed, the caches may not
+/// all know within the bound.
+fn not_recorded(error: cohort::BulkError) -> Failure {
+    tracing::error!(%error, "a bulk invalidation was not recorded");
+    Failure(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("written, but not yet invalidated everywhere ({error}): retry"),
+    )
+}
+
+/// `PUT /teams/{id}` with `{"name"}`: renames the team (a table no change log watches), then
+/// drops its users' copies on every node with a tag invalidation (a clear in partitioned mode,
+/// which has no tags). Answers the new versions of the team's users (those of `?ids=` only, if
+/// given), read in the write's transaction.
+async fn write_team(
+    State(app): State<App>,
+    Path(id): Path<String>,
+    RawQuery(query): RawQuery,
+    body: Result<Json<Rename>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, Failure> {
+    let team = row_id(&id, "team")?;
+    let only = listed_ids(query.as_deref())?.map(to_rows);
+    let name = new_name(body)?;
+    let bumped = app
+        .db
+        .rename_team(team as i64, &name, only.as_deref())
+        .await
+        .map_err(|e| match e {
+            sqlx::Error::RowNotFound => Failure(StatusCode::NOT_FOUND, "no such team".into()),
+            other => Failure::from(other),
+        })?;
+    if app.mode == Consistency::Partitioned {
+        app.users.clear().await
+    } else {
+        app.users.invalidate_tag(&team_tag(team)).await
+    }
+    .map_err(not_recorded)?;
+    Ok(Json(TeamWritten {
+        team,
+        users: written(bumped),
+    })
+    .into_response())
+}
+
+/// `POST /users/clear`: bumps every team's version (a change of every user that no change-log
+/// row records), then clears the users cache on every node. Answers the users' new versions
+/// (those of `?ids=` only, if given), read in the write's transaction.
+async fn clear_users(
+    State(app): State<App>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, Failure> {
+    let only = listed_ids(query.as_deref())?.map(to_rows);
+    let bumped = app.db.bump_all_teams(only.as_deref()).await?;
+    app.users.clear().await.map_err(not_recorded)?;
+    Ok(Json(Cleared {
+        users: written(bumped),
+    })
+    .into_response())
+}
+
+/// Ids as the database stores them; [`user_id`] keeps them within `i64`.
+fn to_rows(ids: Vec<u64>) -> Vec<i64> {
+    ids.into_iter().map(|id| id as i64).collect()
+}
+
+fn written(bumped: Vec<crate::users_db::Bumped>) -> Vec<Written> {
+    bumped
+        .into_iter()
+        .map(|(id, version)| Written {
+            id: id.unsigned_abs(),
+            version: version.unsigned_abs(),
+        })
+        .collect()
 }
 
 async fn healthz(State(app): State<App>) -> Response {

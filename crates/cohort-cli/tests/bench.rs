@@ -91,4 +91,21 @@ fn the_quick_bench_reports_every_figure_as_json() {
         assert_eq!(named(figure)["vs"], baseline);
         assert!(named(figure)["ratio"].as_f64().is_some(), "{figure}");
     }
+    // A page of users from `cohort serve`: 50 single requests against one batch request.
+    for (figure, baseline) in [
+        ("serve_page50_singles_cold", "serve_page50_batch_cold"),
+        ("serve_page50_singles_warm", "serve_page50_batch_warm"),
+        (
+            "serve_page50_singles_cold_queries",
+            "serve_page50_batch_cold_queries",
+        ),
+    ] {
+        assert_eq!(named(figure)["vs"], baseline);
+        assert!(named(figure)["ratio"].as_f64().is_some(), "{figure}");
+    }
+    assert_eq!(
+        named("serve_page50_batch_cold_queries")["value"],
+        1.0,
+        "one query for a cold page"
+    );
 }

@@ -45,6 +45,26 @@ fn every_fault_kind_and_nothing_stale_beyond_the_bound() {
     assert_eq!(field(&last, "bound_ms"), 500);
 }
 
+/// Every operation kind: batch reads judged user by user, team renames and clears (tag
+/// invalidations and cache clears on every node) held to the bound, under every fault kind.
+#[test]
+fn batches_team_renames_and_clears_and_nothing_stale_beyond_the_bound() {
+    let (passed, last) = check(&[
+        "--duration",
+        "10s",
+        "--faults",
+        "kill,pause,partition,drop,slow,external",
+        "--ops",
+        "reads,updates,batches,tags,clears",
+        "--seed",
+        "5",
+    ]);
+    assert!(last.ends_with("result=PASS"), "{last}");
+    assert!(passed);
+    assert!(field(&last, "ops") > 500);
+    assert_eq!(field(&last, "stale_beyond_bound"), 0);
+}
+
 /// Strong mode: once an update through a node returns, no read anywhere misses it (plain-SQL
 /// writes, which no node hears of before they commit, stay judged against the bound).
 #[test]
@@ -124,6 +144,10 @@ fn bad_arguments_are_refused_with_a_clear_error() {
         stderr.contains("the dbpause fault needs --db postgres://"),
         "{stderr}"
     );
+    let stderr = refused(&["--ops", "reads,naps"]);
+    assert!(stderr.contains("naps"), "{stderr}");
+    let stderr = refused(&["--ops", "tags", "--keys", "1001"]);
+    assert!(stderr.contains("use --keys 1000 or fewer"), "{stderr}");
 }
 
 /// The same check on a Postgres server started for the test: every fault kind, including the

@@ -41,9 +41,14 @@ impl Server {
 
     /// Starts `cohort serve` with `extra` flags; it listens on fresh ports.
     fn start_with(name: &str, db: &Path, seeds: &[&Server], extra: &[&str]) -> Self {
+        Self::start_on(name, &format!("sqlite://{}", db.display()), seeds, extra)
+    }
+
+    /// Starts `cohort serve` on the database at `url` with `extra` flags, on fresh ports.
+    fn start_on(name: &str, url: &str, seeds: &[&Server], extra: &[&str]) -> Self {
         let seeds: Vec<String> = seeds.iter().map(|s| s.listen.to_string()).collect();
         let child = Command::new(env!("CARGO_BIN_EXE_cohort"))
-            .args(serve_args(name, &format!("sqlite://{}", db.display())))
+            .args(serve_args(name, url))
             .args(["--seeds", &seeds.join(",")])
             .args(extra)
             .stdout(Stdio::piped())
@@ -263,7 +268,8 @@ fn three_processes_on_one_sqlite_file() {
         applied(&b),
         applied(&c)
     );
-    assert_eq!(version, 2);
+    // The row's second version, plus its team's first.
+    assert_eq!(version, 3);
 
     c.signal("-KILL");
     warm(&b, 2);
@@ -310,7 +316,10 @@ fn partitioned_processes_ask_the_owner_and_see_renames_within_the_bound() {
     for server in servers {
         fresh_after(server, 1, "ada", written);
     }
-    assert_eq!(version, 2);
+    assert_eq!(
+        version, 3,
+        "the row's second version, plus its team's first"
+    );
     // And a user nobody has read yet.
     c.rename(31, "alan");
     let written = Instant::now();
@@ -757,4 +766,377 @@ fn readiness_and_flags_from_a_config_file() {
     let b = Server::ready(Process(child));
     b.wait_linked(1);
     b.wait_until("ready", |s| s.get("/readyz").0 == 200);
+}
+
+impl Server {
+    /// `GET /users?ids=…`: the users answered, as (id, source) pairs, and their bodies.
+    fn batch(&self, ids: &str) -> Vec<Value> {
+        let (status, body) = self.get(&format!("/users?ids={ids}"));
+        assert_eq!(status, 200, "{body}");
+        body.as_array().cloned().unwrap()
+    }
+
+    /// The users cache's loader calls so far, from `/metrics`.
+    fn loads(&self) -> u64 {
+        self.counter("cohort_cache_loads_total")
+    }
+
+    /// The users cache's counter `name` in `/metrics`.
+    fn counter(&self, name: &str) -> u64 {
+        let (status, metrics) = request_text(self.http, "GET", "/metrics", None);
+        assert_eq!(status, 200);
+        metrics
+            .lines()
+            .find(|line| {
+                line.strip_prefix(name).is_some_and(|l| l.starts_with('{'))
+                    && line.contains("cache=\"users\"")
+            })
+            .and_then(|line| line.split_whitespace().last()?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {metrics}"))
+    }
+}
+
+fn ids_and_sources(users: &[Value]) -> Vec<(u64, &str)> {
+    users
+        .iter()
+        .map(|u| (u["id"].as_u64().unwrap(), u["source"].as_str().unwrap()))
+        .collect()
+}
+
+/// A batch answers in the order asked (repeats too, missing users left out), its hits from the
+/// cache and all its misses with one loader call; asked again, all from the cache.
+#[test]
+fn a_batch_answers_hits_from_the_cache_and_loads_the_misses_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start("a", &dir.path().join("users.db"), &[]);
+    warm(&server, 1);
+    warm(&server, 2);
+    let before = server.loads();
+    let hits = server.counter("cohort_cache_hits_total");
+    let users = server.batch("2,1,3,4,2,99999");
+    assert_eq!(
+        ids_and_sources(&users),
+        [
+            (2, "cache"),
+            (1, "cache"),
+            (3, "db"),
+            (4, "db"),
+            (2, "cache")
+        ]
+    );
+    assert_eq!(server.loads(), before + 1, "one query for users 3 and 4");
+    assert_eq!(
+        server.counter("cohort_cache_hits_total"),
+        hits + 2,
+        "a hit per user held, listed twice or not"
+    );
+    // The fields of `GET /users/{id}`: the version counts the row's and its team's.
+    assert_eq!(users[2]["name"], "user-3");
+    assert_eq!(users[2]["team"], "team-3");
+    assert_eq!(users[2]["version"], 2);
+    let mut single = server.get("/users/3").1;
+    assert_eq!(single["source"], "cache", "the batch stored what it loaded");
+    single["source"] = "db".into();
+    assert_eq!(users[2], single);
+
+    let again = server.batch("4,3,2,1");
+    assert!(again.iter().all(|u| u["source"] == "cache"), "{again:?}");
+    assert_eq!(server.loads(), before + 1);
+}
+
+/// A batch read on one node after a rename through another sees the new name within the
+/// bound, whether the user was cached there or not.
+#[test]
+fn a_batch_sees_a_rename_through_another_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("users.db");
+    let a = Server::start("a", &db, &[]);
+    let b = Server::start("b", &db, &[&a]);
+    a.wait_linked(1);
+    b.wait_linked(1);
+    b.batch("1,2,3");
+    assert!(b.batch("1,2,3").iter().all(|u| u["source"] == "cache"));
+    let version = a.rename(2, "grace");
+    let written = Instant::now();
+    loop {
+        let started = written.elapsed();
+        let users = b.batch("1,2,3,4");
+        if users[1]["name"] == "grace" {
+            assert_eq!(users[1]["version"], version);
+            assert_eq!(users[0]["name"], "user-1");
+            break;
+        }
+        assert!(
+            started <= BOUND,
+            "stale {users:?} {started:?} after the update"
+        );
+    }
+}
+
+/// Batches that list no id, a bad id or too many, and team renames of bad teams or names, are
+/// refused with a message.
+#[test]
+fn bad_batches_and_team_renames_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start("a", &dir.path().join("users.db"), &[]);
+    let too_many: Vec<String> = (1..=1_001).map(|id| id.to_string()).collect();
+    let too_many = too_many.join(",");
+    for (query, says) in [
+        ("", "list the users"),
+        ("?ids=", "is not a user id"),
+        ("?ids=1,,2", "is not a user id"),
+        ("?ids=1,abc", "is not a user id"),
+        ("?ids=-1", "is not a user id"),
+        ("?ids=9223372036854775808", "is not a user id"),
+        (
+            &format!("?ids={too_many}"),
+            "1001 ids listed, over the 1000",
+        ),
+    ] {
+        let (status, body) = server.get(&format!("/users{query}"));
+        assert_eq!(status, 400, "{query}: {body}");
+        assert!(
+            body["error"].as_str().unwrap().contains(says),
+            "{query}: {body}"
+        );
+    }
+    let most: Vec<String> = (1..=1_000).map(|id| id.to_string()).collect();
+    assert_eq!(server.batch(&most.join(",")).len(), 1_000);
+
+    let put = |path: &str, body: &str| request(server.http, "PUT", path, Some(body));
+    assert_eq!(put("/teams/abc", r#"{"name":"x"}"#).0, 400);
+    assert_eq!(put("/teams/1", r#"{"name":""}"#).0, 400);
+    assert_eq!(put("/teams/1?ids=x", r#"{"name":"x"}"#).0, 400);
+    assert_eq!(put("/teams/1", r#"{"nom":"x"}"#).0, 422);
+    let (status, body) = put("/teams/99", r#"{"name":"x"}"#);
+    assert_eq!(
+        (status, &body["error"]),
+        (404, &Value::from("no such team"))
+    );
+    let (status, _) = request(server.http, "POST", "/users/clear?ids=1,y", None);
+    assert_eq!(status, 400);
+}
+
+/// A team renamed through one node (a table no change log watches): its users' copies on every
+/// node are dropped by the tag invalidation, and every node shows the new name within the
+/// bound; a clear through another node bumps every user and reaches every node the same way.
+#[test]
+fn a_team_renamed_through_one_node_is_seen_on_every_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("users.db");
+    let a = Server::start("a", &db, &[]);
+    let b = Server::start("b", &db, &[&a]);
+    let c = Server::start("c", &db, &[&a]);
+    let servers = [&a, &b, &c];
+    for server in servers {
+        server.wait_linked(2);
+        warm(server, 1);
+        warm(server, 2);
+        assert_eq!(server.get("/users/1").1["team"], "team-1");
+    }
+    let body = serde_json::json!({ "name": "blue" }).to_string();
+    let (status, renamed) = request(a.http, "PUT", "/teams/1?ids=1,2,5", Some(&body));
+    let written = Instant::now();
+    assert_eq!(status, 200, "{renamed}");
+    // Users 1 and 5 are on team 1, user 2 is not: row version 1, team version 2.
+    assert_eq!(
+        renamed,
+        serde_json::json!({ "team": 1, "users": [{ "id": 1, "version": 3 }, { "id": 5, "version": 3 }] })
+    );
+    let seen_within_bound =
+        |server: &Server, id: u64, field: &str, want: &Value, since: Instant| loop {
+            let started = since.elapsed();
+            let (_, user) = server.get(&format!("/users/{id}"));
+            if &user[field] == want {
+                return;
+            }
+            assert!(started <= BOUND, "stale {user} {started:?} after the write");
+        };
+    for server in servers {
+        seen_within_bound(server, 1, "team", &Value::from("blue"), written);
+        assert_eq!(server.get("/users/1").1["version"], 3);
+        // Another team's user kept its copy.
+        assert_eq!(server.user(2).1, "cache");
+    }
+
+    let (status, cleared) = request(b.http, "POST", "/users/clear?ids=1,2", None);
+    let written = Instant::now();
+    assert_eq!(status, 200, "{cleared}");
+    assert_eq!(
+        cleared,
+        serde_json::json!({ "users": [{ "id": 1, "version": 4 }, { "id": 2, "version": 3 }] })
+    );
+    for server in servers {
+        seen_within_bound(server, 2, "version", &Value::from(3), written);
+        seen_within_bound(server, 1, "version", &Value::from(4), written);
+    }
+}
+
+/// On Postgres, from a users table made before users had teams: the old users join team 0, new
+/// ones are seeded into teams; a batch loads its misses in one query; a team rename and a clear
+/// through one node reach the other within the bound.
+#[test]
+fn on_postgres_batches_team_renames_and_clears_from_an_old_schema() {
+    let postgres = cohort_testkit::Postgres::start()
+        .expect("a throwaway Postgres server (initdb and pg_ctl from the postgresql package)");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut conn = sqlx::PgConnection::connect(&postgres.url()).await.unwrap();
+        conn.execute(
+            "CREATE TABLE users (id bigint PRIMARY KEY, name text NOT NULL, version bigint NOT NULL); \
+             INSERT INTO users SELECT x, 'old-' || x, 1 FROM generate_series(1, 5) x",
+        )
+        .await
+        .unwrap();
+    });
+    let url = postgres.url();
+    let a = Server::start_on("a", &url, &[], &["--users", "20"]);
+    let b = Server::start_on("b", &url, &[&a], &["--users", "20"]);
+    a.wait_linked(1);
+    b.wait_linked(1);
+    let (_, old) = a.get("/users/1");
+    assert_eq!(
+        (&old["name"], &old["team"], &old["version"]),
+        (&"old-1".into(), &"team-0".into(), &2.into())
+    );
+
+    let before = b.loads();
+    let users = b.batch("10,1,11,99");
+    assert_eq!(ids_and_sources(&users), [(10, "db"), (1, "db"), (11, "db")]);
+    assert_eq!(users[0]["team"], "team-2");
+    assert_eq!(b.loads(), before + 1);
+    assert!(b.batch("1,10,11").iter().all(|u| u["source"] == "cache"));
+
+    let body = serde_json::json!({ "name": "green" }).to_string();
+    let (status, renamed) = request(a.http, "PUT", "/teams/2?ids=10,11", Some(&body));
+    let written = Instant::now();
+    assert_eq!(status, 200, "{renamed}");
+    assert_eq!(
+        renamed,
+        serde_json::json!({ "team": 2, "users": [{ "id": 10, "version": 3 }] })
+    );
+    loop {
+        let started = written.elapsed();
+        let users = b.batch("10,11");
+        if users[0]["team"] == "green" {
+            assert_eq!(users[0]["version"], 3);
+            break;
+        }
+        assert!(
+            started <= BOUND,
+            "stale {users:?} {started:?} after the rename"
+        );
+    }
+
+    let (status, cleared) = request(b.http, "POST", "/users/clear?ids=1,11", None);
+    let written = Instant::now();
+    assert_eq!(status, 200, "{cleared}");
+    assert_eq!(
+        cleared,
+        serde_json::json!({ "users": [{ "id": 1, "version": 3 }, { "id": 11, "version": 3 }] })
+    );
+    loop {
+        let started = written.elapsed();
+        let (_, user) = a.get("/users/1");
+        if user["version"] == 3 {
+            break;
+        }
+        assert!(started <= BOUND, "stale {user} {started:?} after the clear");
+    }
+}
+
+/// `?max_stale=`: while the database answers, a plain read; once it fails (its tables renamed
+/// away: the change log's polls fail, the node stops serving from memory, loads fail), the value
+/// held, younger than asked, labelled `"stale"` with its age; older than asked, or without
+/// `max_stale`, the failure.
+#[test]
+fn a_failsafe_read_serves_the_held_value_while_the_database_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("users.db");
+    let server = Server::start("a", &path, &[]);
+    warm(&server, 1);
+    let (status, body) = server.get("/users/1?max_stale=10s");
+    assert_eq!((status, &body["source"]), (200, &Value::from("cache")));
+    let (status, body) = server.get("/users/1?max_stale=soon");
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("max_stale"),
+        "{body}"
+    );
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let rename = |from: &str, to: &str| {
+        runtime.block_on(async {
+            let url = format!("sqlite://{}", path.display());
+            let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+            for table in ["users", "cohort_changes"] {
+                conn.execute(sqlx::AssertSqlSafe(format!(
+                    "ALTER TABLE {table}{from} RENAME TO {table}{to}"
+                )))
+                .await
+                .unwrap();
+            }
+        });
+    };
+    rename("", "_away");
+    server.wait_until("serving user 1 stale", |s| {
+        s.get("/users/1?max_stale=10s").1["source"] == "stale"
+    });
+    let (_, stale) = server.get("/users/1?max_stale=10s");
+    assert_eq!(stale["name"], "user-1");
+    let age = stale["age_ms"].as_u64().unwrap();
+    assert!(age < 10_000, "{stale}");
+    let (status, _) = server.get("/users/1");
+    assert_eq!(status, 503, "no fail-safe asked for");
+    let (status, _) = server.get("/users/1?max_stale=1ms");
+    assert_eq!(status, 503, "older than asked");
+
+    rename("_away", "");
+    server.wait_until("reading the database again", |s| {
+        let (status, user) = s.get("/users/1?max_stale=10s");
+        status == 200 && user["source"] != "stale" && user.get("age_ms").is_none()
+    });
+}
+
+/// A SQLite file made before users had teams: the node adds the column (its users join team 0,
+/// their versions unchanged) and the teams, and seeds new users into teams.
+#[test]
+fn an_old_sqlite_file_without_teams_gets_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("users.db");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let url = format!("sqlite://{}?mode=rwc", path.display());
+        let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        conn.execute(
+            "CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT NOT NULL, version INTEGER NOT NULL); \
+             INSERT INTO users VALUES (1, 'old-1', 7), (2, 'old-2', 1)",
+        )
+        .await
+        .unwrap();
+    });
+    let server = Server::start_with("a", &path, &[], &["--users", "10"]);
+    let (_, old) = server.get("/users/1");
+    assert_eq!(
+        (&old["name"], &old["team"], &old["version"]),
+        (&"old-1".into(), &"team-0".into(), &8.into())
+    );
+    let (_, new) = server.get("/users/7");
+    assert_eq!(
+        (&new["team"], &new["version"]),
+        (&"team-3".into(), &2.into())
+    );
+    server.stop();
+    // Started again on the migrated file, it changes nothing.
+    let server = Server::start_with("a", &path, &[], &["--users", "10"]);
+    assert_eq!(server.get("/users/1").1["version"], 8);
 }

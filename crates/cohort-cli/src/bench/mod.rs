@@ -4,11 +4,15 @@
 //! Partitioned mode is measured against replicated caches (database loads, hit ratio, local
 //! hits) and against Redis (a read answered by another node).
 //!
+//! A page of 50 users read from `cohort serve` with one batch request against 50 single ones
+//! (`batch`), cold and warm, with the database queries each made.
+//!
 //! How cost grows with the cluster (`scale`: 5 to 50 nodes) runs in a full run, or with `--scale`.
 //!
 //! Each figure prints as `bench: <name> <value> <unit> ratio=<x> vs=<baseline>`; `--json` prints
 //! the same figures as one JSON array instead.
 
+mod batch;
 mod hit;
 mod memory;
 mod partitioned;
@@ -151,6 +155,7 @@ async fn rest(quick: bool, hits: &[Figure]) -> anyhow::Result<Vec<Figure>> {
         figures.push(postgres::measure(quick, &hit).await);
     }
     figures.extend(partitioned::measure(quick).await?);
+    figures.extend(batch::measure(quick).await?);
     Ok(figures)
 }
 

@@ -132,7 +132,8 @@ fn source(op: &Op) -> Source {
 /// the database (read by the node itself, its owner skipped or not).
 fn column(source: Source) -> usize {
     match source {
-        Source::Cache => 0,
+        // A fail-safe read served from memory.
+        Source::Cache | Source::Stale => 0,
         Source::Owner => 1,
         Source::OwnerSkipped | Source::Db => 2,
     }
@@ -242,11 +243,7 @@ impl Gathered {
         if at >= WORST {
             return;
         }
-        let (node, source) = match read.by {
-            By::Read { node, source } => (node, source),
-            By::Put { node } => (node, Source::Db),
-            By::Sql => (usize::MAX, Source::Db),
-        };
+        let (node, source) = read.by.read_on();
         let since = self.secs(missed.returned) - 1.0;
         let context = self
             .recent
@@ -273,11 +270,7 @@ impl Gathered {
                 version: missed.version,
                 returned_s: self.secs(missed.returned),
                 promise_ms: missed.promise.as_secs_f64() * 1e3,
-                by: match missed.by {
-                    By::Put { node } => format!("a PUT on n{node}"),
-                    By::Sql => "plain SQL".to_owned(),
-                    By::Read { node, .. } => format!("a read on n{node} that returned it"),
-                },
+                by: missed.by.describe(),
             },
             context,
         };
@@ -539,6 +532,7 @@ mod tests {
             source: Some(source),
             started: origin + Duration::from_millis(ms),
             ended: origin + Duration::from_millis(ms + 2),
+            age: None,
         }
     }
 

@@ -35,6 +35,15 @@ pub(crate) async fn put<T: DeserializeOwned>(
     request(addr, Method::PUT, path, body, timeout).await
 }
 
+/// `POST path` on `addr` with no body: the JSON body of a 200 answer.
+pub(crate) async fn post<T: DeserializeOwned>(
+    addr: SocketAddr,
+    path: &str,
+    timeout: Duration,
+) -> anyhow::Result<T> {
+    request(addr, Method::POST, path, Bytes::new(), timeout).await
+}
+
 async fn request<T: DeserializeOwned>(
     addr: SocketAddr,
     method: Method,

@@ -151,10 +151,11 @@ async fn rename_every_key(
 /// Renames `key` with plain SQL, through no node; records the update.
 async fn rename_by_sql(db: &UsersDb, key: u64, recorded: &Mutex<Recorded>) -> anyhow::Result<()> {
     let started = Instant::now();
-    let (_, _, version) = db
+    let version = db
         .rename(i64::try_from(key)?, PLAIN_SQL_NAME)
         .await
-        .context("an outside write failed")?;
+        .context("an outside write failed")?
+        .shown_version();
     recorded.lock().update(Op {
         actor: Actor::Sql,
         key,
@@ -162,6 +163,7 @@ async fn rename_by_sql(db: &UsersDb, key: u64, recorded: &Mutex<Recorded>) -> an
         source: None,
         started,
         ended: Instant::now(),
+        age: None,
     });
     Ok(())
 }

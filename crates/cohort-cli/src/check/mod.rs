@@ -2,7 +2,8 @@
 //! judged against the database's version history.
 //!
 //! The nodes share one SQLite file and reach each other only through the fault proxy. Clients
-//! read and rename users over HTTP on random nodes while the scheduler kills, pauses,
+//! read and rename users (and with `--ops`, read them in batches, rename their teams and clear
+//! every cache) over HTTP on random nodes while the scheduler kills, pauses,
 //! partitions, slows and drops, and writes rows with plain SQL through no node. Each read is then
 //! checked: it must show a version at least as new as every update that returned more than the
 //! bound before the read started (bounded mode), or before it started at all (strong mode).
@@ -65,6 +66,17 @@ pub(crate) struct Args {
     /// (`strong`).
     #[arg(long, value_enum, default_value_t = Consistency::Bounded)]
     mode: Consistency,
+    /// What the clients do, comma-separated, each picked in proportion to its weight: `reads`
+    /// (`GET /users/{id}`, 60), `updates` (`PUT /users/{id}`, 15), `failsafe` (`GET /users/{id}?max_stale=5s`,
+    /// served stale only if the database fails, judged against the age it declares, 10),
+    /// `batches` (`GET
+    /// /users?ids=` of 2 to 8 users, each user judged as a read, 15), `tags` (`PUT
+    /// /teams/{id}`: every user of the team changed, invalidated by tag, 5) and `clears` (`POST
+    /// /users/clear`: every user changed, every cache cleared, 1). Team renames and clears are
+    /// held to the bound in every mode, strong included: they reach the nodes as tag
+    /// invalidations and clears, which promise the bound.
+    #[arg(long, value_delimiter = ',', default_value = "reads,updates")]
+    ops: Vec<clients::OpKind>,
     /// Seed of the faults and the workload.
     #[arg(long, default_value_t = 7)]
     seed: u64,
@@ -86,7 +98,8 @@ pub(crate) struct Args {
     /// The staleness bound the nodes are started with.
     #[arg(long, default_value = "500ms", value_parser = parse_duration)]
     max_staleness: Duration,
-    /// Users the clients read and rename (a small set, so operations collide).
+    /// Users the clients read and rename (a small set, so operations collide); at most 1000 with
+    /// `--ops` tags or clears, whose requests list every one.
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     keys: u64,
     /// Start node n0 with its leases ignored, and aim every pause at it (as a frozen machine):

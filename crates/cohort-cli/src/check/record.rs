@@ -26,6 +26,10 @@ pub(crate) const JUDGE_WINDOW: Duration = Duration::from_secs(1);
 /// [`REQUEST_TIMEOUT`](super::clients::REQUEST_TIMEOUT). Lags longer than this are reported as lower bounds.
 pub(crate) const JUDGE_HORIZON: Duration = Duration::from_secs(30);
 
+/// The `?max_stale=` of the clients' fail-safe reads: the oldest value they take when the
+/// database fails, and the age the judge holds such reads to.
+pub(crate) const FAILSAFE_MAX_STALE: Duration = Duration::from_secs(5);
+
 /// The late reads the report shows, the longest lags beyond the bound.
 const WORST: usize = 5;
 
@@ -49,6 +53,8 @@ pub(crate) struct Op {
     pub(crate) source: Option<Source>,
     pub(crate) started: Instant,
     pub(crate) ended: Instant,
+    /// For a fail-safe read: the age its value declared.
+    pub(crate) age: Option<Duration>,
 }
 
 /// Who made an update, or performed a read, as the judge hands them back to the report.
@@ -56,11 +62,52 @@ pub(crate) struct Op {
 pub(crate) enum By {
     /// A client's PUT through node `n{node}`.
     Put { node: usize },
+    /// A client's team rename or clear through node `n{node}`, as each user it changed.
+    Bulk { node: usize, what: Bulk },
     /// Plain SQL, through no node.
     Sql,
     /// A read on node `n{node}`, answered by `source`; as an update, the first read that
     /// returned the version.
     Read { node: usize, source: Source },
+}
+
+/// A change of many users at once, which a node learns of by a tag invalidation or a clear.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Bulk {
+    /// `PUT /teams/{id}`.
+    TeamRename,
+    /// `POST /users/clear`.
+    Clear,
+}
+
+impl Bulk {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Self::TeamRename => "team rename",
+            Self::Clear => "clear",
+        }
+    }
+}
+
+impl By {
+    /// Who made an update, for the report.
+    pub(crate) fn describe(self) -> String {
+        match self {
+            Self::Put { node } => format!("a PUT on n{node}"),
+            Self::Bulk { node, what } => format!("a {} on n{node}", what.name()),
+            Self::Sql => "plain SQL".to_owned(),
+            Self::Read { node, .. } => format!("a read on n{node} that returned it"),
+        }
+    }
+
+    /// The node and the source of a read, for the report.
+    pub(crate) fn read_on(self) -> (usize, Source) {
+        match self {
+            Self::Read { node, source } => (node, source),
+            Self::Put { node } | Self::Bulk { node, .. } => (node, Source::Db),
+            Self::Sql => (usize::MAX, Source::Db),
+        }
+    }
 }
 
 /// What a run recorded: operations are counted, written to the history file and handed to the
@@ -92,9 +139,15 @@ pub(crate) struct Counts {
     pub(crate) from_owner: u64,
     /// Reads whose owner did not answer in time or could not serve, read from the database.
     pub(crate) owner_skipped: u64,
+    /// Fail-safe reads served stale, the database having failed.
+    pub(crate) stale: u64,
     pub(crate) updates: u64,
     /// Updates by plain SQL, through no node.
     pub(crate) by_sql: u64,
+    /// Updates of users by team renames and clears.
+    pub(crate) by_bulk: u64,
+    /// Batch reads (each of their users also counts as a read).
+    pub(crate) batches: u64,
     /// Requests that failed or timed out.
     pub(crate) failed: u64,
 }
@@ -108,7 +161,7 @@ impl Recorded {
         history: Option<HistoryFile>,
     ) -> Self {
         Self {
-            judge: Judge::new(JUDGE_WINDOW, JUDGE_HORIZON),
+            judge: Judge::new(JUDGE_WINDOW, JUDGE_HORIZON).max_age(FAILSAFE_MAX_STALE),
             bound,
             max_staleness,
             counts: Counts::default(),
@@ -131,6 +184,7 @@ impl Recorded {
         self.counts.from_cache += u64::from(source == Source::Cache);
         self.counts.from_owner += u64::from(source == Source::Owner);
         self.counts.owner_skipped += u64::from(source == Source::OwnerSkipped);
+        self.counts.stale += u64::from(source == Source::Stale);
         if let Some(history) = &mut self.history {
             history.write("read", &op);
         }
@@ -151,7 +205,31 @@ impl Recorded {
             started: op.started,
             ended: op.ended,
             by,
-            age: None,
+            age: op.age,
+        });
+    }
+
+    /// A user changed by a team rename or a clear that returned, at the version it answered.
+    /// Such a change reaches the nodes as a tag invalidation or a clear, which promise the
+    /// bound in every mode: strong mode's invalidation intents cover single keys only.
+    pub(crate) fn bulk_update(&mut self, op: Op, what: Bulk) {
+        let Actor::Client { node, .. } = op.actor else {
+            return;
+        };
+        self.counts.updates += 1;
+        self.counts.by_bulk += 1;
+        if let Some(history) = &mut self.history {
+            history.write(what.name(), &op);
+        }
+        if let Some(gathered) = &mut self.gathered {
+            gathered.op(&op, false);
+        }
+        self.judge.handle_update(Update {
+            key: op.key,
+            version: op.version,
+            returned: op.ended,
+            promise: self.max_staleness,
+            by: By::Bulk { node, what },
         });
     }
 

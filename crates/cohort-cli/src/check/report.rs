@@ -3,8 +3,7 @@
 use std::time::Instant;
 
 use super::Args;
-use super::record::{By, JUDGE_HORIZON, JUDGE_WINDOW, Recorded};
-use crate::api::Source;
+use super::record::{JUDGE_HORIZON, JUDGE_WINDOW, Recorded};
 
 /// What the nodes running at the end say their mesh did.
 #[derive(Clone, Copy, Debug, Default)]
@@ -39,7 +38,7 @@ pub(crate) fn report(
         .collect();
     println!(
         "operations  {ops} ({:.0}/s): reads {} ({} from cache, {} from owners, {} from the \
-         database{}), updates {} ({} by plain SQL), {} failed or timed out",
+         database{}{}), updates {} ({} by plain SQL{}), {} failed or timed out",
         ops as f64 / secs,
         counts.reads,
         counts.from_cache,
@@ -53,8 +52,18 @@ pub(crate) fn report(
         } else {
             String::new()
         },
+        match (counts.batches, counts.stale) {
+            (0, 0) => String::new(),
+            (batches, stale) =>
+                format!("; {batches} batch requests, {stale} served stale by the fail-safe"),
+        },
         counts.updates,
         counts.by_sql,
+        if counts.by_bulk > 0 {
+            format!(", {} by team renames and clears", counts.by_bulk)
+        } else {
+            String::new()
+        },
         counts.failed,
     );
     println!(
@@ -85,16 +94,8 @@ pub(crate) fn report(
     let at = |i: Instant| i.saturating_duration_since(origin).as_secs_f64();
     for late in &recorded.worst {
         let (read, missed) = (&late.read, &late.missed);
-        let (node, source) = match read.by {
-            By::Read { node, source } => (node, source),
-            By::Put { node } => (node, Source::Db),
-            By::Sql => (usize::MAX, Source::Db),
-        };
-        let by = match missed.by {
-            By::Put { node } => format!("PUT on n{node}"),
-            By::Sql => "plain SQL".to_owned(),
-            By::Read { node, .. } => format!("a read on n{node} that returned it"),
-        };
+        let (node, source) = read.by.read_on();
+        let by = missed.by.describe();
         println!(
             "worst       key {}: read on n{node} started {:.3}s, saw v{} ({}); v{} had returned \
              {:.3}s by {by}: {}{} ms late",

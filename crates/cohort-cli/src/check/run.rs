@@ -8,7 +8,7 @@ use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use parking_lot::Mutex;
 
-use super::clients::{REQUEST_TIMEOUT, run_client};
+use super::clients::{OpKind, REQUEST_TIMEOUT, run_client};
 use super::dbproxy::{self, DbProxy};
 use super::faults::{self, Action, FaultKind};
 use super::html::{self, Gathered, Outcome};
@@ -27,8 +27,21 @@ use crate::users_db::UsersDb;
 /// of change-log rows the node must work through when it resumes, before it may serve again.
 const BACKLOG_ROWS: u64 = 50_000;
 
+/// The most users team renames and clears may list, as `cohort serve` takes them.
+const MAX_BULK_KEYS: u64 = 1_000;
+
 /// Runs a check; `Ok(true)` when it passed.
 pub(crate) async fn run(args: Args) -> anyhow::Result<bool> {
+    if args.keys > MAX_BULK_KEYS
+        && args
+            .ops
+            .iter()
+            .any(|op| matches!(op, OpKind::Tags | OpKind::Clears))
+    {
+        anyhow::bail!(
+            "--ops tags and clears list every user in their requests: use --keys {MAX_BULK_KEYS} or fewer"
+        );
+    }
     let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
     let url = match &args.db {
         None => format!("sqlite://{}", dir.path().join("check.db").display()),
@@ -112,13 +125,14 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<bool> {
     if args.report.is_some() {
         recorded.lock().gathered = Some(Gathered::new(origin, n, args.duration, bound));
     }
+    let ops: Arc<[OpKind]> = args.ops.iter().copied().collect();
     let mut clients = Vec::new();
     for client in 0..args.clients {
         let (cluster, recorded) = (Arc::clone(&cluster), Arc::clone(&recorded));
         let seed = args.seed ^ ((u64::from(client) + 1) << 40);
-        let keys = args.keys;
+        let workload = (args.keys, Arc::clone(&ops));
         clients.push(tokio::spawn(async move {
-            run_client(client, cluster, recorded, keys, seed, deadline).await
+            run_client(client, cluster, recorded, workload, seed, deadline).await
         }));
     }
     let schedule = run_faults(FaultRun {
