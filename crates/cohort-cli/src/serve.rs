@@ -282,10 +282,8 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<bool> {
             // What this node loads for the others, as the owner: the read `GET /users/{id}` makes.
             .loader(move |id| load_user(db.clone(), id))
             .hot_copies(args.hot_copies_bytes.unwrap_or(DEFAULT_HOT_COPIES_BYTES));
-    } else {
-        // Partitioned caches have no tags: a team's rename clears them instead.
-        users.tags(|user: &Arc<User>| [team_tag(user.team)]);
     }
+    users.tags(|user: &Arc<User>| [team_tag(user.team)]);
     let users = users.build()?;
     let http = tokio::net::TcpListener::bind(args.http)
         .await
@@ -597,8 +595,7 @@ fn not_recorded(error: cohort::BulkError) -> Failure {
 }
 
 /// `PUT /teams/{id}` with `{"name"}`: renames the team (a table no change log watches), then
-/// drops its users' copies on every node with a tag invalidation (a clear in partitioned mode,
-/// which has no tags). Answers the new versions of the team's users (those of `?ids=` only, if
+/// drops its users' copies on every node with a tag invalidation. Answers the new versions of the team's users (those of `?ids=` only, if
 /// given), read in the write's transaction.
 async fn write_team(
     State(app): State<App>,
@@ -617,12 +614,10 @@ async fn write_team(
             sqlx::Error::RowNotFound => Failure(StatusCode::NOT_FOUND, "no such team".into()),
             other => Failure::from(other),
         })?;
-    if app.mode == Consistency::Partitioned {
-        app.users.clear().await
-    } else {
-        app.users.invalidate_tag(&team_tag(team)).await
-    }
-    .map_err(not_recorded)?;
+    app.users
+        .invalidate_tag(&team_tag(team))
+        .await
+        .map_err(not_recorded)?;
     Ok(Json(TeamWritten {
         team,
         users: written(bumped),
