@@ -423,8 +423,9 @@ fn row_id(text: &str, table: &str) -> Result<u64, Failure> {
         })
 }
 
-/// `GET /users/{id}`, and with `?max_stale=10s` the fail-safe: if the database fails, the value
-/// the node still holds, if younger than that (`"source": "stale"`, with `age_ms`).
+/// `GET /users/{id}`, and with `?max_stale=10s` the fail-safe: if the database fails (or does
+/// not answer within a quarter of the bound), the value the node still holds, if younger than that
+/// (`"source": "stale"`, with `age_ms`).
 async fn read_user(
     State(app): State<App>,
     Path(id): Path<String>,
@@ -432,10 +433,27 @@ async fn read_user(
 ) -> Result<Response, Failure> {
     let id = user_id(&id)?;
     let max_stale = max_stale(query.as_deref())?;
-    let load = |id| load_user(app.db.clone(), id);
     let fetched = match max_stale {
-        Some(max_age) => app.users.fetch_or_stale(&id, load, max_age).await?,
-        None => app.users.fetch(&id, load).await?,
+        Some(max_age) => {
+            // A fail-safe read takes a database that does not answer within a quarter of the
+            // bound (a change-log poll's interval) as down, as one that refuses: a stalled
+            // connection would otherwise hold the read.
+            let patience = app.cluster.max_staleness() / 4;
+            let load = |id| async move {
+                match tokio::time::timeout(patience, load_user(app.db.clone(), id)).await {
+                    Ok(loaded) => loaded.map_err(Failure::from),
+                    Err(_) => Err(Failure(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        format!("the database did not answer within {patience:?}"),
+                    )),
+                }
+            };
+            app.users.fetch_or_stale(&id, load, max_age).await?
+        }
+        None => {
+            let load = |id| load_user(app.db.clone(), id);
+            app.users.fetch(&id, load).await?
+        }
     };
     let (source, age) = match fetched.source {
         cohort::Source::Cache => (Source::Cache, None),

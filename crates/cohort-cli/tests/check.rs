@@ -151,7 +151,9 @@ fn bad_arguments_are_refused_with_a_clear_error() {
 }
 
 /// The same check on a Postgres server started for the test: every fault kind, including the
-/// database frozen for the nodes while plain SQL changes every key.
+/// database frozen for the nodes while plain SQL changes every key, and every operation kind
+/// (a fail-safe read served stale while the database is frozen is judged by the age it
+/// declares).
 #[test]
 fn on_postgres_every_fault_kind_and_nothing_stale_beyond_the_bound() {
     let postgres = cohort_testkit::Postgres::start()
@@ -164,6 +166,8 @@ fn on_postgres_every_fault_kind_and_nothing_stale_beyond_the_bound() {
         "16s",
         "--faults",
         "kill,pause,partition,drop,slow,external,dbpause",
+        "--ops",
+        "reads,updates,failsafe,batches,tags,clears",
         "--seed",
         "7",
     ]);

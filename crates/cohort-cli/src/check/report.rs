@@ -139,10 +139,11 @@ pub(crate) fn report(
         && counts.updates > 0;
     println!(
         "check: ops={ops} faults={faults} stale_beyond_bound={} max_staleness_ms={} bound_ms={} \
-         result={}",
+         served_stale={} result={}",
         verdict.stale_beyond_bound,
         verdict.max_staleness.as_millis(),
         bound.as_millis(),
+        counts.stale,
         if passed { "PASS" } else { "FAIL" }
     );
     passed
