@@ -223,15 +223,26 @@ fn warm(server: &Server, id: u64) {
 /// Reads user `id` from `server` until it has `name`; returns how long after `since` that was.
 /// Every read that started more than the bound after `since` must already see it.
 fn fresh_after(server: &Server, id: u64, name: &str, since: Instant) -> Duration {
+    fresh_within_bound(since, || server.user(id), |(seen, _)| seen == name).0
+}
+
+/// Reads with `read` until what it read is `fresh`, failing if a read that started more than
+/// the bound after `since` is not: how long after `since` the fresh read started, and what it
+/// read.
+fn fresh_within_bound<T: std::fmt::Debug>(
+    since: Instant,
+    mut read: impl FnMut() -> T,
+    fresh: impl Fn(&T) -> bool,
+) -> (Duration, T) {
     loop {
         let started = since.elapsed();
-        let (seen, _) = server.user(id);
-        if seen == name {
-            return started;
+        let seen = read();
+        if fresh(&seen) {
+            return (started, seen);
         }
         assert!(
             started <= BOUND,
-            "stale {seen:?} {started:?} after the update"
+            "stale {seen:?} {started:?} after the change"
         );
     }
 }
@@ -858,19 +869,13 @@ fn a_batch_sees_a_rename_through_another_node() {
     assert!(b.batch("1,2,3").iter().all(|u| u["source"] == "cache"));
     let version = a.rename(2, "grace");
     let written = Instant::now();
-    loop {
-        let started = written.elapsed();
-        let users = b.batch("1,2,3,4");
-        if users[1]["name"] == "grace" {
-            assert_eq!(users[1]["version"], version);
-            assert_eq!(users[0]["name"], "user-1");
-            break;
-        }
-        assert!(
-            started <= BOUND,
-            "stale {users:?} {started:?} after the update"
-        );
-    }
+    let (_, users) = fresh_within_bound(
+        written,
+        || b.batch("1,2,3,4"),
+        |users| users[1]["name"] == "grace",
+    );
+    assert_eq!(users[1]["version"], version);
+    assert_eq!(users[0]["name"], "user-1");
 }
 
 /// Batches that list no id, a bad id or too many, and team renames of bad teams or names, are
@@ -943,17 +948,12 @@ fn a_team_renamed_through_one_node_is_seen_on_every_node() {
         renamed,
         serde_json::json!({ "team": 1, "users": [{ "id": 1, "version": 3 }, { "id": 5, "version": 3 }] })
     );
-    let seen_within_bound =
-        |server: &Server, id: u64, field: &str, want: &Value, since: Instant| loop {
-            let started = since.elapsed();
-            let (_, user) = server.get(&format!("/users/{id}"));
-            if &user[field] == want {
-                return;
-            }
-            assert!(started <= BOUND, "stale {user} {started:?} after the write");
-        };
     for server in servers {
-        seen_within_bound(server, 1, "team", &Value::from("blue"), written);
+        fresh_within_bound(
+            written,
+            || server.get("/users/1").1,
+            |user| user["team"] == "blue",
+        );
         assert_eq!(server.get("/users/1").1["version"], 3);
         // Another team's user kept its copy.
         assert_eq!(server.user(2).1, "cache");
@@ -967,8 +967,8 @@ fn a_team_renamed_through_one_node_is_seen_on_every_node() {
         serde_json::json!({ "users": [{ "id": 1, "version": 4 }, { "id": 2, "version": 3 }] })
     );
     for server in servers {
-        seen_within_bound(server, 2, "version", &Value::from(3), written);
-        seen_within_bound(server, 1, "version", &Value::from(4), written);
+        fresh_within_bound(written, || server.get("/users/2").1, |u| u["version"] == 3);
+        fresh_within_bound(written, || server.get("/users/1").1, |u| u["version"] == 4);
     }
 }
 
@@ -1018,18 +1018,12 @@ fn on_postgres_batches_team_renames_and_clears_from_an_old_schema() {
         renamed,
         serde_json::json!({ "team": 2, "users": [{ "id": 10, "version": 3 }] })
     );
-    loop {
-        let started = written.elapsed();
-        let users = b.batch("10,11");
-        if users[0]["team"] == "green" {
-            assert_eq!(users[0]["version"], 3);
-            break;
-        }
-        assert!(
-            started <= BOUND,
-            "stale {users:?} {started:?} after the rename"
-        );
-    }
+    let (_, users) = fresh_within_bound(
+        written,
+        || b.batch("10,11"),
+        |users| users[0]["team"] == "green",
+    );
+    assert_eq!(users[0]["version"], 3);
 
     let (status, cleared) = request(b.http, "POST", "/users/clear?ids=1,11", None);
     let written = Instant::now();
@@ -1038,14 +1032,7 @@ fn on_postgres_batches_team_renames_and_clears_from_an_old_schema() {
         cleared,
         serde_json::json!({ "users": [{ "id": 1, "version": 3 }, { "id": 11, "version": 3 }] })
     );
-    loop {
-        let started = written.elapsed();
-        let (_, user) = a.get("/users/1");
-        if user["version"] == 3 {
-            break;
-        }
-        assert!(started <= BOUND, "stale {user} {started:?} after the clear");
-    }
+    fresh_within_bound(written, || a.get("/users/1").1, |user| user["version"] == 3);
 }
 
 /// `?max_stale=`: while the database answers, a plain read; once it fails (its tables renamed
