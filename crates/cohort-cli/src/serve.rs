@@ -424,8 +424,8 @@ fn row_id(text: &str, table: &str) -> Result<u64, Failure> {
 }
 
 /// `GET /users/{id}`, and with `?max_stale=10s` the fail-safe: if the database fails (or does
-/// not answer within a quarter of the bound), the value the node still holds, if younger than that
-/// (`"source": "stale"`, with `age_ms`).
+/// not answer within a quarter of the bound), the value the node still holds, if younger than
+/// that (`"source": "stale"`, with `age_ms`).
 async fn read_user(
     State(app): State<App>,
     Path(id): Path<String>,
@@ -613,8 +613,8 @@ fn not_recorded(error: cohort::BulkError) -> Failure {
 }
 
 /// `PUT /teams/{id}` with `{"name"}`: renames the team (a table no change log watches), then
-/// drops its users' copies on every node with a tag invalidation. Answers the new versions of the team's users (those of `?ids=` only, if
-/// given), read in the write's transaction.
+/// drops its users' copies on every node with a tag invalidation. Answers the new versions of
+/// the team's users (those of `?ids=` only, if given), read in the write's transaction.
 async fn write_team(
     State(app): State<App>,
     Path(id): Path<String>,
