@@ -100,7 +100,7 @@ impl<K: Key, V: Value> Cache<K, V> {
             for _ in &unique {
                 inner.counters.misses.incr();
             }
-            inner.counters.bypasses.incr();
+            inner.bypassing();
             let loaded = inner.load_many(unique, "bypass", &mut load).await?;
             found.extend(loaded);
             return Ok(found);

@@ -19,7 +19,7 @@ use std::hash::Hash;
 use std::num::NonZeroU64;
 use std::str::FromStr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -537,6 +537,7 @@ impl<K: Key, V: Value> CacheBuilder<K, V> {
             node: Arc::clone(&self.node),
             counters: CacheCounters::default(),
             hooks: Hooks::new(DEFAULT_CHANGES_BUFFER),
+            told_not_ready: AtomicBool::new(false),
         });
         self.node
             .register(name, Arc::clone(&inner) as Arc<dyn Sink>)?;
@@ -624,6 +625,8 @@ struct Inner<K, V> {
     counters: CacheCounters,
     /// The subscribers to the changes applied here.
     hooks: Hooks<K>,
+    /// Whether a read before the cache first served was logged.
+    told_not_ready: AtomicBool,
 }
 
 /// The result of a successful [`Cache::update`].
@@ -959,8 +962,25 @@ impl<K: Key, V: Value> Inner<K, V> {
         F: FnOnce(K) -> Fut,
         Fut: Future<Output = Result<V, E>>,
     {
-        self.counters.bypasses.incr();
+        self.bypassing();
         self.load(key.clone(), "bypass", load).await
+    }
+
+    /// Counts a read that may not use the cache now. The first one before the cache ever
+    /// served is logged: it is what a service taking traffic before [`Cache::ready`] sees, and
+    /// nothing else would tell why its first reads never cache.
+    pub(super) fn bypassing(&self) {
+        self.counters.bypasses.incr();
+        if self.lease.proven_at(self.node.max_staleness()).is_none()
+            && !self.told_not_ready.swap(true, Ordering::Relaxed)
+        {
+            tracing::info!(
+                node = %self.node.id(),
+                cache = %self.name,
+                "a read before the cache first served: it loads and stores nothing \
+                 (await Cache::ready after building the cache)"
+            );
+        }
     }
 
     /// Runs the application's `load` of `key`: counted, in a `cohort.load` span (`reason`: why
@@ -1052,7 +1072,7 @@ impl<K: Key, V: Value> Inner<K, V> {
     fn get_past_store(&self, key: &K, serving: bool) -> Option<V> {
         if !serving {
             self.counters.misses.incr();
-            self.counters.bypasses.incr();
+            self.bypassing();
             return None;
         }
         let found = self.hot_get(key);

@@ -73,7 +73,20 @@ impl<S: tracing::Subscriber> Layer<S> for Spans {
             fields: fields.0,
         });
     }
+
+    /// Events are kept as spans named [`EVENT`], their message a field.
+    fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
+        let mut fields = Fields::default();
+        event.record(&mut fields);
+        self.0.lock().unwrap().push(Opened {
+            name: EVENT,
+            fields: fields.0,
+        });
+    }
 }
+
+/// The name under which events are recorded.
+const EVENT: &str = "event";
 
 #[derive(Default)]
 struct Fields(BTreeMap<&'static str, String>);
@@ -177,6 +190,45 @@ async fn loads_updates_invalidations_and_flushes_are_traced_by_key_hash_not_key(
         );
     }
     cluster.shutdown().await;
+}
+
+/// A service that reads before its cache first served is told once why nothing is cached.
+#[tokio::test]
+async fn reads_before_the_cache_first_served_are_logged_once() {
+    let spans = spans();
+    let dir = tempfile::tempdir().unwrap();
+    let db = database(dir.path()).await;
+    let cluster = Cluster::builder()
+        .node_name("unready")
+        .change_log(ChangeLog::sqlite(db.clone()))
+        .start()
+        .await
+        .unwrap();
+    // With its database gone the cache never serves: every read below comes before.
+    db.close().await;
+    let users = cluster
+        .cache::<String, String>("users")
+        .watch_table("users", "id")
+        .build()
+        .unwrap();
+    let load = |_| async { Ok::<_, Infallible>("Ada".to_owned()) };
+    for _ in 0..3 {
+        users
+            .get_or_load(&"user:ada".to_owned(), load)
+            .await
+            .unwrap();
+        assert_eq!(users.get(&"user:ada".to_owned()), None);
+    }
+    let told: Vec<_> = spans
+        .named(EVENT, "unready")
+        .into_iter()
+        .filter(|e| {
+            e.field("message")
+                .is_some_and(|m| m.contains("Cache::ready"))
+        })
+        .collect();
+    assert_eq!(told.len(), 1, "{:?}", spans.of("unready"));
+    assert_eq!(told[0].field("cache"), Some("users"));
 }
 
 #[tokio::test]
