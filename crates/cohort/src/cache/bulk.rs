@@ -15,10 +15,21 @@ use crate::wire::{self, Change};
 
 use super::{Cache, Changed, EncodeError, Inner, Key, KeyEncoding, Origin, Value};
 
-/// Why a [`Cache::clear`] or a [`Cache::invalidate_tag`] failed.
+/// Why a [`Cache::invalidate_many`], a [`Cache::clear`] or a [`Cache::invalidate_tag`] failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum BulkError {
+    /// A key could not be sent on the wire. Nothing changed.
+    #[error(transparent)]
+    Encode(#[from] EncodeError),
+    /// A cache without a change log, or a strong one, promises the bound for a change only while
+    /// this node has confirmed, within the bound, that it has every live peer's events: a node
+    /// cut off from its peers may already have been retired by them, and they would serve
+    /// without hearing from it. The change was applied here and sent, and peers apply it once
+    /// it reaches them, but until then they may serve older entries past the bound. Call again
+    /// once the node serves ([`Cache::is_serving`]); applying it twice is harmless.
+    #[error("fenced: this node has not confirmed its peers within the bound")]
+    Fenced,
     /// The change log did not record the change. It was applied here and sent to every peer,
     /// but a node cut off from the mesh may serve older entries past the bound; retry the call
     /// (applying it twice is harmless).
@@ -41,7 +52,9 @@ impl<K: Key, V: Value> Cache<K, V> {
     /// here or on a peer when the event arrives are returned to their callers but not stored.
     /// A list whose encoding does not fit a frame goes as a few events, in order; the last
     /// one's id is returned (`None` for an empty list). If a key does not encode, nothing
-    /// changes.
+    /// changes. In a cache without a change log (or a strong one), [`BulkError::Fenced`] says
+    /// this node had not confirmed its peers: the keys were dropped here and sent, without the
+    /// promise.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
@@ -56,12 +69,13 @@ impl<K: Key, V: Value> Cache<K, V> {
     /// assert_eq!(users.get(&3).as_deref(), Some("user 3"));
     /// # Ok(()) }
     /// ```
-    pub async fn invalidate_many(&self, keys: &[K]) -> Result<Option<EventId>, EncodeError> {
+    pub async fn invalidate_many(&self, keys: &[K]) -> Result<Option<EventId>, BulkError> {
         let inner = &*self.inner;
         let encoded = keys
             .iter()
             .map(|key| inner.encode_key(key))
             .collect::<Result<Vec<_>, _>>()?;
+        let confirmed = inner.confirmed();
         let span = tracing::debug_span!(
             "cohort.invalidate_many",
             node = %inner.node.id(),
@@ -98,6 +112,7 @@ impl<K: Key, V: Value> Cache<K, V> {
             );
             start = end;
         }
+        confirmed?;
         Ok(last)
     }
 
@@ -106,7 +121,8 @@ impl<K: Key, V: Value> Cache<K, V> {
     /// that watches tables the clear is also appended to the change log before this returns,
     /// so a node that misses the event on the mesh clears within the bound all the same; this
     /// node clears again when it reads the row back. For a [`Mode::Strong`](super::Mode::Strong)
-    /// cache the promise is the bounded one, not the strong one.
+    /// cache the promise is the bounded one, not the strong one; for one without a change log
+    /// (or a strong one), [`BulkError::Fenced`] says this node had not confirmed its peers.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
@@ -120,6 +136,7 @@ impl<K: Key, V: Value> Cache<K, V> {
     /// ```
     pub async fn clear(&self) -> Result<EventId, BulkError> {
         let inner = &*self.inner;
+        let confirmed = inner.confirmed();
         let event = {
             let _span =
                 tracing::debug_span!("cohort.clear", node = %inner.node.id(), cache = %inner.name)
@@ -128,6 +145,7 @@ impl<K: Key, V: Value> Cache<K, V> {
             inner.node.publish(&inner.name, Change::Clear)
         };
         inner.record(CacheOp::Clear).await?;
+        confirmed?;
         Ok(event)
     }
 }
@@ -182,6 +200,16 @@ impl<K: Key, V: Value> Inner<K, V> {
             }
         }
         self.counters.logged_applied.incr();
+    }
+
+    /// Whether this node may promise the bound for a change it sends now: always for a cache
+    /// that watches tables (the log carries what the mesh may not), otherwise only while it has
+    /// confirmed its peers.
+    pub(super) fn confirmed(&self) -> Result<(), BulkError> {
+        if self.fenced && !self.serving() {
+            return Err(BulkError::Fenced);
+        }
+        Ok(())
     }
 
     /// Appends `op` to the change log, for a cache that watches tables (the others rest on the

@@ -887,7 +887,10 @@ impl<K: Key, V: Value> Cache<K, V> {
         Ok(Receipt { value, event })
     }
 
-    /// Drops `key` here and on every peer. Use it after writing the source some other way.
+    /// Drops `key` here and on every peer. Use it after writing the source some other way. In a
+    /// cache without a change log (or a strong one) the bound holds for it only while this node
+    /// serves ([`is_serving`](Self::is_serving)): a node cut off from its peers sends it once it
+    /// can, and they may serve the old value until then.
     pub async fn invalidate(&self, key: &K) -> Result<EventId, EncodeError> {
         let inner = &*self.inner;
         let key_bytes = inner.encode_key(key)?;

@@ -61,7 +61,9 @@ impl<K: Key, V: Value> Cache<K, V> {
     /// every peer, under the promise of [`invalidate`](Self::invalidate): a load in flight whose
     /// value carries the tag when the invalidation arrives is returned to its caller but not
     /// stored. For a cache that watches tables the invalidation is also appended to the change
-    /// log before this returns, so a node that misses the event applies it within the bound.
+    /// log before this returns, so a node that misses the event applies it within the bound; for
+    /// one without (or a strong one), [`BulkError::Fenced`] says this node had not confirmed
+    /// its peers.
     ///
     /// See [`CacheBuilder::tags`] for an example.
     pub async fn invalidate_tag(&self, tag: &str) -> Result<EventId, BulkError> {
@@ -73,6 +75,7 @@ impl<K: Key, V: Value> Cache<K, V> {
                 max,
             });
         }
+        let confirmed = inner.confirmed();
         let event = {
             let _span = tracing::debug_span!("cohort.invalidate_tag", node = %inner.node.id(), cache = %inner.name)
                 .entered();
@@ -82,6 +85,7 @@ impl<K: Key, V: Value> Cache<K, V> {
                 .publish(&inner.name, Change::InvalidateTag { tag })
         };
         inner.record(CacheOp::Tag(tag)).await?;
+        confirmed?;
         Ok(event)
     }
 }

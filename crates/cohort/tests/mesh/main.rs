@@ -551,6 +551,13 @@ fn a_frozen_peer_stops_everyone_serving_until_it_is_retired() {
         "{fenced:?}"
     );
     assert_eq!(db.rows.lock()[&1].0, "ada", "the fenced write did not run");
+    // Changes told after writing elsewhere are applied here and sent, but without the promise.
+    for told in [
+        here.block_on(on_a.invalidate_many(&[1])).map(|_| ()),
+        here.block_on(on_a.clear()).map(|_| ()),
+    ] {
+        assert!(matches!(told, Err(cohort::BulkError::Fenced)), "{told:?}");
+    }
     // The frozen node's own lease ran out too: it serves nothing from its cache.
     assert_eq!(on_b.get(&1), None);
 
@@ -572,6 +579,8 @@ fn a_frozen_peer_stops_everyone_serving_until_it_is_retired() {
         "retired only after b's lease must have ended"
     );
     assert!(on_a.is_serving());
+    here.block_on(on_a.clear())
+        .expect("confirmed again: a clear with its promise");
     assert_eq!(here.block_on(load(&on_a, &db, 1)).0, "ada");
     let live = |node: &Cluster| node.members().iter().filter(|m| m.live).count();
     assert_eq!(live(&a), 1, "only c");

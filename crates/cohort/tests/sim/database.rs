@@ -19,7 +19,7 @@ use tokio::sync::watch;
 const LATENCY: Duration = Duration::from_millis(1);
 
 /// Versions of a key step by this much, from the key itself: more than any key.
-const STRIDE: u64 = 64;
+const STRIDE: u64 = 128;
 
 /// Groups of keys, for tag invalidations.
 pub(crate) const GROUPS: u64 = 4;

@@ -24,10 +24,8 @@ use crate::net::{SimNet, Wire};
 const PORT: u16 = 7000;
 pub(crate) const BOUND: Duration = Duration::from_millis(500);
 const NODES: [&str; 5] = ["n0", "n1", "n2", "n3", "n4"];
-/// Keys the clients use, the lower ones the hotter.
-const KEYS: u64 = 16;
 /// A key no client writes: reading it through a node tells whether the node serves from memory.
-const QUIET_KEY: u64 = KEYS;
+const QUIET_KEY: u64 = 100;
 /// Clients running at once, on overlapping keys.
 const CLIENTS: u64 = 4;
 const KEY_HEX: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
@@ -52,6 +50,18 @@ pub(crate) struct Setup {
 impl Setup {
     fn names(&self) -> &'static [&'static str] {
         &NODES[..self.nodes]
+    }
+
+    /// How many keys the clients use, the lower ones the hotter. With bulk changes, more keys
+    /// and a slower pace: a copy a bulk change failed to drop must outlive the bound before
+    /// another write of its key drops it, for the checker to see it.
+    fn keys(&self) -> u64 {
+        if self.bulk { 64 } else { 16 }
+    }
+
+    /// The most a client waits between two operations.
+    fn pause(&self) -> Duration {
+        Duration::from_millis(if self.bulk { 40 } else { 10 })
     }
 
     /// How late a read may be after an update through cohort completed.
@@ -601,41 +611,28 @@ async fn work(shared: &Shared, client: u64) {
     let names = shared.setup.names();
     while history::now() < start + shared.run_for {
         let index = rng.random_range(0..names.len());
-        let pause = Duration::from_millis(rng.random_range(1..10));
+        let pause =
+            Duration::from_millis(rng.random_range(1..shared.setup.pause().as_millis() as u64));
+        let keys = shared.setup.keys();
         let Some((_, cache)) = shared.node(index) else {
             tokio::time::sleep(pause).await;
             continue;
         };
-        let key = rng.random_range(0..KEYS).min(rng.random_range(0..KEYS));
+        let key = rng.random_range(0..keys).min(rng.random_range(0..keys));
         let load_takes = Duration::from_millis(rng.random_range(0..4));
-        // With bulk changes, most operations are batch reads and few writes are single updates,
-        // so that a copy a bulk change failed to drop outlives the bound before another write
-        // of its key drops it.
-        match rng.random_range(0..if shared.setup.bulk { 40 } else { 10 }) {
-            0 if shared.setup.bulk => {
-                read_fresh(shared, index, &cache, key, load_takes).await;
-            }
-            0..6 => {
+        match Step::draw(&shared.setup, &mut rng) {
+            Step::Read => {
                 read(shared, index, &cache, key, load_takes).await;
             }
-            10..30 => {
+            Step::ReadFresh => read_fresh(shared, index, &cache, key, load_takes).await,
+            Step::ReadMany => {
                 let keys: Vec<u64> = (0..rng.random_range(2..6))
-                    .map(|_| rng.random_range(0..KEYS))
+                    .map(|_| rng.random_range(0..keys))
                     .collect();
                 read_many(shared, index, &cache, &keys, load_takes).await;
             }
-            30..34 => {
-                change_group(shared, index, &cache, rng.random_range(0..database::GROUPS)).await;
-            }
-            34..40 => {
-                let keys: Vec<u64> = (0..rng.random_range(1..5))
-                    .map(|_| rng.random_range(0..KEYS))
-                    .collect();
-                let clear = rng.random_range(0..8) == 0;
-                change_many(shared, index, &cache, &keys, clear).await;
-            }
             // Writers that bypass cohort are seen through the change log alone.
-            6 if shared.setup.log => {
+            Step::SqlWrite => {
                 let version = shared.db.write(key).await;
                 shared.record(Op::Update {
                     node: "sql",
@@ -645,7 +642,7 @@ async fn work(shared: &Shared, client: u64) {
                     promise: BOUND,
                 });
             }
-            _ => {
+            Step::Update => {
                 let db = shared.db.clone();
                 let result = cache
                     .update(&key, |key| async move {
@@ -664,8 +661,56 @@ async fn work(shared: &Shared, client: u64) {
                     Err(e) => panic!("update failed: {e}"),
                 }
             }
+            Step::ChangeGroup => {
+                change_group(shared, index, &cache, rng.random_range(0..database::GROUPS)).await;
+            }
+            step @ (Step::ChangeMany | Step::Clear) => {
+                let keys: Vec<u64> = (0..rng.random_range(1..5))
+                    .map(|_| rng.random_range(0..keys))
+                    .collect();
+                change_many(shared, index, &cache, &keys, step == Step::Clear).await;
+            }
         }
         tokio::time::sleep(pause).await;
+    }
+}
+
+/// What a client does next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Step {
+    Read,
+    ReadFresh,
+    ReadMany,
+    SqlWrite,
+    Update,
+    ChangeGroup,
+    ChangeMany,
+    Clear,
+}
+
+impl Step {
+    /// The next step for `setup`. With bulk changes most steps are batch reads, and few writes
+    /// are single updates, group changes or clears (each drops many copies): a copy that a
+    /// bulk change failed to drop must outlive the bound before another write drops it, for the
+    /// checker to see it.
+    fn draw(setup: &Setup, rng: &mut StdRng) -> Self {
+        if !setup.bulk {
+            return match rng.random_range(0..10) {
+                0..6 => Self::Read,
+                6 if setup.log => Self::SqlWrite,
+                _ => Self::Update,
+            };
+        }
+        match rng.random_range(0..200) {
+            0..5 => Self::ReadFresh,
+            5..60 => Self::Read,
+            60..65 if setup.log => Self::SqlWrite,
+            60..80 => Self::Update,
+            80..150 => Self::ReadMany,
+            150..155 => Self::ChangeGroup,
+            155..199 => Self::ChangeMany,
+            _ => Self::Clear,
+        }
     }
 }
 
@@ -789,10 +834,11 @@ async fn read_many(
 const GIVE_UP_AFTER: Duration = Duration::from_millis(200);
 
 /// Changes every key of `group` in a way no trigger sees, then invalidates the group's tag
-/// through `cache`; records the writes as updates once the invalidation returned. Their promise
-/// is the bound in every mode: a tag invalidation is not a strong write.
+/// through `cache`; records the writes as updates once the invalidation returned with its
+/// promise (not fenced, nor given up on). Their promise is the bound in every mode: a tag
+/// invalidation is not a strong write.
 async fn change_group(shared: &Shared, index: usize, cache: &Cache<u64, u64>, group: u64) {
-    let keys: Vec<u64> = (0..KEYS)
+    let keys: Vec<u64> = (0..shared.setup.keys())
         .filter(|key| database::group(*key) == group)
         .collect();
     let versions = shared.db.write_unlogged(&keys).await;
