@@ -847,9 +847,7 @@ async fn change_group(shared: &Shared, index: usize, cache: &Cache<u64, u64>, gr
         cache.invalidate_tag(&database::group_tag(group)),
     )
     .await;
-    if let Ok(Ok(_)) = told {
-        record_writes(shared, index, &keys, &versions);
-    }
+    record_told(shared, index, &keys, &versions, matches!(told, Ok(Ok(_))));
 }
 
 /// Changes `keys` and tells the caches with one `invalidate_many`, or with a `clear`. The
@@ -862,7 +860,8 @@ async fn change_many(
     keys: &[u64],
     clear: bool,
 ) {
-    let versions = if shared.setup.log && !clear {
+    let logged = shared.setup.log && !clear;
+    let versions = if logged {
         let mut versions = Vec::new();
         for key in keys {
             versions.push(shared.db.write(*key).await);
@@ -877,8 +876,29 @@ async fn change_many(
     } else {
         cache.invalidate_many(keys).await.is_ok()
     };
+    if logged {
+        if told {
+            record_writes(shared, index, keys, &versions);
+        }
+    } else {
+        record_told(shared, index, keys, &versions, told);
+    }
+}
+
+/// Records versions that no trigger saw: owed by reads only from when the caches were told with
+/// the promise (`told`, now), and as updates then; never, if the telling failed (the
+/// application was told so), even once a read has seen them.
+fn record_told(shared: &Shared, index: usize, keys: &[u64], versions: &[u64], told: bool) {
+    let at = told.then(history::now);
+    for (key, version) in keys.iter().zip(versions) {
+        shared.record(Op::Untriggered {
+            key: *key,
+            version: *version,
+            told: at,
+        });
+    }
     if told {
-        record_writes(shared, index, keys, &versions);
+        record_writes(shared, index, keys, versions);
     }
 }
 

@@ -4,6 +4,7 @@
 //! another read had returned more than the bound before it started. Times are simulated time
 //! since the start.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use cohort_testkit::history::{Read, Update, judge};
@@ -29,6 +30,13 @@ pub(crate) enum Op {
         /// How long after completing it may still be missed.
         promise: Duration,
     },
+    /// A version written where no trigger sees it: owed by reads that saw it only from when the
+    /// caches were told of it with the promise (`told`), and never if they were not.
+    Untriggered {
+        key: u64,
+        version: u64,
+        told: Option<Duration>,
+    },
 }
 
 impl Op {
@@ -36,6 +44,7 @@ impl Op {
     fn node(&self) -> &'static str {
         match *self {
             Op::Read { node, .. } | Op::Update { node, .. } => node,
+            Op::Untriggered { .. } => "a writer no trigger sees",
         }
     }
 }
@@ -49,6 +58,13 @@ pub(crate) fn now() -> Duration {
 pub(crate) fn check(history: &[Op]) -> Result<(), String> {
     // The checker takes instants; any origin does, as only differences count.
     let origin = Instant::now();
+    let told: HashMap<(u64, u64), Option<Duration>> = history
+        .iter()
+        .filter_map(|op| match *op {
+            Op::Untriggered { key, version, told } => Some(((key, version), told)),
+            _ => None,
+        })
+        .collect();
     let mut updates = Vec::new();
     let mut reads = Vec::new();
     // Each operation is known to the checker by its index in the history.
@@ -70,10 +86,20 @@ pub(crate) fn check(history: &[Op]) -> Result<(), String> {
                     by: index,
                     age,
                 };
-                // Whoever wrote it, the version had committed by the time the read returned.
-                updates.push(read.seen(BOUND));
+                // Whoever wrote it, the version had committed by the time the read returned;
+                // a version no trigger saw is owed only once the caches were told.
+                let seen = read.seen(BOUND);
+                match told.get(&(key, version)) {
+                    None => updates.push(seen),
+                    Some(Some(at)) => updates.push(Update {
+                        returned: seen.returned.max(origin + *at),
+                        ..seen
+                    }),
+                    Some(None) => {}
+                }
                 reads.push(read);
             }
+            Op::Untriggered { .. } => {}
             Op::Update {
                 key,
                 version,
@@ -104,6 +130,7 @@ pub(crate) fn check(history: &[Op]) -> Result<(), String> {
         Op::Read { node, ended, .. } => {
             format!("returned by a read on {node} that ended at {ended:?} (promise {BOUND:?})")
         }
+        Op::Untriggered { told, .. } => format!("written where no trigger sees it, told {told:?}"),
     };
     let node = history[first.read.by].node();
     Err(format!(

@@ -524,14 +524,21 @@ fn setup() -> impl Strategy<Value = Setup> {
         Just(Mode::Strong),
         Just(Mode::Partitioned)
     ];
-    (3..=5_usize, mode, any::<bool>(), any::<bool>()).prop_map(|(nodes, mode, log, keyed)| Setup {
-        nodes,
+    (
+        3..=5_usize,
         mode,
-        log,
-        keyed,
-        broken: None,
-        bulk: false,
-    })
+        any::<bool>(),
+        any::<bool>(),
+        any::<bool>(),
+    )
+        .prop_map(|(nodes, mode, log, keyed, bulk)| Setup {
+            nodes,
+            mode,
+            log,
+            keyed,
+            broken: None,
+            bulk,
+        })
 }
 
 /// Every fault the README promises to survive, long enough to show; node indexes are taken
