@@ -3,6 +3,7 @@
 
 use tokio::net::TcpStream;
 
+use super::alone::alone;
 use super::*;
 
 /// The process's resident memory, from /proc/self/statm.
@@ -15,8 +16,15 @@ fn resident_bytes() -> u64 {
 /// 10,000 connections opened to a node and left idle: the node closes those over its inbound
 /// limit at once and the rest when their handshake times out, its memory grows by a bounded
 /// amount, and it keeps carrying a real peer's changes and accepting new links.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ten_thousand_idle_connections_leave_the_node_serving() {
+#[test]
+fn ten_thousand_idle_connections_leave_the_node_serving() {
+    alone(
+        "limits::ten_thousand_idle_connections_leave_the_node_serving",
+        idle_connections(),
+    );
+}
+
+async fn idle_connections() {
     let a = Cluster::builder()
         .node_name("a")
         .max_inbound_links(256)

@@ -17,6 +17,8 @@ use tokio::sync::Notify;
 
 use cluster::{applied, wait_linked};
 
+#[path = "../common/alone.rs"]
+mod alone;
 #[path = "../common/cluster.rs"]
 mod cluster;
 

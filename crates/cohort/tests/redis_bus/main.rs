@@ -2,6 +2,8 @@
 //! discovery through the bus, propagation, and links reset by a lost subscription repaired from
 //! the senders' replay rings.
 
+#[path = "../common/alone.rs"]
+mod alone;
 #[path = "../common/cluster.rs"]
 mod cluster;
 
@@ -15,6 +17,7 @@ use cohort_testkit::{Redis, wait};
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
+use alone::alone;
 use cluster::{applied, wait_linked};
 
 type User = (String, u64);
@@ -414,8 +417,15 @@ enum BusMessage {
 /// node takes in at most its inbound limit and drops the rest at once (those it takes in end as
 /// soon as its answer reaches no subscriber), its memory grows by a bounded amount, and its real
 /// link carries on.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ten_thousand_bogus_links_on_the_bus_leave_the_node_serving() {
+#[test]
+fn ten_thousand_bogus_links_on_the_bus_leave_the_node_serving() {
+    alone(
+        "ten_thousand_bogus_links_on_the_bus_leave_the_node_serving",
+        bogus_links(),
+    );
+}
+
+async fn bogus_links() {
     let redis = redis().await;
     // No bogus link times out during the test: every one over the limit is a refusal.
     let mut nodes = Vec::new();
