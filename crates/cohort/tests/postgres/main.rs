@@ -542,25 +542,34 @@ async fn the_trigger_logs_versions_only_for_raising_updates() {
         .start()
         .await
         .unwrap();
-    for (cache, column) in [("missing", "nope"), ("text", "stamp")] {
-        cluster
-            .cache::<u64, User>(cache)
-            .version(|(_, version)| version.unsigned_abs())
-            .watch_table("users", "id")
-            .version_column(column)
-            .build()
-            .unwrap();
-    }
-    let _users = cluster
+    let refused: Vec<_> = [("missing", "nope"), ("text", "stamp")]
+        .into_iter()
+        .map(|(cache, column)| {
+            cluster
+                .cache::<u64, User>(cache)
+                .version(|(_, version)| version.unsigned_abs())
+                .watch_table("users", "id")
+                .version_column(column)
+                .build()
+                .unwrap()
+        })
+        .collect();
+    let users = cluster
         .cache::<u64, User>("users")
         .version(|(_, version)| version.unsigned_abs())
         .watch_table("users", "id")
         .version_column("version")
         .build()
         .unwrap();
-    log_polls::poll_after(&mut cluster.subscribe(), Instant::now()).await;
-    let error = cluster.change_log_status().unwrap().last_error.unwrap();
-    assert!(error.contains("version column"), "{error}");
+    users.ready(wait::PATIENCE).await.unwrap();
+    for cache in &refused {
+        let error = cache.ready(BOUND).await.unwrap_err();
+        assert!(
+            matches!(error, cohort::ReadyError::NotInstalled { .. }),
+            "{error}"
+        );
+        assert!(error.to_string().contains("version column"), "{error}");
+    }
     let triggers: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'users'::regclass AND NOT tgisinternal",
     )
