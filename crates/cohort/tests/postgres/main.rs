@@ -80,13 +80,8 @@ impl Node {
             .watch_table("users", "id")
             .build()
             .unwrap();
-        let node = Self { cluster, users, db };
-        log_polls::poll_after(&mut node.cluster.subscribe(), Instant::now()).await;
-        assert!(
-            node.users.is_serving(),
-            "serving once its trigger is in and a poll ran"
-        );
-        node
+        users.ready(wait::PATIENCE).await.unwrap();
+        Self { cluster, users, db }
     }
 
     async fn read(&self, id: u64) -> (User, Source) {
